@@ -1,0 +1,3 @@
+module github.com/ssecluster/ssecluster
+
+go 1.26

@@ -1,0 +1,78 @@
+// Package pubsub is where events come from: the stream entry model shared by
+// the whole node, the in-memory broker used in embedded mode and the Redis
+// Streams broker used in a cluster.
+//
+// A broker keeps one append-only stream per topic, bounded by a maximum
+// length and age, and delivers the entries of the topics a node watches to
+// a single Handler from a small fixed set of reader goroutines.
+package pubsub
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// Sentinel errors callers branch on.
+var (
+	// ErrClosed is returned by a broker after Close.
+	ErrClosed = errors.New("pubsub: broker closed")
+	// ErrBadTopic is returned for a topic name outside the allowed alphabet or length.
+	ErrBadTopic = errors.New("pubsub: bad topic")
+	// ErrBadID is returned when a stream entry ID cannot be parsed.
+	ErrBadID = errors.New("pubsub: bad entry id")
+	// ErrWrongType is returned when the key of a topic holds something that is not a stream.
+	ErrWrongType = errors.New("pubsub: key is not a stream")
+)
+
+// Entry is one event of a topic's stream. Entries are immutable once built:
+// Data may be shared by every goroutine that receives the entry.
+type Entry struct {
+	// ID is the stream entry ID, unique and increasing within the topic.
+	ID ID
+	// Event is the SSE event type; empty for the default "message".
+	Event string
+	// Data is the payload, sent as one data: line per line.
+	Data []byte
+	// TraceParent is the W3C traceparent of the publisher, if the entry had one.
+	TraceParent string
+}
+
+// Time is the wall-clock time the entry was added, from its ID.
+func (e Entry) Time() time.Time { return time.UnixMilli(int64(e.ID.Ms)) }
+
+// StreamInfo describes a topic's stream as the replay window needs it.
+type StreamInfo struct {
+	// Exists is false when the stream has no key at all (never written, or lost).
+	Exists bool
+	// Length is the number of entries held.
+	Length int64
+	// First is the ID of the oldest entry held; zero when empty.
+	First ID
+	// Last is the ID of the newest entry ever added, even if since trimmed.
+	Last ID
+	// MaxDeleted is the highest ID trimmed or deleted from the stream; zero if none.
+	MaxDeleted ID
+}
+
+// Handler receives the entries a broker reads for a watched topic. A broker
+// calls it from its reader goroutines, with each topic's entries in ID order
+// and never concurrently for the same topic. It must not block.
+type Handler func(topic string, entries []Entry)
+
+// Tail is what Watch returns: where live delivery starts for a topic and the
+// newest entries at or before that point, for the replay ring.
+type Tail struct {
+	// Last is the ID of the newest entry at the time of the call (zero for an
+	// empty or missing stream). The Handler receives every entry after it.
+	Last ID
+	// Entries are up to the requested number of newest entries, oldest first,
+	// all at or before Last.
+	Entries []Entry
+}
+
+// Publisher appends events to topics.
+type Publisher interface {
+	// Publish appends an entry to topic and returns its ID.
+	Publish(ctx context.Context, topic, event string, data []byte) (ID, error)
+}
