@@ -1,0 +1,480 @@
+package pubsub
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// DefaultMemoryMaxLen is the number of entries the in-memory broker keeps per
+// topic when MemoryConfig.MaxLen is zero.
+const DefaultMemoryMaxLen = 10000
+
+// MemoryConfig configures the embedded in-memory broker.
+type MemoryConfig struct {
+	// MaxLen is the number of entries kept per topic; older entries are
+	// trimmed on every publish. Zero means DefaultMemoryMaxLen (10000).
+	MaxLen int
+	// MaxAge trims entries whose ID time is older than Now-MaxAge, on publish
+	// and lazily when a topic is read. Zero means no age limit.
+	MaxAge time.Duration
+	// Now is the clock entry IDs are made from. Nil means time.Now.
+	Now func() time.Time
+}
+
+// Memory is the embedded broker: one bounded in-memory stream per topic with
+// Redis stream semantics (IDs, trimming, XINFO-like Info), and one reader
+// goroutine that delivers watched topics' new entries to a Handler, so a
+// node sees the same behaviour as with the Redis broker.
+//
+// Lock order: Memory.mu, then stream.mu; Memory.dmu is never held with
+// another lock. The Handler is called with no lock held.
+type Memory struct {
+	// Immutable after NewMemory.
+	maxLen int
+	maxAge time.Duration
+	now    func() time.Time
+	wake   chan struct{} // 1-slot: "the dirty list may be non-empty"; never closed
+	done   chan struct{} // closed by Close
+
+	closed atomic.Bool
+	wg     sync.WaitGroup // the reader goroutine
+
+	mu      sync.RWMutex
+	topics  map[string]*stream // guarded by mu
+	started bool               // guarded by mu
+
+	dmu   sync.Mutex
+	dirty []*stream // watched streams with entries the reader may not have delivered; guarded by dmu
+}
+
+var _ Publisher = (*Memory)(nil)
+
+// stream is one topic's bounded log plus its delivery state.
+type stream struct {
+	topic string // immutable
+
+	mu sync.Mutex
+	// log[head:] are the entries held, ascending; log[:head] are trimmed
+	// slots, zeroed so their data can be collected, reclaimed in bulk.
+	log        []Entry
+	head       int
+	exists     bool // published at least once: the Redis key would exist
+	last       ID   // newest ID ever added
+	maxDeleted ID   // highest ID trimmed
+	removed    bool // dropped from Memory.topics; lookups must retry
+
+	watched bool
+	cursor  ID   // last ID delivered (or skipped by Watch) while watched
+	queued  bool // on Memory.dirty or about to be
+}
+
+// NewMemory validates cfg and returns a broker. Call Start to begin delivery
+// and Close to release it.
+func NewMemory(cfg MemoryConfig) (*Memory, error) {
+	if cfg.MaxLen < 0 {
+		return nil, fmt.Errorf("pubsub: memory config: MaxLen %d is negative", cfg.MaxLen)
+	}
+	if cfg.MaxAge < 0 {
+		return nil, fmt.Errorf("pubsub: memory config: MaxAge %v is negative", cfg.MaxAge)
+	}
+	m := &Memory{
+		maxLen: cfg.MaxLen,
+		maxAge: cfg.MaxAge,
+		now:    cfg.Now,
+		wake:   make(chan struct{}, 1),
+		done:   make(chan struct{}),
+		topics: make(map[string]*stream),
+	}
+	if m.maxLen == 0 {
+		m.maxLen = DefaultMemoryMaxLen
+	}
+	if m.now == nil {
+		m.now = time.Now
+	}
+	return m, nil
+}
+
+// Start begins delivering the new entries of watched topics to h from one
+// reader goroutine. It fails if called twice or after Close.
+func (m *Memory) Start(h Handler) error {
+	if h == nil {
+		return errors.New("pubsub: memory start: nil handler")
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	// Checked under mu so that wg.Add happens before Close's wg.Wait.
+	if m.closed.Load() {
+		return ErrClosed
+	}
+	if m.started {
+		return errors.New("pubsub: memory start: already started")
+	}
+	m.started = true
+	m.wg.Add(1)
+	go m.run(h)
+	return nil
+}
+
+// Watch makes topic active: it returns the stream's current last ID and up
+// to tail newest entries (oldest first), and from then on the Handler
+// receives every entry after Tail.Last. Watching an already watched topic
+// returns a fresh Tail and leaves delivery where it is.
+//
+// After Unwatch, a batch the reader had already taken may still reach the
+// Handler; if the topic is watched again meanwhile, that batch holds entries
+// at or below the new Tail.Last, which callers discard.
+func (m *Memory) Watch(ctx context.Context, topic string, tail int) (Tail, error) {
+	if err := m.check(ctx, "watch", topic); err != nil {
+		return Tail{}, err
+	}
+	if tail < 0 {
+		return Tail{}, fmt.Errorf("pubsub: watch %q: negative tail %d", topic, tail)
+	}
+	s, err := m.lockStream(topic, true)
+	if err != nil {
+		return Tail{}, err
+	}
+	defer s.mu.Unlock()
+	s.trimAgeLocked(m.cutoff())
+	if !s.watched {
+		// Same critical section as the tail below: nothing between the tail
+		// and the first delivery is skipped or repeated.
+		s.watched = true
+		s.cursor = s.last
+	}
+	held := s.log[s.head:]
+	n := min(tail, len(held))
+	t := Tail{Last: s.last}
+	if n > 0 {
+		t.Entries = append([]Entry(nil), held[len(held)-n:]...)
+	}
+	return t, nil
+}
+
+// Unwatch stops delivering topic. It does not block; a batch already taken
+// by the reader may still be delivered.
+func (m *Memory) Unwatch(topic string) {
+	if m.closed.Load() {
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	s := m.topics[topic]
+	if s == nil {
+		return
+	}
+	s.mu.Lock()
+	s.watched = false
+	if !s.exists {
+		// Created only to hold the watch: drop it, or topics that are
+		// watched but never published would accumulate forever.
+		s.removed = true
+		delete(m.topics, topic)
+	}
+	s.mu.Unlock()
+}
+
+// Publish appends an entry to topic, trims the topic to MaxLen and MaxAge,
+// and returns the new entry's ID. It never waits for delivery. data is
+// copied.
+func (m *Memory) Publish(ctx context.Context, topic, event string, data []byte) (ID, error) {
+	if err := m.check(ctx, "publish", topic); err != nil {
+		return ID{}, err
+	}
+	// Allocate outside the lock.
+	e := Entry{Event: event, Data: bytes.Clone(data)}
+	s, err := m.lockStream(topic, true)
+	if err != nil {
+		return ID{}, err
+	}
+	nowMs := m.nowMs()
+	id, ok := nextID(s.last, nowMs)
+	if !ok {
+		s.mu.Unlock()
+		return ID{}, fmt.Errorf("pubsub: publish %q: stream ID space exhausted after %v", topic, s.last)
+	}
+	e.ID = id
+	s.appendLocked(e)
+	s.exists = true
+	s.last = id
+	if excess := len(s.log) - s.head - m.maxLen; excess > 0 {
+		s.trimLocked(s.head + excess)
+	}
+	s.trimAgeLocked(m.cutoffAt(nowMs))
+	notify := s.watched && !s.queued
+	if notify {
+		s.queued = true
+	}
+	s.mu.Unlock()
+	if notify {
+		m.dmu.Lock()
+		m.dirty = append(m.dirty, s)
+		m.dmu.Unlock()
+		select {
+		case m.wake <- struct{}{}:
+		default: // the reader is already due to look
+		}
+	}
+	return id, nil
+}
+
+// Range returns up to count entries of topic with ID > after, ascending. The
+// result is empty past the end or for a topic that does not exist.
+func (m *Memory) Range(ctx context.Context, topic string, after ID, count int) ([]Entry, error) {
+	if err := m.check(ctx, "range", topic); err != nil {
+		return nil, err
+	}
+	if count <= 0 {
+		return nil, fmt.Errorf("pubsub: range %q: count %d is not positive", topic, count)
+	}
+	s, err := m.lockStream(topic, false)
+	if err != nil || s == nil {
+		return nil, err
+	}
+	defer s.mu.Unlock()
+	s.trimAgeLocked(m.cutoff())
+	held := s.after(after)
+	if len(held) == 0 {
+		return nil, nil
+	}
+	return append([]Entry(nil), held[:min(count, len(held))]...), nil
+}
+
+// Info describes topic's stream as Redis XINFO STREAM does: Exists is false
+// for a topic never published.
+func (m *Memory) Info(ctx context.Context, topic string) (StreamInfo, error) {
+	if err := m.check(ctx, "info", topic); err != nil {
+		return StreamInfo{}, err
+	}
+	s, err := m.lockStream(topic, false)
+	if err != nil || s == nil {
+		return StreamInfo{}, err
+	}
+	defer s.mu.Unlock()
+	if !s.exists {
+		return StreamInfo{}, nil
+	}
+	s.trimAgeLocked(m.cutoff())
+	info := StreamInfo{
+		Exists:     true,
+		Length:     int64(len(s.log) - s.head),
+		Last:       s.last,
+		MaxDeleted: s.maxDeleted,
+	}
+	if info.Length > 0 {
+		info.First = s.log[s.head].ID
+	}
+	return info, nil
+}
+
+// Ping reports ErrClosed after Close, else the context's error, else nil.
+func (m *Memory) Ping(ctx context.Context) error {
+	if m.closed.Load() {
+		return ErrClosed
+	}
+	return ctx.Err()
+}
+
+// Close stops the reader goroutine and waits for it, including a Handler
+// call in progress (so a Handler must not call Close). Later calls return
+// nil; every other method then returns ErrClosed.
+func (m *Memory) Close() error {
+	if !m.closed.CompareAndSwap(false, true) {
+		return nil
+	}
+	m.mu.Lock()
+	// Start checks closed under mu, so after this no reader can be added.
+	m.topics = make(map[string]*stream) // release the logs
+	m.mu.Unlock()
+	close(m.done)
+	m.wg.Wait()
+	m.dmu.Lock()
+	m.dirty = nil
+	m.dmu.Unlock()
+	return nil
+}
+
+// check runs the checks common to every topic method.
+func (m *Memory) check(ctx context.Context, op, topic string) error {
+	if m.closed.Load() {
+		return ErrClosed
+	}
+	if err := ValidateTopic(topic); err != nil {
+		return fmt.Errorf("pubsub: %s %q: %w", op, topic, err)
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("pubsub: %s %q: %w", op, topic, err)
+	}
+	return nil
+}
+
+// lockStream returns topic's stream with its mu held. Without create, a
+// missing topic gives (nil, nil).
+func (m *Memory) lockStream(topic string, create bool) (*stream, error) {
+	for {
+		m.mu.RLock()
+		s := m.topics[topic]
+		m.mu.RUnlock()
+		if s == nil {
+			if !create {
+				return nil, nil
+			}
+			m.mu.Lock()
+			if m.closed.Load() {
+				m.mu.Unlock()
+				return nil, ErrClosed
+			}
+			if s = m.topics[topic]; s == nil {
+				s = &stream{topic: topic}
+				m.topics[topic] = s
+			}
+			m.mu.Unlock()
+		}
+		s.mu.Lock()
+		if !s.removed {
+			return s, nil
+		}
+		// Unwatch dropped it between the lookup and the lock.
+		s.mu.Unlock()
+	}
+}
+
+func (m *Memory) nowMs() uint64 {
+	ms := m.now().UnixMilli()
+	if ms < 0 {
+		return 0
+	}
+	return uint64(ms)
+}
+
+// cutoff is the smallest ID that MaxAge keeps now; zero keeps everything.
+func (m *Memory) cutoff() ID {
+	if m.maxAge == 0 {
+		return ID{}
+	}
+	return m.cutoffAt(m.nowMs())
+}
+
+func (m *Memory) cutoffAt(nowMs uint64) ID {
+	age := uint64(m.maxAge.Milliseconds())
+	if m.maxAge == 0 || nowMs <= age {
+		return ID{}
+	}
+	// As XTRIM MINID: entries with an ID below <now-age>-0 go.
+	return ID{Ms: nowMs - age}
+}
+
+// nextID is the ID Redis XADD * makes after last at time nowMs: the clock if
+// it moved forward, else last's ms with the next sequence. The first ID at
+// ms 0 is 0-1, never 0-0. ok is false when the ID space is exhausted.
+func nextID(last ID, nowMs uint64) (id ID, ok bool) {
+	if nowMs > last.Ms {
+		return ID{Ms: nowMs}, true
+	}
+	if last.Seq < ^uint64(0) {
+		return ID{Ms: last.Ms, Seq: last.Seq + 1}, true
+	}
+	if last.Ms < ^uint64(0) {
+		return ID{Ms: last.Ms + 1}, true
+	}
+	return ID{}, false
+}
+
+// run is the reader goroutine: woken by Publish, it delivers each dirty
+// watched stream's entries after its cursor in one Handler call.
+func (m *Memory) run(h Handler) {
+	defer m.wg.Done()
+	var batch []*stream // reused between wakes
+	for {
+		select {
+		case <-m.done:
+			return
+		case <-m.wake:
+		}
+		m.dmu.Lock()
+		batch, m.dirty = m.dirty, batch[:0]
+		m.dmu.Unlock()
+		for i, s := range batch {
+			batch[i] = nil // do not pin removed streams until the next wake
+			select {
+			case <-m.done:
+				return
+			default:
+			}
+			if entries := s.take(); len(entries) > 0 {
+				h(s.topic, entries)
+			}
+		}
+		batch = batch[:0]
+	}
+}
+
+// take returns a copy of the entries after the cursor and moves the cursor
+// to the last of them. Entries trimmed before the reader got to them are
+// simply missing: the replay window reports that gap, publishers never wait.
+func (s *stream) take() []Entry {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.queued = false
+	if !s.watched {
+		return nil
+	}
+	ready := s.after(s.cursor)
+	if len(ready) == 0 {
+		return nil
+	}
+	s.cursor = ready[len(ready)-1].ID
+	return append([]Entry(nil), ready...)
+}
+
+// after returns the held entries with ID > id, aliasing the log. Caller
+// holds s.mu.
+func (s *stream) after(id ID) []Entry {
+	held := s.log[s.head:]
+	i := sort.Search(len(held), func(i int) bool { return id.Less(held[i].ID) })
+	return held[i:]
+}
+
+// appendLocked adds e, reusing the trimmed prefix once it is at least half
+// the log, so trimming costs O(1) amortised and memory stays within about
+// twice the held entries.
+func (s *stream) appendLocked(e Entry) {
+	if len(s.log) == cap(s.log) && s.head > 0 && s.head >= len(s.log)/2 {
+		n := copy(s.log, s.log[s.head:])
+		clear(s.log[n:])
+		s.log = s.log[:n]
+		s.head = 0
+	}
+	s.log = append(s.log, e)
+}
+
+// trimLocked drops the held entries before index end of log.
+func (s *stream) trimLocked(end int) {
+	if end <= s.head {
+		return
+	}
+	s.maxDeleted = s.log[end-1].ID
+	clear(s.log[s.head:end])
+	s.head = end
+	if s.head == len(s.log) {
+		// Empty: start again at the front of the same array.
+		s.log = s.log[:0]
+		s.head = 0
+	}
+}
+
+// trimAgeLocked drops the held entries with ID < cutoff.
+func (s *stream) trimAgeLocked(cutoff ID) {
+	if cutoff.IsZero() {
+		return
+	}
+	held := s.log[s.head:]
+	n := sort.Search(len(held), func(i int) bool { return !held[i].ID.Less(cutoff) })
+	s.trimLocked(s.head + n)
+}
