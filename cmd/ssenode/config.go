@@ -1,0 +1,122 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"reflect"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/caarlos0/env/v11"
+)
+
+// config is the node's whole configuration, from the environment only. Each
+// field has a default that works on a laptop and a one-line description
+// that `ssenode -help` prints.
+type config struct {
+	Listen      string `env:"LISTEN" envDefault:":8080" help:"public listener for GET /events"`
+	AdminListen string `env:"ADMIN_LISTEN" envDefault:"127.0.0.1:9090" help:"admin listener: /metrics /healthz /readyz /debug/pprof/ POST /publish"`
+
+	RedisURL        string   `env:"REDIS_URL" help:"redis:// or rediss:// URL; empty runs the embedded in-memory broker"`
+	RedisAddrs      []string `env:"REDIS_ADDRS" envSeparator:"," help:"comma-separated Sentinel or Cluster addresses (used when SSE_REDIS_URL is empty)"`
+	RedisMasterName string   `env:"REDIS_MASTER_NAME" help:"Sentinel master name (with SSE_REDIS_ADDRS)"`
+	RedisUsername   string   `env:"REDIS_USERNAME" help:"Redis ACL user (with SSE_REDIS_ADDRS)"`
+	RedisPassword   string   `env:"REDIS_PASSWORD" help:"Redis password (with SSE_REDIS_ADDRS)"`
+	StreamPrefix    string   `env:"STREAM_PREFIX" envDefault:"sse:" help:"Redis key prefix of topic streams"`
+
+	ReplayMaxLen int           `env:"REPLAY_MAXLEN" envDefault:"10000" help:"entries kept per topic (XADD MAXLEN ~)"`
+	ReplayMaxAge time.Duration `env:"REPLAY_MAXAGE" envDefault:"24h" help:"age beyond which entries leave the window (0: no age limit)"`
+	RingSize     int           `env:"RING_SIZE" envDefault:"1024" help:"entries held in memory per active topic for fast resume"`
+
+	ClientBuffer      int           `env:"CLIENT_BUFFER" envDefault:"64" help:"frames queued per client before the slow-client policy applies"`
+	ClientBufferBytes int           `env:"CLIENT_BUFFER_BYTES" envDefault:"1048576" help:"bytes queued per client before the slow-client policy applies"`
+	SlowClient        string        `env:"SLOW_CLIENT" envDefault:"disconnect" help:"slow-client policy: disconnect (client resumes) or drop (frames lost, counted)"`
+	Heartbeat         time.Duration `env:"HEARTBEAT" envDefault:"15s" help:"idle time after which a comment line is sent"`
+	WriteTimeout      time.Duration `env:"WRITE_TIMEOUT" envDefault:"10s" help:"deadline of each write batch to a client"`
+	Retry             time.Duration `env:"RETRY" envDefault:"2s" help:"reconnection delay sent to clients in retry:"`
+	MaxConnections    int           `env:"MAX_CONNECTIONS" envDefault:"100000" help:"open streams beyond which new ones get 503"`
+	MaxTopics         int           `env:"MAX_TOPICS" envDefault:"16" help:"topics one stream may subscribe to"`
+	ShutdownTimeout   time.Duration `env:"SHUTDOWN_TIMEOUT" envDefault:"10s" help:"time SIGTERM gives streams to move before the process exits"`
+
+	LogLevel  string `env:"LOG_LEVEL" envDefault:"info" help:"debug, info, warn or error"`
+	LogFormat string `env:"LOG_FORMAT" envDefault:"json" help:"json or text"`
+}
+
+const envPrefix = "SSE_"
+
+// loadConfig reads the environment given as a map (os.Environ in main).
+func loadConfig(environ map[string]string) (config, error) {
+	var c config
+	if err := env.ParseWithOptions(&c, env.Options{Prefix: envPrefix, Environment: environ}); err != nil {
+		return c, fmt.Errorf("config: %w", err)
+	}
+	return c, c.validate()
+}
+
+func (c config) validate() error {
+	var errs []error
+	if c.ReplayMaxLen < 1 {
+		errs = append(errs, fmt.Errorf("SSE_REPLAY_MAXLEN=%d: must be at least 1", c.ReplayMaxLen))
+	}
+	if c.ReplayMaxAge < 0 {
+		errs = append(errs, fmt.Errorf("SSE_REPLAY_MAXAGE=%v: must not be negative", c.ReplayMaxAge))
+	}
+	if c.RingSize < 1 {
+		errs = append(errs, fmt.Errorf("SSE_RING_SIZE=%d: must be at least 1", c.RingSize))
+	}
+	if c.ClientBuffer < 1 || c.ClientBufferBytes < 1 {
+		errs = append(errs, fmt.Errorf("SSE_CLIENT_BUFFER=%d, SSE_CLIENT_BUFFER_BYTES=%d: must be positive", c.ClientBuffer, c.ClientBufferBytes))
+	}
+	if c.SlowClient != "disconnect" && c.SlowClient != "drop" {
+		errs = append(errs, fmt.Errorf("SSE_SLOW_CLIENT=%q: want disconnect or drop", c.SlowClient))
+	}
+	for name, d := range map[string]time.Duration{"SSE_HEARTBEAT": c.Heartbeat, "SSE_WRITE_TIMEOUT": c.WriteTimeout, "SSE_RETRY": c.Retry, "SSE_SHUTDOWN_TIMEOUT": c.ShutdownTimeout} {
+		if d <= 0 {
+			errs = append(errs, fmt.Errorf("%s=%v: must be positive", name, d))
+		}
+	}
+	if c.MaxConnections < 1 || c.MaxTopics < 1 {
+		errs = append(errs, fmt.Errorf("SSE_MAX_CONNECTIONS=%d, SSE_MAX_TOPICS=%d: must be positive", c.MaxConnections, c.MaxTopics))
+	}
+	if _, err := parseLevel(c.LogLevel); err != nil {
+		errs = append(errs, err)
+	}
+	if c.LogFormat != "json" && c.LogFormat != "text" {
+		errs = append(errs, fmt.Errorf("SSE_LOG_FORMAT=%q: want json or text", c.LogFormat))
+	}
+	if c.RedisURL != "" && !strings.HasPrefix(c.RedisURL, "redis://") && !strings.HasPrefix(c.RedisURL, "rediss://") && !strings.HasPrefix(c.RedisURL, "unix://") {
+		errs = append(errs, fmt.Errorf("SSE_REDIS_URL: want a redis:// or rediss:// URL"))
+	}
+	return errors.Join(errs...)
+}
+
+func parseLevel(s string) (slog.Level, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(s)); err != nil {
+		return l, fmt.Errorf("SSE_LOG_LEVEL=%q: want debug, info, warn or error", s)
+	}
+	return l, nil
+}
+
+// printHelp lists every variable with its default and description.
+func printHelp(w io.Writer) {
+	fmt.Fprintln(w, "ssenode: a Server-Sent Events node fed by Redis Streams (or an embedded broker).")
+	fmt.Fprintln(w, "Configuration is read from the environment only:")
+	fmt.Fprintln(w)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	t := reflect.TypeFor[config]()
+	for i := range t.NumField() {
+		f := t.Field(i)
+		def := f.Tag.Get("envDefault")
+		if def == "" {
+			def = `""`
+		}
+		fmt.Fprintf(tw, "  %s%s\t%s\t%s\n", envPrefix, f.Tag.Get("env"), def, f.Tag.Get("help"))
+	}
+	tw.Flush()
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "OpenTelemetry's standard OTEL_* variables configure tracing when set.")
+}

@@ -1,0 +1,217 @@
+// Command ssenode runs one node of the SSE cluster: the public /events
+// listener and the admin listener, fed by Redis Streams or, with no Redis
+// configured, by an embedded in-memory broker.
+//
+// Configuration is the environment only; `ssenode -help` lists it.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/ssecluster/ssecluster/node"
+	"github.com/ssecluster/ssecluster/pubsub"
+	"github.com/ssecluster/ssecluster/replay"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], environ(), os.Stdout, os.Stderr))
+}
+
+func environ() map[string]string {
+	m := make(map[string]string)
+	for _, kv := range os.Environ() {
+		k, v, _ := strings.Cut(kv, "=")
+		m[k] = v
+	}
+	return m
+}
+
+// broker is what main needs of either broker beyond what node and replay use.
+type broker interface {
+	node.Broker
+	replay.Source
+	Close() error
+}
+
+func run(args []string, env map[string]string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("ssenode", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() { printHelp(stderr) }
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			printHelp(stdout)
+			return 0
+		}
+		return 2
+	}
+	cfg, err := loadConfig(env)
+	if err != nil {
+		fmt.Fprintf(stderr, "ssenode: %v\n(see ssenode -help)\n", err)
+		return 2
+	}
+	log := newLogger(cfg, stderr)
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	b, mode, err := newBroker(cfg, log, reg)
+	if err != nil {
+		log.Error("broker", "err", err)
+		return 1
+	}
+	defer b.Close()
+
+	w, err := replay.New(b, replay.Config{RingSize: cfg.RingSize, MaxAge: cfg.ReplayMaxAge})
+	if err != nil {
+		log.Error("replay window", "err", err)
+		return 1
+	}
+	n, err := node.New(node.Config{
+		ClientBuffer:      cfg.ClientBuffer,
+		ClientBufferBytes: cfg.ClientBufferBytes,
+		SlowClient:        cfg.SlowClient,
+		Heartbeat:         cfg.Heartbeat,
+		WriteTimeout:      cfg.WriteTimeout,
+		Retry:             cfg.Retry,
+		MaxConnections:    cfg.MaxConnections,
+		MaxTopics:         cfg.MaxTopics,
+		Logger:            log,
+		Registerer:        reg,
+	}, b, w)
+	if err != nil {
+		log.Error("node", "err", err)
+		return 1
+	}
+	if err := n.Start(); err != nil {
+		log.Error("start", "err", err)
+		return 1
+	}
+
+	pubLn, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		log.Error("listen", "addr", cfg.Listen, "err", err)
+		return 1
+	}
+	adminLn, err := net.Listen("tcp", cfg.AdminListen)
+	if err != nil {
+		pubLn.Close()
+		log.Error("listen admin", "addr", cfg.AdminListen, "err", err)
+		return 1
+	}
+	// No WriteTimeout: it would cut every healthy stream after a fixed time.
+	// Each write batch has its own deadline instead.
+	pub := &http.Server{
+		Handler:           n.Handler(),
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    16 << 10,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+	}
+	admin := &http.Server{
+		Handler:           n.AdminHandler(reg),
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+	}
+	errc := make(chan error, 2)
+	go func() { errc <- serve(pub, pubLn) }()
+	go func() { errc <- serve(admin, adminLn) }()
+	log.Info("ssenode ready", "listen", pubLn.Addr().String(), "admin", adminLn.Addr().String(), "broker", mode)
+
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	defer signal.Stop(sigs)
+	code := 0
+	select {
+	case s := <-sigs:
+		log.Info("signal: draining", "signal", s.String(), "streams", n.Connections(), "timeout", cfg.ShutdownTimeout)
+	case err := <-errc:
+		log.Error("listener failed", "err", err)
+		code = 1
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+	defer cancel()
+	// A second signal exits at once.
+	go func() {
+		select {
+		case s := <-sigs:
+			log.Warn("second signal: exiting now", "signal", s.String())
+			os.Exit(1)
+		case <-ctx.Done():
+		}
+	}()
+	// Drain first: Shutdown never finishes while streams are open.
+	if err := n.Drain(ctx); err != nil {
+		log.Warn("drain incomplete", "err", err)
+	}
+	if err := pub.Shutdown(ctx); err != nil {
+		log.Warn("public listener shutdown", "err", err)
+		pub.Close()
+	}
+	if err := admin.Shutdown(ctx); err != nil {
+		admin.Close()
+	}
+	log.Info("ssenode stopped")
+	return code
+}
+
+func serve(s *http.Server, ln net.Listener) error {
+	if err := s.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
+
+func newLogger(cfg config, w io.Writer) *slog.Logger {
+	level, _ := parseLevel(cfg.LogLevel)
+	opts := &slog.HandlerOptions{Level: level}
+	if cfg.LogFormat == "text" {
+		return slog.New(slog.NewTextHandler(w, opts))
+	}
+	return slog.New(slog.NewJSONHandler(w, opts))
+}
+
+func newBroker(cfg config, log *slog.Logger, reg prometheus.Registerer) (broker, string, error) {
+	if cfg.RedisURL == "" && len(cfg.RedisAddrs) == 0 {
+		m, err := pubsub.NewMemory(pubsub.MemoryConfig{MaxLen: cfg.ReplayMaxLen, MaxAge: cfg.ReplayMaxAge})
+		return m, "memory", err
+	}
+	bad := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "sse_broker_bad_entries_total", Help: "Stream entries or keys the broker could not use, by reason.",
+	}, []string{"reason"})
+	readErrs := prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "sse_broker_errors_total", Help: "Errors reading from Redis (each followed by a backoff).",
+	})
+	reg.MustRegister(bad, readErrs)
+	r, err := pubsub.NewRedis(pubsub.RedisConfig{
+		URL:        cfg.RedisURL,
+		Addrs:      cfg.RedisAddrs,
+		MasterName: cfg.RedisMasterName,
+		Username:   cfg.RedisUsername,
+		Password:   cfg.RedisPassword,
+		Prefix:     cfg.StreamPrefix,
+		MaxLen:     int64(cfg.ReplayMaxLen),
+		MaxAge:     cfg.ReplayMaxAge,
+		Logger:     log,
+		OnBadEntry: func(topic, reason string) {
+			bad.WithLabelValues(reason).Inc()
+		},
+		OnReadError: func(error) { readErrs.Inc() },
+	})
+	return r, "redis", err
+}

@@ -1,0 +1,129 @@
+package node
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"net/http/pprof"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/ssecluster/ssecluster/pubsub"
+)
+
+// MaxPublishBytes bounds the body of POST /publish.
+const MaxPublishBytes = 4 << 20
+
+// AdminHandler returns the admin listener's handler: /metrics from g,
+// /healthz, /readyz, /debug/pprof/ and POST /publish.
+func (n *Node) AdminHandler(g prometheus.Gatherer) http.Handler {
+	mux := http.NewServeMux()
+	if g != nil {
+		mux.Handle("/metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{}))
+	}
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+		_, _ = io.WriteString(w, "ok\n")
+	})
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), time.Second)
+		defer cancel()
+		if err := n.Ready(ctx); err != nil {
+			http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = io.WriteString(w, "ready\n")
+	})
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	mux.HandleFunc("/publish", n.servePublish)
+	return mux
+}
+
+// publishRequest is the body of POST /publish.
+type publishRequest struct {
+	Topic string          `json:"topic"`
+	Event string          `json:"event"`
+	Data  json.RawMessage `json:"data"`
+}
+
+// servePublish appends one event: form fields or a JSON object with topic,
+// event and data. A JSON data that is not a string is sent as its JSON text.
+func (n *Node) servePublish(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodPost {
+		w.Header().Set("Allow", "POST")
+		http.Error(w, "method not allowed: use POST", http.StatusMethodNotAllowed)
+		return
+	}
+	r.Body = http.MaxBytesReader(w, r.Body, MaxPublishBytes)
+	topic, event, data, err := parsePublish(r)
+	if err != nil {
+		code := http.StatusBadRequest
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			code = http.StatusRequestEntityTooLarge
+		}
+		http.Error(w, err.Error(), code)
+		return
+	}
+	id, err := n.broker.Publish(r.Context(), topic, event, data)
+	if err != nil {
+		if errors.Is(err, pubsub.ErrBadTopic) {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		n.log.Warn("publish failed", "topic", topic, "err", err)
+		http.Error(w, "publish failed: "+err.Error(), http.StatusServiceUnavailable)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_, _ = fmt.Fprintf(w, "{\"id\":%q}\n", id.String())
+}
+
+func parsePublish(r *http.Request) (topic, event string, data []byte, err error) {
+	ct, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	if ct == "application/json" {
+		var req publishRequest
+		dec := json.NewDecoder(r.Body)
+		if err := dec.Decode(&req); err != nil {
+			return "", "", nil, fmt.Errorf("bad JSON body: %w", err)
+		}
+		topic, event = req.Topic, req.Event
+		if len(req.Data) > 0 && req.Data[0] == '"' {
+			var s string
+			if err := json.Unmarshal(req.Data, &s); err != nil {
+				return "", "", nil, fmt.Errorf("bad data: %w", err)
+			}
+			data = []byte(s)
+		} else {
+			data = req.Data
+		}
+	} else {
+		if err := r.ParseForm(); err != nil {
+			return "", "", nil, fmt.Errorf("bad form body: %w", err)
+		}
+		topic, event, data = r.PostForm.Get("topic"), r.PostForm.Get("event"), []byte(r.PostForm.Get("data"))
+		if topic == "" {
+			topic = r.URL.Query().Get("topic")
+		}
+	}
+	if err := pubsub.ValidateTopic(topic); err != nil {
+		return "", "", nil, fmt.Errorf("bad topic %q: %w", truncate(topic, 64), err)
+	}
+	if strings.ContainsAny(event, "\r\n") {
+		return "", "", nil, errors.New("bad event: must not contain a line break")
+	}
+	if strings.HasPrefix(event, "sse-") {
+		return "", "", nil, fmt.Errorf("bad event %q: names starting with sse- are reserved", event)
+	}
+	return topic, event, data, nil
+}

@@ -1,0 +1,145 @@
+package node
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+
+	"github.com/ssecluster/ssecluster/pubsub"
+)
+
+func TestEncodeFrame(t *testing.T) {
+	tests := []struct {
+		name  string
+		event string
+		data  string
+		want  string
+	}{
+		{"plain", "", "hello", "id: 5-1\ndata: hello\n\n"},
+		{"typed", "price", "1.5", "id: 5-1\nevent: price\ndata: 1.5\n\n"},
+		{"empty data", "", "", "id: 5-1\ndata: \n\n"},
+		{"lf", "", "a\nb", "id: 5-1\ndata: a\ndata: b\n\n"},
+		{"crlf", "", "a\r\nb", "id: 5-1\ndata: a\ndata: b\n\n"},
+		{"cr", "", "a\rb", "id: 5-1\ndata: a\ndata: b\n\n"},
+		{"mixed and trailing", "", "a\r\n\rb\n", "id: 5-1\ndata: a\ndata: \ndata: b\ndata: \n\n"},
+		{"cr then lf split", "", "a\r\r\nb", "id: 5-1\ndata: a\ndata: \ndata: b\n\n"},
+		{"leading space kept", "", " x", "id: 5-1\ndata:  x\n\n"},
+		{"colon in data", "", ":not a comment", "id: 5-1\ndata: :not a comment\n\n"},
+		{"line break in event removed", "a\r\nb", "x", "id: 5-1\nevent: ab\ndata: x\n\n"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := pubsub.Entry{ID: pubsub.ID{Ms: 5, Seq: 1}, Event: tt.event, Data: []byte(tt.data)}
+			f := EncodeFrame("t", &e)
+			defer f.Release()
+			if got := string(f.Bytes()); got != tt.want {
+				t.Fatalf("frame = %q, want %q", got, tt.want)
+			}
+			if got, want := string(f.Body()), strings.TrimPrefix(tt.want, "id: 5-1\n"); got != want {
+				t.Fatalf("body = %q, want %q", got, want)
+			}
+			if f.Len() > frameSize(&e) {
+				t.Fatalf("frame of %d bytes exceeds its size bound %d", f.Len(), frameSize(&e))
+			}
+		})
+	}
+}
+
+func TestFrameRefcount(t *testing.T) {
+	e := pubsub.Entry{ID: pubsub.ID{Ms: 1}, Data: []byte("x")}
+	f := EncodeFrame("t", &e)
+	f.retain(2)
+	f.Release()
+	f.Release()
+	if got := f.refs.Load(); got != 1 {
+		t.Fatalf("refs = %d, want 1", got)
+	}
+	f.Release()
+	defer func() {
+		if recover() == nil {
+			t.Fatal("releasing a released frame did not panic")
+		}
+	}()
+	f.Release()
+}
+
+func TestLargeFrameNotPooled(t *testing.T) {
+	e := pubsub.Entry{ID: pubsub.ID{Ms: 1}, Data: bytes.Repeat([]byte("x"), 1<<20)}
+	f := EncodeFrame("t", &e)
+	if f.class != -1 {
+		t.Fatalf("1 MiB frame in pool class %d", f.class)
+	}
+	if !bytes.HasSuffix(f.Bytes(), []byte("x\n\n")) {
+		t.Fatal("1 MiB frame truncated")
+	}
+	f.Release()
+}
+
+// parseData is the SSE parser's view of the frame's data lines: it joins
+// the values of the data: lines with "\n", as the spec says.
+func parseData(frame []byte) (id, event, data string) {
+	var lines []string
+	for _, l := range strings.Split(strings.TrimSuffix(string(frame), "\n\n"), "\n") {
+		k, v, _ := strings.Cut(l, ":")
+		v = strings.TrimPrefix(v, " ")
+		switch k {
+		case "id":
+			id = v
+		case "event":
+			event = v
+		case "data":
+			lines = append(lines, v)
+		}
+	}
+	return id, event, strings.Join(lines, "\n")
+}
+
+// normalize is what SSE can carry: every line break becomes "\n".
+func normalize(s string) string {
+	s = strings.ReplaceAll(s, "\r\n", "\n")
+	return strings.ReplaceAll(s, "\r", "\n")
+}
+
+func FuzzEncodeFrame(f *testing.F) {
+	for _, s := range []string{"", "a", "a\nb", "a\r\nb", "a\rb", "\r\n\r\n", "data: x\n\nid: 1"} {
+		f.Add("ev", []byte(s))
+	}
+	f.Fuzz(func(t *testing.T, event string, data []byte) {
+		e := pubsub.Entry{ID: pubsub.ID{Ms: 42, Seq: 7}, Event: event, Data: data}
+		fr := EncodeFrame("t", &e)
+		defer fr.Release()
+		b := fr.Bytes()
+		if fr.Len() > frameSize(&e) {
+			t.Fatalf("frame %d bytes over bound %d", fr.Len(), frameSize(&e))
+		}
+		if !bytes.HasSuffix(b, []byte("\n\n")) {
+			t.Fatalf("frame does not end with a blank line: %q", b)
+		}
+		// No blank line inside: it would end the event early.
+		if i := bytes.Index(b, []byte("\n\n")); i != len(b)-2 {
+			t.Fatalf("blank line at %d inside frame %q", i, b)
+		}
+		if bytes.IndexByte(b, '\r') >= 0 {
+			t.Fatalf("CR in frame %q", b)
+		}
+		id, ev, got := parseData(b)
+		if id != "42-7" {
+			t.Fatalf("id = %q", id)
+		}
+		if want := strings.NewReplacer("\r", "", "\n", "").Replace(event); ev != want {
+			t.Fatalf("event = %q, want %q", ev, want)
+		}
+		if want := normalize(string(data)); got != want {
+			t.Fatalf("data = %q, want %q", got, want)
+		}
+	})
+}
+
+func BenchmarkEncode(b *testing.B) {
+	e := pubsub.Entry{ID: pubsub.ID{Ms: 1732700000000, Seq: 3}, Event: "tick", Data: bytes.Repeat([]byte("x"), 100)}
+	b.ReportAllocs()
+	b.SetBytes(int64(len(e.Data)))
+	for b.Loop() {
+		EncodeFrame("t", &e).Release()
+	}
+}

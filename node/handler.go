@@ -1,0 +1,437 @@
+package node
+
+import (
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net/http"
+	"os"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/ssecluster/ssecluster/pubsub"
+	"github.com/ssecluster/ssecluster/replay"
+)
+
+// client is one open stream. topics, slots and q are set before the client
+// is registered; slots is guarded by the hub shard locks; pos and scratch
+// belong to the writer (the request goroutine) alone.
+type client struct {
+	topics  []string
+	slots   []int
+	pos     []pubsub.ID // last ID sent, per topic
+	q       *queue
+	scratch []byte // composite id line for several topics
+}
+
+func (c *client) topicIndex(t string) int {
+	for i, x := range c.topics {
+		if x == t {
+			return i
+		}
+	}
+	return -1
+}
+
+// Handler returns the public handler: GET /events.
+func (n *Node) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/events", n.ServeEvents)
+	return mux
+}
+
+// subscribeRequest is a parsed and validated GET /events.
+type subscribeRequest struct {
+	topics []string
+	pos    []pubsub.ID
+	resume bool // a position was given
+}
+
+// parseSubscribe validates the topics and the resume position. Its errors
+// are meant for the client, as the body of a 400.
+func (n *Node) parseSubscribe(r *http.Request) (subscribeRequest, error) {
+	q := r.URL.Query()
+	topics := q["topic"]
+	if len(topics) == 0 {
+		return subscribeRequest{}, errors.New("missing topic parameter: use /events?topic=NAME")
+	}
+	if len(topics) > n.cfg.MaxTopics {
+		return subscribeRequest{}, fmt.Errorf("too many topics: %d, at most %d", len(topics), n.cfg.MaxTopics)
+	}
+	for i, t := range topics {
+		if err := pubsub.ValidateTopic(t); err != nil {
+			return subscribeRequest{}, fmt.Errorf("bad topic %q: %w", truncate(t, 64), err)
+		}
+		for _, u := range topics[:i] {
+			if u == t {
+				return subscribeRequest{}, fmt.Errorf("bad topic %q: given twice", t)
+			}
+		}
+	}
+	raw := r.Header.Get("Last-Event-ID")
+	if raw == "" {
+		raw = q.Get("lastEventId")
+	}
+	pos, ok, err := replay.ParseLastEventID(raw, len(topics))
+	if err != nil {
+		return subscribeRequest{}, fmt.Errorf("bad Last-Event-ID %q: %w", truncate(raw, 64), err)
+	}
+	if !ok {
+		pos = make([]pubsub.ID, len(topics))
+	}
+	return subscribeRequest{topics: topics, pos: pos, resume: ok}, nil
+}
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n] + "..."
+	}
+	return s
+}
+
+// ServeEvents serves one SSE stream: validate, admit, subscribe to live,
+// replay from the requested position, then write live frames until the
+// client leaves, falls behind, or the node drains.
+func (n *Node) ServeEvents(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet {
+		w.Header().Set("Allow", "GET")
+		http.Error(w, "method not allowed: use GET", http.StatusMethodNotAllowed)
+		return
+	}
+	req, err := n.parseSubscribe(r)
+	if err != nil {
+		n.m.connTotal.WithLabelValues(outcomeBadRequest).Inc()
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	if n.draining.Load() {
+		n.reject(w, outcomeDraining, "node is draining: reconnect to another node")
+		return
+	}
+	if n.conns.Add(1) > int64(n.cfg.MaxConnections) {
+		n.conns.Add(-1)
+		n.reject(w, outcomeFull, "node is full: too many connections")
+		return
+	}
+	defer n.conns.Add(-1)
+
+	ctx := r.Context()
+	for i, t := range req.topics {
+		if err := n.window.Acquire(ctx, t); err != nil {
+			for _, u := range req.topics[:i] {
+				n.window.Release(u)
+			}
+			n.log.Warn("subscribe: broker unavailable", "topic", t, "err", err)
+			n.reject(w, outcomeUnavailable, "broker unavailable: retry later")
+			return
+		}
+	}
+	defer func() {
+		for _, t := range req.topics {
+			n.window.Release(t)
+		}
+	}()
+	if !req.resume {
+		// Live from now: everything after what the window has seen. Taken
+		// before registering, so an entry fanned out in between is replayed
+		// rather than missed; the writer drops what it has already sent.
+		for i, t := range req.topics {
+			req.pos[i], _ = n.window.Last(t)
+		}
+	}
+
+	c := &client{
+		topics: req.topics,
+		slots:  make([]int, len(req.topics)),
+		pos:    req.pos,
+		q:      newQueue(n.cfg.ClientBuffer, n.cfg.ClientBufferBytes, n.cfg.SlowClient == PolicyDrop),
+	}
+	n.hub.subscribe(c)
+	defer func() {
+		// Unregister first, so no fan-out pushes after the queue lets go
+		// of its frames.
+		n.hub.unsubscribe(c)
+		c.q.close()
+	}()
+
+	n.m.connections.Inc()
+	defer n.m.connections.Dec()
+	n.m.connTotal.WithLabelValues(outcomeAccepted).Inc()
+
+	h := w.Header()
+	h.Set("Content-Type", "text/event-stream")
+	h.Set("Cache-Control", "no-cache")
+	h.Set("X-Accel-Buffering", "no")
+	w.WriteHeader(http.StatusOK)
+	s := newHTTPSink(w)
+	reason := n.stream(r, s, c)
+	n.m.disconnects.WithLabelValues(reason).Inc()
+}
+
+func (n *Node) reject(w http.ResponseWriter, outcome, msg string) {
+	n.m.connTotal.WithLabelValues(outcome).Inc()
+	w.Header().Set("Retry-After", strconv.Itoa(max(1, int(n.cfg.Retry/time.Second))))
+	http.Error(w, msg, http.StatusServiceUnavailable)
+}
+
+// stream runs the open stream to its end and returns why it ended.
+func (n *Node) stream(r *http.Request, s sink, c *client) string {
+	ctx := r.Context()
+	var b []byte
+	b = append(b, "retry: "...)
+	b = strconv.AppendInt(b, n.cfg.Retry.Milliseconds(), 10)
+	b = append(b, "\n: ok\n\n"...)
+	if err := n.writeFlush(s, b); err != nil {
+		return n.writeFailed(err)
+	}
+
+	for i, t := range c.topics {
+		if err := n.replay(r, s, c, i, t); err != nil {
+			if ctx.Err() != nil {
+				return reasonClientGone
+			}
+			if errors.Is(err, errWrite) {
+				return n.writeFailed(err)
+			}
+			// The client reconnects with what it has and resumes.
+			n.log.Warn("replay failed", "topic", t, "after", c.pos[i], "err", err)
+			return reasonWriteError
+		}
+	}
+
+	hb := time.NewTimer(n.cfg.Heartbeat)
+	defer hb.Stop()
+	var batch []*Frame
+	for {
+		select {
+		case <-ctx.Done():
+			return reasonClientGone
+		case <-n.drainCh:
+			// Spread the reconnects of a drained node over time.
+			retry := n.cfg.Retry + rand.N(n.cfg.Retry+time.Millisecond)
+			b = append(b[:0], "retry: "...)
+			b = strconv.AppendInt(b, retry.Milliseconds(), 10)
+			b = append(b, "\n: draining\n\n"...)
+			_ = n.writeFlush(s, b)
+			return reasonDrain
+		case <-hb.C:
+			if err := n.writeFlush(s, heartbeat); err != nil {
+				return n.writeFailed(err)
+			}
+			hb.Reset(n.cfg.Heartbeat)
+		case <-c.q.signal:
+			var closed bool
+			var why overflow
+			batch, closed, why = c.q.take(batch[:0])
+			if closed {
+				n.m.slowDisconnects.WithLabelValues(why.reason()).Inc()
+				return reasonSlowClient
+			}
+			if len(batch) == 0 {
+				continue
+			}
+			n.m.queueDepth.Observe(float64(len(batch)))
+			err := n.writeBatch(s, c, batch)
+			for i, f := range batch {
+				f.Release()
+				batch[i] = nil
+			}
+			if err != nil {
+				return n.writeFailed(err)
+			}
+			hb.Reset(n.cfg.Heartbeat)
+		}
+	}
+}
+
+var heartbeat = []byte(":\n\n")
+
+// errWrite marks errors from writing to the client, as opposed to reading
+// the replay window.
+var errWrite = errors.New("node: write to client")
+
+func (n *Node) writeFailed(err error) string {
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		n.m.slowDisconnects.WithLabelValues(reasonWriteTimeout).Inc()
+		return reasonWriteTimeout
+	}
+	return reasonWriteError
+}
+
+func (n *Node) writeFlush(s sink, b []byte) error {
+	if err := s.SetWriteDeadline(time.Now().Add(n.cfg.WriteTimeout)); err != nil {
+		return fmt.Errorf("%w: set deadline: %w", errWrite, err)
+	}
+	if _, err := s.Write(b); err != nil {
+		return fmt.Errorf("%w: %w", errWrite, err)
+	}
+	if err := s.Flush(); err != nil {
+		return fmt.Errorf("%w: flush: %w", errWrite, err)
+	}
+	return nil
+}
+
+// batchBufs hold a batch of several frames while it is written, so that the
+// batch goes out in one Write and so in one HTTP/1.1 chunk: an event is never
+// split across chunks by the response's small internal buffer.
+var batchBufs = sync.Pool{New: func() any { b := make([]byte, 0, 16<<10); return &b }}
+
+// writeBatch writes every frame the client has not seen yet, then flushes
+// once.
+func (n *Node) writeBatch(s sink, c *client, batch []*Frame) error {
+	start := time.Now()
+	if err := s.SetWriteDeadline(start.Add(n.cfg.WriteTimeout)); err != nil {
+		return fmt.Errorf("%w: set deadline: %w", errWrite, err)
+	}
+	var sent int
+	if len(batch) == 1 && len(c.topics) == 1 {
+		ok, err := c.write(s, batch[0])
+		if err != nil {
+			return err
+		}
+		if ok {
+			sent = 1
+		}
+	} else {
+		bp := batchBufs.Get().(*[]byte)
+		buf := (*bp)[:0]
+		for _, f := range batch {
+			var ok bool
+			if buf, ok = c.appendFrame(buf, f); ok {
+				sent++
+			}
+		}
+		var err error
+		if len(buf) > 0 {
+			_, err = s.Write(buf)
+		}
+		if cap(buf) <= 1<<20 {
+			*bp = buf[:0]
+			batchBufs.Put(bp)
+		}
+		if err != nil {
+			return fmt.Errorf("%w: %w", errWrite, err)
+		}
+	}
+	if sent == 0 {
+		return nil
+	}
+	if err := s.Flush(); err != nil {
+		return fmt.Errorf("%w: flush: %w", errWrite, err)
+	}
+	n.m.flush.Observe(time.Since(start).Seconds())
+	n.m.delivered.Add(float64(sent))
+	return nil
+}
+
+// accept reports whether f is new to the client (not already sent by
+// replay) and, if so, advances the client's position for its topic.
+func (c *client) accept(f *Frame) bool {
+	i := 0
+	if len(c.topics) > 1 {
+		if i = c.topicIndex(f.topic); i < 0 {
+			return false
+		}
+	}
+	if f.id.Compare(c.pos[i]) <= 0 {
+		return false
+	}
+	c.pos[i] = f.id
+	return true
+}
+
+// appendFrame appends f as the client must see it: with a composite id
+// line when it follows several topics.
+func (c *client) appendFrame(b []byte, f *Frame) ([]byte, bool) {
+	if !c.accept(f) {
+		return b, false
+	}
+	if len(c.topics) == 1 {
+		return append(b, f.buf...), true
+	}
+	b = append(b, "id: "...)
+	b = replay.AppendLastEventID(b, c.pos)
+	b = append(b, '\n')
+	return append(b, f.Body()...), true
+}
+
+// write sends f unless the client has already had it.
+func (c *client) write(s sink, f *Frame) (bool, error) {
+	if len(c.topics) == 1 {
+		if !c.accept(f) {
+			return false, nil
+		}
+		if _, err := s.Write(f.buf); err != nil {
+			return false, fmt.Errorf("%w: %w", errWrite, err)
+		}
+		return true, nil
+	}
+	if !c.accept(f) {
+		return false, nil
+	}
+	// Only the id line goes through scratch, so it stays small.
+	c.scratch = append(c.scratch[:0], "id: "...)
+	c.scratch = replay.AppendLastEventID(c.scratch, c.pos)
+	c.scratch = append(c.scratch, '\n')
+	if _, err := s.Write(c.scratch); err != nil {
+		return false, fmt.Errorf("%w: %w", errWrite, err)
+	}
+	if _, err := s.Write(f.Body()); err != nil {
+		return false, fmt.Errorf("%w: %w", errWrite, err)
+	}
+	return true, nil
+}
+
+// replay sends topic i's missed entries, an sse-gap event first if some
+// were lost, flushing as it goes.
+func (n *Node) replay(r *http.Request, s sink, c *client, i int, topic string) error {
+	var gapBuf []byte
+	sent := 0
+	res, err := n.window.Replay(r.Context(), topic, c.pos[i],
+		func(g replay.Gap) error {
+			n.m.replayRequests.WithLabelValues("gap").Inc()
+			gapBuf = append(gapBuf[:0], "event: sse-gap\ndata: "...)
+			gapBuf = g.AppendJSON(gapBuf)
+			gapBuf = append(gapBuf, "\n\n"...)
+			return n.writeFlush(s, gapBuf)
+		},
+		func(e pubsub.Entry) error {
+			f := EncodeFrame(topic, &e)
+			defer f.Release()
+			if sent == 0 {
+				if err := s.SetWriteDeadline(time.Now().Add(n.cfg.WriteTimeout)); err != nil {
+					return fmt.Errorf("%w: set deadline: %w", errWrite, err)
+				}
+			}
+			ok, err := c.write(s, f)
+			if err != nil || !ok {
+				return err
+			}
+			sent++
+			if sent%256 == 0 {
+				// Keep the deadline per write batch, not per replay.
+				if err := s.Flush(); err != nil {
+					return fmt.Errorf("%w: flush: %w", errWrite, err)
+				}
+				if err := s.SetWriteDeadline(time.Now().Add(n.cfg.WriteTimeout)); err != nil {
+					return fmt.Errorf("%w: set deadline: %w", errWrite, err)
+				}
+			}
+			return nil
+		})
+	if sent > 0 || res.Count > 0 {
+		n.m.replayRequests.WithLabelValues(string(res.From)).Inc()
+		n.m.replayEvents.Add(float64(sent))
+		n.m.delivered.Add(float64(sent))
+	}
+	if err != nil {
+		return err
+	}
+	if sent > 0 {
+		if err := s.Flush(); err != nil {
+			return fmt.Errorf("%w: flush: %w", errWrite, err)
+		}
+	}
+	return nil
+}

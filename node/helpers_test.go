@@ -1,0 +1,172 @@
+package node
+
+import (
+	"bufio"
+	"context"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/ssecluster/ssecluster/pubsub"
+	"github.com/ssecluster/ssecluster/replay"
+)
+
+// testNode is a node over an in-memory broker behind an httptest server.
+type testNode struct {
+	*Node
+	broker *pubsub.Memory
+	srv    *httptest.Server
+	reg    *prometheus.Registry
+}
+
+type testOpts struct {
+	cfg    Config
+	mem    pubsub.MemoryConfig
+	window replay.Config
+}
+
+func newTestNode(t testing.TB, o testOpts) *testNode {
+	t.Helper()
+	b, err := pubsub.NewMemory(o.mem)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := replay.New(b, o.window)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	o.cfg.Registerer = reg
+	n, err := New(o.cfg, b, w)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Start(); err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(n.Handler())
+	tn := &testNode{Node: n, broker: b, srv: srv, reg: reg}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := n.Drain(ctx); err != nil {
+			t.Errorf("drain: %v", err)
+		}
+		srv.CloseClientConnections()
+		srv.Close()
+		b.Close()
+	})
+	return tn
+}
+
+func (tn *testNode) publish(t testing.TB, topic, event, data string) pubsub.ID {
+	t.Helper()
+	id, err := tn.broker.Publish(context.Background(), topic, event, []byte(data))
+	if err != nil {
+		t.Fatalf("publish %s: %v", topic, err)
+	}
+	return id
+}
+
+// event is one parsed SSE event as a browser would see it.
+type event struct {
+	ID, Event, Data string
+}
+
+// sseClient reads one stream with a small parser, line by line, enough to
+// check ids and comments; the go-sse library checks payloads separately.
+type sseClient struct {
+	resp   *http.Response
+	r      *bufio.Reader
+	cancel context.CancelFunc
+	retry  string
+}
+
+func dial(t testing.TB, url string, lastID string) *sseClient {
+	t.Helper()
+	c, status, body := tryDial(t, url, lastID)
+	if c == nil {
+		t.Fatalf("GET %s: status %d: %s", url, status, body)
+	}
+	return c
+}
+
+func tryDial(t testing.TB, url string, lastID string) (*sseClient, int, string) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if lastID != "" {
+		req.Header.Set("Last-Event-ID", lastID)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		cancel()
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		cancel()
+		return nil, resp.StatusCode, string(b)
+	}
+	c := &sseClient{resp: resp, r: bufio.NewReader(resp.Body), cancel: cancel}
+	t.Cleanup(c.close)
+	return c, resp.StatusCode, ""
+}
+
+func (c *sseClient) close() {
+	c.cancel()
+	c.resp.Body.Close()
+}
+
+// next returns the next event, skipping comments and retry lines.
+func (c *sseClient) next(t testing.TB) event {
+	t.Helper()
+	var e event
+	var data []string
+	seen := false
+	for {
+		line, err := c.r.ReadString('\n')
+		if err != nil {
+			t.Fatalf("read stream: %v (partial event %+v)", err, e)
+		}
+		line = strings.TrimSuffix(line, "\n")
+		if line == "" {
+			if seen {
+				e.Data = strings.Join(data, "\n")
+				return e
+			}
+			continue
+		}
+		k, v, _ := strings.Cut(line, ":")
+		v = strings.TrimPrefix(v, " ")
+		switch k {
+		case "":
+		case "retry":
+			c.retry = v
+		case "id":
+			e.ID, seen = v, true
+		case "event":
+			e.Event, seen = v, true
+		case "data":
+			data, seen = append(data, v), true
+		}
+	}
+}
+
+// eventually polls cond until it holds or the deadline passes.
+func eventually(t testing.TB, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", d, what)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}

@@ -1,0 +1,110 @@
+package node
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// metrics are the node's Prometheus collectors (DESIGN "Observability").
+type metrics struct {
+	connections     prometheus.Gauge
+	connTotal       *prometheus.CounterVec // by outcome
+	disconnects     *prometheus.CounterVec // by reason
+	slowDisconnects *prometheus.CounterVec // by reason
+	brokerEvents    prometheus.Counter
+	delivered       prometheus.Counter
+	dropped         *prometheus.CounterVec // by reason
+	flush           prometheus.Histogram
+	queueDepth      prometheus.Histogram
+	replayRequests  *prometheus.CounterVec // by source
+	replayEvents    prometheus.Counter
+	readLag         prometheus.Histogram
+	draining        prometheus.Gauge
+	brokerUp        prometheus.Gauge
+}
+
+// Connection outcomes and disconnect reasons, as label values.
+const (
+	outcomeAccepted   = "accepted"
+	outcomeBadRequest = "bad_request"
+	outcomeFull       = "rejected_full"
+	outcomeDraining   = "rejected_draining"
+	outcomeUnavailable = "broker_unavailable"
+
+	reasonClientGone   = "client_gone"
+	reasonWriteError   = "write_error"
+	reasonWriteTimeout = "write_timeout"
+	reasonSlowClient   = "slow_client"
+	reasonDrain        = "drain"
+)
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		connections: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "sse_connections", Help: "Open SSE streams on this node.",
+		}),
+		connTotal: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sse_connections_total", Help: "SSE subscribe requests by outcome.",
+		}, []string{"outcome"}),
+		disconnects: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sse_disconnects_total", Help: "Closed SSE streams by reason.",
+		}, []string{"reason"}),
+		slowDisconnects: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sse_slow_client_disconnects_total", Help: "Streams closed because the client could not keep up, by reason.",
+		}, []string{"reason"}),
+		brokerEvents: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "sse_broker_events_total", Help: "Entries received from the broker for local topics.",
+		}),
+		delivered: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "sse_frames_delivered_total", Help: "Frames written to clients (live and replayed).",
+		}),
+		dropped: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sse_frames_dropped_total", Help: "Frames a client queue refused under the drop policy, by reason.",
+		}, []string{"reason"}),
+		flush: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "sse_flush_duration_seconds", Help: "Time to write and flush one batch of frames to a client.",
+			Buckets: prometheus.ExponentialBuckets(100e-6, 2, 10),
+		}),
+		queueDepth: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "sse_queue_depth", Help: "Frames waiting in a client queue when its writer takes them.",
+			Buckets: []float64{1, 2, 4, 8, 16, 32, 64, 128, 256},
+		}),
+		replayRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sse_replay_requests_total", Help: "Resumes by the source that served them (ring, redis) and gaps reported.",
+		}, []string{"source"}),
+		replayEvents: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "sse_replay_events_total", Help: "Events sent to clients from replay.",
+		}),
+		readLag: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "sse_broker_read_lag_seconds", Help: "Time from an entry's ID timestamp to its local fan-out.",
+			Buckets: prometheus.ExponentialBuckets(250e-6, 2, 16),
+		}),
+		draining: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "sse_draining", Help: "1 while the node drains for shutdown.",
+		}),
+		brokerUp: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "sse_broker_up", Help: "1 when the last broker health check succeeded.",
+		}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.connections, m.connTotal, m.disconnects, m.slowDisconnects,
+			m.brokerEvents, m.delivered, m.dropped, m.flush, m.queueDepth,
+			m.replayRequests, m.replayEvents, m.readLag, m.draining, m.brokerUp)
+	}
+	// Pre-create the label sets dashboards and alerts look for.
+	for _, o := range []string{outcomeAccepted, outcomeBadRequest, outcomeFull, outcomeDraining, outcomeUnavailable} {
+		m.connTotal.WithLabelValues(o)
+	}
+	for _, r := range []string{reasonClientGone, reasonWriteError, reasonWriteTimeout, reasonSlowClient, reasonDrain} {
+		m.disconnects.WithLabelValues(r)
+	}
+	for _, r := range []string{"queue_frames", "queue_bytes", reasonWriteTimeout} {
+		m.slowDisconnects.WithLabelValues(r)
+	}
+	for _, r := range []string{"queue_frames", "queue_bytes"} {
+		m.dropped.WithLabelValues(r)
+	}
+	for _, s := range []string{"ring", "redis", "gap"} {
+		m.replayRequests.WithLabelValues(s)
+	}
+	return m
+}

@@ -1,0 +1,237 @@
+// Package node serves Server-Sent Events: the HTTP handler, the local fan-out
+// hub, each client's bounded queue and writer, frame encoding over pooled
+// buffers, and the shutdown drain.
+//
+// Events come from a Broker through a single Handler; each is encoded once
+// into a reference-counted Frame, appended to the replay window and handed
+// to every local subscriber's queue without blocking. A client's writer is
+// its request goroutine: it takes all queued frames, writes them and flushes
+// once, with a per-write deadline.
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/ssecluster/ssecluster/pubsub"
+	"github.com/ssecluster/ssecluster/replay"
+)
+
+// Broker is what the node needs from where events come from.
+type Broker interface {
+	// Start begins delivering the entries of watched topics to h.
+	Start(h pubsub.Handler) error
+	// Publish appends an event to a topic.
+	Publish(ctx context.Context, topic, event string, data []byte) (pubsub.ID, error)
+	// Ping reports whether the backing store is reachable.
+	Ping(ctx context.Context) error
+}
+
+// Slow-client policies.
+const (
+	// PolicyDisconnect closes a client whose queue is full; it reconnects
+	// with its Last-Event-ID and loses nothing still in the window.
+	PolicyDisconnect = "disconnect"
+	// PolicyDrop discards the frames a full queue cannot take, counted.
+	PolicyDrop = "drop"
+)
+
+// ErrDraining is returned by Drain when called twice, and describes the
+// state in which new streams are refused.
+var ErrDraining = errors.New("node: draining")
+
+// Config sets the node's behaviour. Zero values mean the documented defaults.
+type Config struct {
+	// ClientBuffer is the queue length in frames per client; 0 means 64.
+	ClientBuffer int
+	// ClientBufferBytes bounds the bytes queued per client; 0 means 1 MiB.
+	ClientBufferBytes int
+	// SlowClient is PolicyDisconnect (default, "") or PolicyDrop.
+	SlowClient string
+	// Heartbeat is the idle time after which a comment is sent; 0 means 15s.
+	Heartbeat time.Duration
+	// WriteTimeout bounds each write and flush to a client; 0 means 10s.
+	WriteTimeout time.Duration
+	// Retry is the reconnection delay sent in the retry: field; 0 means 2s.
+	Retry time.Duration
+	// MaxConnections caps open streams; beyond it new ones get 503; 0 means 100000.
+	MaxConnections int
+	// MaxTopics caps topics per stream; 0 means 16.
+	MaxTopics int
+	// Logger receives the node's logs; nil means slog.Default().
+	Logger *slog.Logger
+	// Registerer receives the node's metrics; nil registers nowhere.
+	Registerer prometheus.Registerer
+}
+
+func (c *Config) setDefaults() error {
+	def := func(v *int, d int) {
+		if *v == 0 {
+			*v = d
+		}
+	}
+	defDur := func(v *time.Duration, d time.Duration) {
+		if *v == 0 {
+			*v = d
+		}
+	}
+	def(&c.ClientBuffer, 64)
+	def(&c.ClientBufferBytes, 1<<20)
+	def(&c.MaxConnections, 100000)
+	def(&c.MaxTopics, 16)
+	defDur(&c.Heartbeat, 15*time.Second)
+	defDur(&c.WriteTimeout, 10*time.Second)
+	defDur(&c.Retry, 2*time.Second)
+	if c.SlowClient == "" {
+		c.SlowClient = PolicyDisconnect
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	switch {
+	case c.ClientBuffer < 1:
+		return fmt.Errorf("node: client buffer %d: must be at least 1", c.ClientBuffer)
+	case c.ClientBufferBytes < 1:
+		return fmt.Errorf("node: client buffer bytes %d: must be positive", c.ClientBufferBytes)
+	case c.MaxConnections < 1:
+		return fmt.Errorf("node: max connections %d: must be positive", c.MaxConnections)
+	case c.MaxTopics < 1:
+		return fmt.Errorf("node: max topics %d: must be positive", c.MaxTopics)
+	case c.Heartbeat < 0 || c.WriteTimeout < 0 || c.Retry < 0:
+		return fmt.Errorf("node: heartbeat %v, write timeout %v, retry %v: must not be negative", c.Heartbeat, c.WriteTimeout, c.Retry)
+	case c.SlowClient != PolicyDisconnect && c.SlowClient != PolicyDrop:
+		return fmt.Errorf("node: slow client policy %q: want %q or %q", c.SlowClient, PolicyDisconnect, PolicyDrop)
+	}
+	return nil
+}
+
+// Node is one SSE server: it serves /events from a broker through a replay
+// window. Create it with New, call Start, serve Handler and AdminHandler,
+// and on shutdown call Drain.
+type Node struct {
+	cfg    Config // immutable after New
+	broker Broker
+	window *replay.Window
+	hub    *hub
+	m      *metrics
+	log    *slog.Logger
+
+	conns    atomic.Int64 // open streams
+	draining atomic.Bool
+	drainCh  chan struct{} // closed when draining starts
+	drainMu  sync.Mutex    // guards closing drainCh
+	started  atomic.Bool
+}
+
+// New validates cfg and returns a node that reads events from b through w.
+// The window must have been built over the same broker.
+func New(cfg Config, b Broker, w *replay.Window) (*Node, error) {
+	if b == nil || w == nil {
+		return nil, errors.New("node: broker and window are required")
+	}
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	return &Node{
+		cfg:     cfg,
+		broker:  b,
+		window:  w,
+		hub:     newHub(),
+		m:       newMetrics(cfg.Registerer),
+		log:     cfg.Logger,
+		drainCh: make(chan struct{}),
+	}, nil
+}
+
+// Start connects the node to its broker's deliveries. Call it once.
+func (n *Node) Start() error {
+	if !n.started.CompareAndSwap(false, true) {
+		return errors.New("node: already started")
+	}
+	if err := n.broker.Start(n.deliver); err != nil {
+		return fmt.Errorf("node: start broker: %w", err)
+	}
+	return nil
+}
+
+// deliver is the broker's Handler: window first, so that a client that
+// registers after this point finds the entries in the ring, then fan-out.
+func (n *Node) deliver(topic string, entries []pubsub.Entry) {
+	if len(entries) == 0 {
+		return
+	}
+	n.window.Append(topic, entries)
+	n.m.brokerEvents.Add(float64(len(entries)))
+	now := time.Now()
+	var stack [16]*Frame
+	frames := stack[:0]
+	for i := range entries {
+		e := &entries[i]
+		n.m.readLag.Observe(now.Sub(e.Time()).Seconds())
+		frames = append(frames, EncodeFrame(topic, e))
+		if len(frames) == cap(stack) || i == len(entries)-1 {
+			n.hub.fanout(topic, frames, n.refused)
+			for j, f := range frames {
+				f.Release()
+				frames[j] = nil
+			}
+			frames = frames[:0]
+		}
+	}
+}
+
+func (n *Node) refused(_ *client, o overflow) {
+	if n.cfg.SlowClient == PolicyDrop {
+		n.m.dropped.WithLabelValues(o.reason()).Inc()
+	}
+}
+
+// Connections is the number of open streams.
+func (n *Node) Connections() int { return int(n.conns.Load()) }
+
+// Draining reports whether Drain has started.
+func (n *Node) Draining() bool { return n.draining.Load() }
+
+// Ready reports nil when the node takes new streams: not draining and the
+// broker reachable.
+func (n *Node) Ready(ctx context.Context) error {
+	if n.draining.Load() {
+		return ErrDraining
+	}
+	if err := n.broker.Ping(ctx); err != nil {
+		n.m.brokerUp.Set(0)
+		return fmt.Errorf("node: broker: %w", err)
+	}
+	n.m.brokerUp.Set(1)
+	return nil
+}
+
+// Drain fails readiness, refuses new streams, tells every open stream to
+// reconnect elsewhere (a jittered retry:) and closes it, then waits until
+// all streams are gone or ctx ends. It is safe to call more than once.
+func (n *Node) Drain(ctx context.Context) error {
+	n.drainMu.Lock()
+	if !n.draining.Swap(true) {
+		n.m.draining.Set(1)
+		close(n.drainCh)
+	}
+	n.drainMu.Unlock()
+	// Poll rather than wait in a goroutine that could outlive ctx.
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for n.conns.Load() > 0 {
+		select {
+		case <-tick.C:
+		case <-ctx.Done():
+			return fmt.Errorf("node: drain with %d streams open: %w", n.conns.Load(), ctx.Err())
+		}
+	}
+	return nil
+}
