@@ -1,0 +1,153 @@
+package replay
+
+import (
+	"sort"
+
+	"github.com/ssecluster/ssecluster/pubsub"
+)
+
+// minRingAlloc is the first allocation of a ring's buffer. Buffers grow by
+// doubling up to the ring's capacity, so a quiet topic does not pin
+// RingSize entries of memory; growth is amortised bookkeeping, never a
+// per-entry allocation.
+const minRingAlloc = 16
+
+// ring is a bounded circular buffer of one topic's newest entries, in
+// strictly ascending ID order, with the coverage floor of the replay window.
+// It is not safe for concurrent use: Window guards it with its mutex.
+type ring struct {
+	buf  []pubsub.Entry // circular storage, len(buf) <= max
+	head int            // index in buf of the oldest entry
+	n    int            // entries held
+	max  int            // capacity, >= 1
+
+	// floor is the coverage floor: every entry with an ID above floor that
+	// exists is held here or will be appended later.
+	floor pubsub.ID
+	// evicted reports whether floor was set by an eviction (as opposed to
+	// the initial load); finishLoad needs to know.
+	evicted bool
+}
+
+// at returns the i-th oldest entry, 0 <= i < n.
+func (r *ring) at(i int) *pubsub.Entry {
+	j := r.head + i
+	if j >= len(r.buf) {
+		j -= len(r.buf)
+	}
+	return &r.buf[j]
+}
+
+// newest returns the newest entry; n must be > 0.
+func (r *ring) newest() *pubsub.Entry { return r.at(r.n - 1) }
+
+// reserve grows buf to hold at least want entries (capped at max),
+// linearising the circle so that head is 0.
+func (r *ring) reserve(want int) {
+	if want <= len(r.buf) {
+		return
+	}
+	size := max(len(r.buf)*2, minRingAlloc, want)
+	size = min(size, r.max)
+	nb := make([]pubsub.Entry, size)
+	for i := 0; i < r.n; i++ {
+		nb[i] = *r.at(i)
+	}
+	r.buf, r.head = nb, 0
+}
+
+// push appends e as the newest entry, evicting the oldest when full. The
+// caller guarantees e is newer than every held entry.
+func (r *ring) push(e pubsub.Entry) {
+	if r.n == r.max {
+		r.evictOldest()
+	}
+	if r.n == len(r.buf) {
+		r.reserve(r.n + 1)
+	}
+	*r.at(r.n) = e
+	r.n++
+}
+
+// pushFront inserts e as the oldest entry. The caller guarantees n < max
+// and e older than every held entry.
+func (r *ring) pushFront(e pubsub.Entry) {
+	if r.n == len(r.buf) {
+		r.reserve(r.n + 1)
+	}
+	r.head--
+	if r.head < 0 {
+		r.head += len(r.buf)
+	}
+	r.buf[r.head] = e
+	r.n++
+}
+
+// popFront drops the oldest entry without touching floor (for entries that
+// were never part of the window, see finishLoad).
+func (r *ring) popFront() {
+	r.buf[r.head] = pubsub.Entry{} // let its Data be collected
+	r.head++
+	if r.head == len(r.buf) {
+		r.head = 0
+	}
+	r.n--
+}
+
+// evictOldest drops the oldest entry e and raises floor to e.ID: entries
+// after it are still all here.
+func (r *ring) evictOldest() {
+	r.floor = r.buf[r.head].ID
+	r.evicted = true
+	r.popFront()
+}
+
+// evictBefore evicts every entry added before cutoffMs (Unix milliseconds).
+func (r *ring) evictBefore(cutoffMs uint64) {
+	for r.n > 0 && r.buf[r.head].ID.Ms < cutoffMs {
+		r.evictOldest()
+	}
+}
+
+// finishLoad merges the Tail that Watch returned with the entries appended
+// while Watch was in flight (already in r): the ring ends as
+// tail ++ delivered, trimmed to max from the oldest, and floor is set by the
+// coverage rule.
+func (r *ring) finishLoad(tail pubsub.Tail) {
+	// Entries at or below Tail.Last that arrived during the load are late
+	// deliveries to an earlier watch of this topic, not part of this one.
+	for r.n > 0 && !tail.Last.Less(r.buf[r.head].ID) {
+		r.popFront()
+	}
+	if r.evicted && tail.Last.Less(r.floor) {
+		// Entries delivered after Tail.Last overflowed the ring already:
+		// no tail entry fits and the eviction set floor.
+		return
+	}
+	r.evicted = false
+	entries := tail.Entries
+	if r.n > 0 { // be safe against a tail that overlaps deliveries
+		first := r.buf[r.head].ID
+		k := sort.Search(len(entries), func(i int) bool { return !entries[i].ID.Less(first) })
+		entries = entries[:k]
+	}
+	keep := min(r.max-r.n, len(entries))
+	dropped, kept := entries[:len(entries)-keep], entries[len(entries)-keep:]
+	r.reserve(r.n + len(kept))
+	for i := len(kept) - 1; i >= 0; i-- {
+		r.pushFront(kept[i])
+	}
+	switch {
+	case len(dropped) > 0:
+		r.floor, r.evicted = dropped[len(dropped)-1].ID, true
+	case len(kept) > 0:
+		r.floor = kept[0].ID
+	default:
+		r.floor = tail.Last
+	}
+}
+
+// after returns the index of the oldest held entry with ID > id (n if none).
+func (r *ring) after(id pubsub.ID) int {
+	return sort.Search(r.n, func(i int) bool { return id.Less(r.at(i).ID) })
+}
