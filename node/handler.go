@@ -391,6 +391,10 @@ func (n *Node) replay(r *http.Request, s sink, c *client, i int, topic string) e
 	res, err := n.window.Replay(r.Context(), topic, c.pos[i],
 		func(g replay.Gap) error {
 			n.m.replayRequests.WithLabelValues("gap").Inc()
+			// The requested position may be one this stream never had (it
+			// was lost and recreated): what follows the gap is new to the
+			// client whatever its ID, and arrives in order.
+			c.pos[i] = pubsub.ID{}
 			gapBuf = append(gapBuf[:0], "event: sse-gap\ndata: "...)
 			gapBuf = g.AppendJSON(gapBuf)
 			gapBuf = append(gapBuf, "\n\n"...)

@@ -3,6 +3,7 @@ package node
 import (
 	"bufio"
 	"context"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -127,19 +128,28 @@ func (c *sseClient) close() {
 // next returns the next event, skipping comments and retry lines.
 func (c *sseClient) next(t testing.TB) event {
 	t.Helper()
+	e, err := c.nextErr()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
+// nextErr is next for goroutines other than the test's.
+func (c *sseClient) nextErr() (event, error) {
 	var e event
 	var data []string
 	seen := false
 	for {
 		line, err := c.r.ReadString('\n')
 		if err != nil {
-			t.Fatalf("read stream: %v (partial event %+v)", err, e)
+			return e, fmt.Errorf("read stream: %w (partial event %+v)", err, e)
 		}
 		line = strings.TrimSuffix(line, "\n")
 		if line == "" {
 			if seen {
 				e.Data = strings.Join(data, "\n")
-				return e
+				return e, nil
 			}
 			continue
 		}

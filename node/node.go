@@ -102,8 +102,8 @@ func (c *Config) setDefaults() error {
 		return fmt.Errorf("node: client buffer bytes %d: must be positive", c.ClientBufferBytes)
 	case c.MaxConnections < 1:
 		return fmt.Errorf("node: max connections %d: must be positive", c.MaxConnections)
-	case c.MaxTopics < 1:
-		return fmt.Errorf("node: max topics %d: must be positive", c.MaxTopics)
+	case c.MaxTopics < 1 || c.MaxTopics > replay.MaxTopics:
+		return fmt.Errorf("node: max topics %d: must be between 1 and %d (the longest Last-Event-ID a client may send back)", c.MaxTopics, replay.MaxTopics)
 	case c.Heartbeat < 0 || c.WriteTimeout < 0 || c.Retry < 0:
 		return fmt.Errorf("node: heartbeat %v, write timeout %v, retry %v: must not be negative", c.Heartbeat, c.WriteTimeout, c.Retry)
 	case c.SlowClient != PolicyDisconnect && c.SlowClient != PolicyDrop:

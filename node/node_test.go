@@ -127,6 +127,9 @@ func TestResume(t *testing.T) {
 		{name: "older than the window", header: 3, query: at, gap: true, first: 10},
 		{name: "at the end", header: 29, query: at, first: 30},
 		{name: "no position is live", header: at, query: at, first: 30},
+		// A position this stream never had (it was lost and recreated, or
+		// the ID is bogus): told, then everything the window holds.
+		{name: "future position", header: -3, query: at, gap: true, first: 10},
 	}
 	for ti, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -141,6 +144,8 @@ func TestResume(t *testing.T) {
 					return ""
 				case -2:
 					return "0"
+				case -3:
+					return "99999999999999-0"
 				}
 				return ids[i].String()
 			}

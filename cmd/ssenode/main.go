@@ -51,12 +51,13 @@ type broker interface {
 func run(args []string, env map[string]string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("ssenode", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.Usage = func() { printHelp(stderr) }
+	fs.Usage = func() {} // printed below, once, to the right stream
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			printHelp(stdout)
 			return 0
 		}
+		printHelp(stderr)
 		return 2
 	}
 	cfg, err := loadConfig(env)

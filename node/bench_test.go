@@ -1,0 +1,94 @@
+package node
+
+import (
+	"bytes"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/ssecluster/ssecluster/pubsub"
+	"github.com/ssecluster/ssecluster/replay"
+)
+
+// BenchmarkFanout measures one published event: encode once, append to the
+// ring, hand to every subscriber's queue, and each writer taking its batch
+// and releasing the frame (the socket write itself is left out). allocs/op
+// must not grow with the number of subscribers.
+func BenchmarkFanout(b *testing.B) {
+	for _, subs := range []int{1, 100, 1000, 10000} {
+		b.Run(fmt.Sprintf("subs=%d", subs), func(b *testing.B) {
+			mem, err := pubsub.NewMemory(pubsub.MemoryConfig{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer mem.Close()
+			w, err := replay.New(mem, replay.Config{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			n, err := New(Config{}, mem, w)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if err := w.Acquire(b.Context(), "bench"); err != nil {
+				b.Fatal(err)
+			}
+			defer w.Release("bench")
+			clients := make([]*client, subs)
+			for i := range clients {
+				clients[i] = &client{
+					topics: []string{"bench"},
+					slots:  make([]int, 1),
+					pos:    make([]pubsub.ID, 1),
+					q:      newQueue(64, 1<<20, false),
+				}
+				n.hub.subscribe(clients[i])
+			}
+			entries := []pubsub.Entry{{Data: bytes.Repeat([]byte("x"), 100)}}
+			batch := make([]*Frame, 0, 64)
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; b.Loop(); i++ {
+				entries[0].ID = pubsub.ID{Ms: 1, Seq: uint64(i + 1)}
+				n.deliver("bench", entries)
+				for _, c := range clients {
+					batch, _, _ = c.q.take(batch[:0])
+					for j, f := range batch {
+						f.Release()
+						batch[j] = nil
+					}
+				}
+			}
+			b.StopTimer()
+			for _, c := range clients {
+				n.hub.unsubscribe(c)
+				c.q.close()
+			}
+		})
+	}
+}
+
+// BenchmarkWriteBatch measures a writer turning a batch of queued frames
+// into one write.
+func BenchmarkWriteBatch(b *testing.B) {
+	var sink discardSink
+	n := &Node{cfg: Config{WriteTimeout: 1}, m: newMetrics(nil)}
+	c := &client{topics: []string{"t"}, pos: make([]pubsub.ID, 1)}
+	frames := make([]*Frame, 16)
+	for i := range frames {
+		frames[i] = EncodeFrame("t", &pubsub.Entry{ID: pubsub.ID{Ms: 1, Seq: uint64(i)}, Data: bytes.Repeat([]byte("x"), 100)})
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		c.pos[0] = pubsub.ID{}
+		if err := n.writeBatch(&sink, c, frames); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+type discardSink struct{ n int }
+
+func (d *discardSink) Write(p []byte) (int, error)        { d.n += len(p); return len(p), nil }
+func (d *discardSink) Flush() error                       { return nil }
+func (d *discardSink) SetWriteDeadline(_ time.Time) error { return nil }

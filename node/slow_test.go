@@ -1,0 +1,156 @@
+package node
+
+import (
+	"bufio"
+	"fmt"
+	"net"
+	"net/http"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+)
+
+// rawStream opens a stream on a raw TCP connection and reads the response
+// headers; the caller decides whether to read any further.
+func rawStream(t testing.TB, addr, path string) (net.Conn, *bufio.Reader, http.Header) {
+	t.Helper()
+	conn, _ := rawDial(t, addr)
+	fmt.Fprintf(conn, "GET %s HTTP/1.1\r\nHost: test\r\n\r\n", path)
+	br := bufio.NewReader(conn)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	return conn, br, resp.Header
+}
+
+// rawDial connects with a small receive buffer, so a client that stops
+// reading fills the path quickly.
+func rawDial(t testing.TB, addr string) (net.Conn, error) {
+	t.Helper()
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	_ = conn.(*net.TCPConn).SetReadBuffer(4 << 10)
+	return conn, nil
+}
+
+func TestSlowClient(t *testing.T) {
+	for _, policy := range []string{PolicyDisconnect, PolicyDrop} {
+		t.Run(policy, func(t *testing.T) {
+			tn := newTestNode(t, testOpts{cfg: Config{
+				SlowClient:   policy,
+				ClientBuffer: 16,
+				WriteTimeout: 300 * time.Millisecond,
+			}})
+			addr := strings.TrimPrefix(tn.srv.URL, "http://")
+			// The slow client reads the headers and then nothing.
+			_, _, _ = rawStream(t, addr, "/events?topic=s")
+			fast := dial(t, tn.srv.URL+"/events?topic=s", "")
+			eventually(t, 5*time.Second, "two streams", func() bool { return tn.Connections() == 2 })
+
+			payload := strings.Repeat("x", 16<<10)
+			const events = 400 // 6.4 MB: more than socket buffers hold
+			var got atomic.Int64
+			done := make(chan error, 1)
+			go func() {
+				for i := range events {
+					e, err := fast.nextErr()
+					if err != nil {
+						done <- fmt.Errorf("fast client after %d events: %w", i, err)
+						return
+					}
+					if !strings.HasPrefix(e.Data, fmt.Sprintf("%d:", i)) {
+						done <- fmt.Errorf("fast client event %d: got %.20q", i, e.Data)
+						return
+					}
+					got.Add(1)
+				}
+				done <- nil
+			}()
+			for i := range events {
+				tn.publish(t, "s", "", fmt.Sprintf("%d:%s", i, payload))
+				// The fast client keeps pace (a few frames in flight at
+				// most), so only the slow one can overflow its queue.
+				eventually(t, 10*time.Second, "fast client progress", func() bool {
+					select {
+					case err := <-done:
+						done <- err
+						return true
+					default:
+					}
+					return got.Load() >= int64(i-4)
+				})
+			}
+			if err := <-done; err != nil {
+				t.Fatal(err)
+			}
+			switch policy {
+			case PolicyDisconnect:
+				eventually(t, 10*time.Second, "slow client cut off", func() bool { return tn.Connections() == 1 })
+				slow := testutil.ToFloat64(tn.m.slowDisconnects.WithLabelValues("queue_frames")) +
+					testutil.ToFloat64(tn.m.slowDisconnects.WithLabelValues("queue_bytes")) +
+					testutil.ToFloat64(tn.m.slowDisconnects.WithLabelValues(reasonWriteTimeout))
+				if slow != 1 {
+					t.Fatalf("slow-client disconnects = %v, want 1", slow)
+				}
+			case PolicyDrop:
+				eventually(t, 10*time.Second, "drops counted", func() bool {
+					return testutil.ToFloat64(tn.m.dropped.WithLabelValues("queue_frames"))+
+						testutil.ToFloat64(tn.m.dropped.WithLabelValues("queue_bytes")) > 0
+				})
+			}
+		})
+	}
+}
+
+func TestQueueBounds(t *testing.T) {
+	f := func(n int) *Frame {
+		fr := newFrame(n)
+		fr.buf = fr.buf[:n]
+		return fr
+	}
+	tests := []struct {
+		name     string
+		frames   int
+		maxBytes int
+		drop     bool
+		sizes    []int
+		want     []overflow
+	}{
+		{"frames bound disconnects", 2, 1 << 20, false, []int{10, 10, 10, 10}, []overflow{accepted, accepted, fullFrames, queueClosed}},
+		{"bytes bound disconnects", 10, 25, false, []int{10, 10, 10}, []overflow{accepted, accepted, fullBytes}},
+		{"one oversize frame passes when empty", 10, 5, false, []int{100, 1}, []overflow{accepted, fullBytes}},
+		{"drop keeps the queue open", 2, 1 << 20, true, []int{1, 1, 1, 1}, []overflow{accepted, accepted, fullFrames, fullFrames}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			q := newQueue(tt.frames, tt.maxBytes, tt.drop)
+			for i, size := range tt.sizes {
+				fr := f(size)
+				fr.retain(1) // the queue's reference
+				got := q.push(fr)
+				if got != accepted {
+					fr.Release()
+				}
+				fr.Release() // the caller's
+				if got != tt.want[i] {
+					t.Fatalf("push %d: %v, want %v", i, got, tt.want[i])
+				}
+			}
+			batch, _, _ := q.take(nil)
+			for _, fr := range batch {
+				fr.Release()
+			}
+			q.close()
+		})
+	}
+}
