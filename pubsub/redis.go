@@ -1,0 +1,684 @@
+package pubsub
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/redis/go-redis/v9/maintnotifications"
+)
+
+// Defaults of RedisConfig's zero fields.
+const (
+	DefaultRedisPrefix  = "sse:"
+	DefaultRedisMaxLen  = 10000
+	DefaultRedisReaders = 2
+	DefaultRedisBlock   = 5 * time.Second
+	DefaultRedisCount   = 512
+)
+
+// maxRedisReaders bounds cfg.Readers: each reader holds a connection, and
+// the point of readers is that there are few of them.
+const maxRedisReaders = 64
+
+// ErrBadEvent is returned by Publish for an event type holding CR or LF,
+// which would let a publisher forge SSE fields.
+var ErrBadEvent = errors.New("pubsub: bad event type")
+
+// RedisConfig configures the Redis Streams broker. Zero fields take the
+// documented defaults; exactly one of URL and Addrs must be set.
+type RedisConfig struct {
+	// URL of a single Redis server: redis:// or rediss:// (TLS), with user,
+	// password, database and go-redis options taken from the URL. Used when
+	// set; Addrs must then be empty.
+	URL string
+	// Addrs are seed addresses used when URL is empty: with MasterName, the
+	// Sentinels of a failover group; otherwise one address is a single
+	// server and two or more are Redis Cluster seeds.
+	Addrs []string
+	// MasterName is the Sentinel master name. Empty means no Sentinel.
+	MasterName string
+	// Username and Password, when set, are the ACL credentials (and override
+	// those of URL).
+	Username, Password string
+	// Prefix is put before a topic to make its stream key. "" means "sse:".
+	// In Cluster mode a hash tag such as "{sse}:" puts every topic in one
+	// slot, which lets readers block instead of polling (see Redis).
+	Prefix string
+	// MaxLen is the approximate length (MAXLEN ~) Publish trims a stream to.
+	// Zero means 10000.
+	MaxLen int64
+	// MaxAge, when positive, makes the broker trim the streams of watched
+	// topics with XTRIM MINID ~ (now-MaxAge) every min(MaxAge/4, 30s). Zero
+	// means no trimming by age.
+	MaxAge time.Duration
+	// Readers is the number of reader goroutines, each with its own
+	// connection. Zero means 2; at most 64.
+	Readers int
+	// Block is how long one XREAD BLOCK waits before the reader loops.
+	// Zero means 5s; at least 1ms.
+	Block time.Duration
+	// Count is the XREAD COUNT: entries read per stream per call. Zero
+	// means 512.
+	Count int
+	// Logger receives read errors, recoveries and bad entries. Nil discards.
+	Logger *slog.Logger
+	// OnBadEntry, when set, is called for every entry skipped and every
+	// topic parked, with a reason among the BadEntry constants. It must not
+	// block.
+	OnBadEntry func(topic, reason string)
+	// OnReadError, when set, is called for every failed read of a reader
+	// (before it backs off). It must not block.
+	OnReadError func(err error)
+	// Now is the clock used for MaxAge trimming. Nil means time.Now.
+	Now func() time.Time
+}
+
+// redisMode is how the broker reaches Redis, which decides how readers read.
+type redisMode int
+
+const (
+	modeSingle   redisMode = iota // one server (URL, or one address)
+	modeFailover                  // Sentinel: one master at a time
+	modeCluster                   // Redis Cluster
+)
+
+// Redis is the Redis Streams broker. Each topic is the stream
+// <Prefix><topic>; any client that can XADD is a publisher.
+//
+// A small fixed set of reader goroutines deliver watched topics. A topic
+// belongs to one reader (by hash of its name, or of its hash slot in
+// Cluster mode), which keeps the last ID it delivered and reads with
+// explicit IDs, never "$", so nothing is skipped between calls or across
+// Redis errors: after an error a reader backs off (capped, jittered) and
+// resumes from its cursors.
+//
+// On a single server or Sentinel, a reader issues one XREAD BLOCK over all
+// its topics on its own connection. Watch and Unwatch wake it at once with
+// CLIENT UNBLOCK from the shared connection pool, retried until the reader
+// has picked up the change, so a new topic adds no polling latency. With an
+// ACL user this needs +client|id and +client|unblock; if Redis refuses
+// them, the broker logs it once and a new topic waits up to Block.
+//
+// In Cluster mode, the keys of one XREAD must share a hash slot, and a
+// reader cannot block on several nodes at once. A reader there polls: one
+// pipeline of non-blocking XREADs per slot group, then a pause of
+// clusterPoll (50ms) when nothing came, cut short by Watch. Topics go to
+// readers by slot so that a reader has few groups. A prefix with a hash tag
+// keeps one group per reader but still polls; blocking on Cluster is not
+// built.
+//
+// A topic whose key holds another type (WRONGTYPE, which fails a whole
+// multi-key XREAD) is found with TYPE, reported as "wrong type", parked and
+// checked again every parkRetry (10s) while the others keep flowing.
+type Redis struct {
+	// Immutable after NewRedis.
+	cfg     RedisConfig // defaults applied
+	mode    redisMode
+	client  redis.UniversalClient // shared pool: commands, CLIENT UNBLOCK
+	log     *slog.Logger
+	ctx     context.Context // canceled by Close
+	cancel  context.CancelFunc
+	readers []*reader
+	wakeCh  chan struct{} // 1-slot: a reader may need CLIENT UNBLOCK; never closed
+
+	closed    atomic.Bool
+	noUnblock atomic.Bool    // Redis refused CLIENT ID or CLIENT UNBLOCK: readers wake at Block
+	wg        sync.WaitGroup // readers, waker, trimmer
+
+	mu      sync.Mutex // orders Start against Close
+	started bool       // guarded by mu
+}
+
+var _ Publisher = (*Redis)(nil)
+
+// NewRedis validates cfg and builds the broker and its client. It does not
+// connect: Redis need not be up until the first command.
+func NewRedis(cfg RedisConfig) (*Redis, error) {
+	cfg, mode, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	b := &Redis{
+		cfg:    cfg,
+		mode:   mode,
+		log:    cfg.Logger,
+		wakeCh: make(chan struct{}, 1),
+	}
+	b.client, err = b.newClient(nil)
+	if err != nil {
+		return nil, err
+	}
+	b.ctx, b.cancel = context.WithCancel(context.Background())
+	b.readers = make([]*reader, cfg.Readers)
+	for i := range b.readers {
+		b.readers[i] = newReader(b, i)
+	}
+	return b, nil
+}
+
+// withDefaults validates c and fills its zero fields.
+func (c RedisConfig) withDefaults() (RedisConfig, redisMode, error) {
+	fail := func(format string, args ...any) (RedisConfig, redisMode, error) {
+		return c, 0, fmt.Errorf("pubsub: redis config: "+format, args...)
+	}
+	mode := modeSingle
+	switch {
+	case c.URL != "" && len(c.Addrs) > 0:
+		return fail("URL and Addrs are both set; use one")
+	case c.URL != "":
+		if c.MasterName != "" {
+			return fail("MasterName %q needs Addrs (Sentinels), not URL", c.MasterName)
+		}
+		if _, err := redis.ParseURL(c.URL); err != nil {
+			return fail("URL: %w", err)
+		}
+	case len(c.Addrs) > 0:
+		for _, a := range c.Addrs {
+			if a == "" {
+				return fail("Addrs holds an empty address")
+			}
+		}
+		switch {
+		case c.MasterName != "":
+			mode = modeFailover
+		case len(c.Addrs) > 1:
+			mode = modeCluster
+		}
+	default:
+		return fail("URL or Addrs is required")
+	}
+	switch {
+	case c.MaxLen < 0:
+		return fail("MaxLen %d is negative", c.MaxLen)
+	case c.MaxAge < 0:
+		return fail("MaxAge %v is negative", c.MaxAge)
+	case c.Readers < 0 || c.Readers > maxRedisReaders:
+		return fail("Readers %d outside 0..%d", c.Readers, maxRedisReaders)
+	case c.Block < 0 || (c.Block > 0 && c.Block < time.Millisecond):
+		// XREAD BLOCK 0 would block forever.
+		return fail("Block %v must be 0 (default) or at least 1ms", c.Block)
+	case c.Count < 0:
+		return fail("Count %d is negative", c.Count)
+	}
+	if c.Prefix == "" {
+		c.Prefix = DefaultRedisPrefix
+	}
+	if c.MaxLen == 0 {
+		c.MaxLen = DefaultRedisMaxLen
+	}
+	if c.Readers == 0 {
+		c.Readers = DefaultRedisReaders
+	}
+	if c.Block == 0 {
+		c.Block = DefaultRedisBlock
+	}
+	if c.Count == 0 {
+		c.Count = DefaultRedisCount
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	return c, mode, nil
+}
+
+// readMargin is added to Block for a reader's read deadline: the server
+// answers a block that timed out a little after Block.
+const readMargin = 3 * time.Second
+
+// newClient builds a client for cfg. r is nil for the shared pool; for a
+// reader it builds a one-connection client whose connections report their
+// CLIENT ID to r, with no retries of its own (the reader retries) and a
+// read timeout beyond Block.
+func (b *Redis) newClient(r *reader) (redis.UniversalClient, error) {
+	c := b.cfg
+	disabled := &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
+	if c.URL != "" {
+		opt, err := redis.ParseURL(c.URL)
+		if err != nil {
+			return nil, fmt.Errorf("pubsub: redis config: URL: %w", err)
+		}
+		if c.Username != "" {
+			opt.Username = c.Username
+		}
+		if c.Password != "" {
+			opt.Password = c.Password
+		}
+		// Context deadlines bound every command, including Ping.
+		opt.ContextTimeoutEnabled = true
+		opt.MaintNotificationsConfig = disabled
+		if r != nil {
+			opt.PoolSize, opt.MinIdleConns, opt.MaxIdleConns = 1, 0, 1
+			opt.MaxRetries = -1
+			opt.ReadTimeout = c.Block + readMargin
+			opt.OnConnect = r.onConnect
+		}
+		return redis.NewClient(opt), nil
+	}
+	opt := &redis.UniversalOptions{
+		Addrs:                    c.Addrs,
+		MasterName:               c.MasterName,
+		Username:                 c.Username,
+		Password:                 c.Password,
+		ContextTimeoutEnabled:    true,
+		MaintNotificationsConfig: disabled,
+	}
+	if r != nil {
+		opt.PoolSize, opt.MinIdleConns, opt.MaxIdleConns = 1, 0, 1
+		opt.MaxRetries = -1
+		opt.ReadTimeout = c.Block + readMargin
+		if b.mode != modeCluster {
+			// In Cluster mode readers poll and are woken in-process.
+			opt.OnConnect = r.onConnect
+		}
+	}
+	return redis.NewUniversalClient(opt), nil
+}
+
+// Client returns the broker's shared client, for admin commands and tests.
+// It is closed by Close.
+func (b *Redis) Client() redis.UniversalClient { return b.client }
+
+// Prefix returns the key prefix in use (the default applied).
+func (b *Redis) Prefix() string { return b.cfg.Prefix }
+
+// Start begins delivering the new entries of watched topics to h from the
+// reader goroutines. It fails if called twice or after Close.
+func (b *Redis) Start(h Handler) error {
+	if h == nil {
+		return errors.New("pubsub: redis start: nil handler")
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	// Checked under mu so that every wg.Add happens before Close's Wait.
+	if b.closed.Load() {
+		return ErrClosed
+	}
+	if b.started {
+		return errors.New("pubsub: redis start: already started")
+	}
+	for _, r := range b.readers {
+		c, err := b.newClient(r)
+		if err != nil {
+			for _, r := range b.readers {
+				if r.client != nil {
+					_ = r.client.Close()
+					r.client = nil
+				}
+			}
+			return err
+		}
+		r.client = c
+	}
+	b.started = true
+	for _, r := range b.readers {
+		b.wg.Add(1)
+		go r.run(h)
+	}
+	if b.mode != modeCluster {
+		b.wg.Add(1)
+		go b.runWaker()
+	}
+	if b.cfg.MaxAge > 0 {
+		b.wg.Add(1)
+		go b.runTrimmer()
+	}
+	return nil
+}
+
+// Watch makes topic active: it returns the stream's current last ID and up
+// to tail newest entries (oldest first), and from then on the Handler
+// receives every entry after Tail.Last. Watching an already watched topic
+// returns a fresh Tail and leaves its delivery cursor where it is. A key
+// holding another type gives an error wrapping ErrWrongType.
+//
+// After Unwatch, a batch a reader had already read may still reach the
+// Handler; entries at or below the cursor of a new Watch are filtered out.
+func (b *Redis) Watch(ctx context.Context, topic string, tail int) (Tail, error) {
+	if err := b.check(ctx, "watch", topic); err != nil {
+		return Tail{}, err
+	}
+	if tail < 0 {
+		return Tail{}, fmt.Errorf("pubsub: watch %q: negative tail %d", topic, tail)
+	}
+	key := b.key(topic)
+	t, err := b.tail(ctx, topic, key, tail)
+	if err != nil {
+		return Tail{}, fmt.Errorf("pubsub: watch %q: %w", topic, err)
+	}
+	r := b.readerFor(key)
+	r.mu.Lock()
+	_, had := r.topics[key]
+	if !had {
+		// The cursor is the tail's Last: whatever is added after the
+		// XREVRANGE has a greater ID and is delivered.
+		r.topics[key] = &watched{topic: topic, key: key, cursor: t.Last}
+		r.gen++
+	}
+	r.mu.Unlock()
+	if !had {
+		b.wakeReader(r)
+	}
+	return t, nil
+}
+
+// Unwatch stops delivering topic. It does not block.
+func (b *Redis) Unwatch(topic string) {
+	if b.closed.Load() {
+		return
+	}
+	key := b.key(topic)
+	r := b.readerFor(key)
+	r.mu.Lock()
+	_, had := r.topics[key]
+	if had {
+		delete(r.topics, key)
+		r.gen++
+	}
+	r.mu.Unlock()
+	if had {
+		b.wakeReader(r)
+	}
+}
+
+// Publish appends an entry to topic with PublishTo and the broker's prefix
+// and MaxLen.
+func (b *Redis) Publish(ctx context.Context, topic, event string, data []byte) (ID, error) {
+	if b.closed.Load() {
+		return ID{}, ErrClosed
+	}
+	return PublishTo(ctx, b.client, b.cfg.Prefix, topic, event, data, b.cfg.MaxLen)
+}
+
+// PublishTo appends an entry to topic's stream on c, for Go publishers:
+//
+//	XADD <prefix><topic> MAXLEN ~ <maxLen> * data <data> [event <event>]
+//
+// maxLen <= 0 adds no MAXLEN. topic must pass ValidateTopic and event must
+// not hold CR or LF (ErrBadEvent). A key of another type gives an error
+// wrapping ErrWrongType.
+func PublishTo(ctx context.Context, c redis.Cmdable, prefix, topic, event string, data []byte, maxLen int64) (ID, error) {
+	if err := ValidateTopic(topic); err != nil {
+		return ID{}, fmt.Errorf("pubsub: publish %q: %w", topic, err)
+	}
+	if strings.ContainsAny(event, "\r\n") {
+		return ID{}, fmt.Errorf("pubsub: publish %q: %w: %q holds a line break", topic, ErrBadEvent, event)
+	}
+	values := make([]any, 0, 4)
+	values = append(values, fieldData, data)
+	if event != "" {
+		values = append(values, fieldEvent, event)
+	}
+	args := &redis.XAddArgs{Stream: prefix + topic, Values: values}
+	if maxLen > 0 {
+		args.MaxLen, args.Approx = maxLen, true
+	}
+	s, err := c.XAdd(ctx, args).Result()
+	if err != nil {
+		return ID{}, fmt.Errorf("pubsub: publish %q: %w", topic, redisErr(err))
+	}
+	id, err := ParseID(s)
+	if err != nil {
+		return ID{}, fmt.Errorf("pubsub: publish %q: reply: %w", topic, err)
+	}
+	return id, nil
+}
+
+// Range returns up to count entries of topic with ID > after, ascending;
+// empty past the end or for a missing stream. Entries that cannot be
+// decoded are skipped (and reported), and more are read in their place, so
+// a short result always means the end.
+func (b *Redis) Range(ctx context.Context, topic string, after ID, count int) ([]Entry, error) {
+	if err := b.check(ctx, "range", topic); err != nil {
+		return nil, err
+	}
+	if count <= 0 {
+		return nil, fmt.Errorf("pubsub: range %q: count %d is not positive", topic, count)
+	}
+	key := b.key(topic)
+	var out []Entry
+	bad := b.badEntryFunc(topic)
+	for len(out) < count && after != MaxID {
+		want := count - len(out)
+		// after.Next() rather than "(" keeps this working before Redis 6.2.
+		reply, err := b.client.Do(ctx, "XRANGE", key, after.Next().String(), "+", "COUNT", want).Result()
+		if err != nil && !errors.Is(err, redis.Nil) {
+			return nil, fmt.Errorf("pubsub: range %q after %v: %w", topic, after, redisErr(err))
+		}
+		entries, last, n, ok := decodeEntries(reply, bad)
+		if !ok {
+			return nil, fmt.Errorf("pubsub: range %q: reply of type %T", topic, reply)
+		}
+		out = append(out, entries...)
+		if n < want || !after.Less(last) {
+			break
+		}
+		after = last
+	}
+	return out, nil
+}
+
+// Info describes topic's stream from XINFO STREAM (Redis 7). A missing key
+// gives Exists false; a key of another type an error wrapping ErrWrongType.
+//
+// MaxDeleted is max-deleted-entry-id raised to cover trimming, which Redis
+// does not record there: when entries-added exceeds the length, it is at
+// least the ID just before First (or Last when the stream is empty). It is
+// thus an upper bound of every removed ID rather than always an exact one:
+// a position below it may be a gap of zero entries, never a missed gap.
+func (b *Redis) Info(ctx context.Context, topic string) (StreamInfo, error) {
+	if err := b.check(ctx, "info", topic); err != nil {
+		return StreamInfo{}, err
+	}
+	info, err := b.info(ctx, b.key(topic))
+	if err != nil {
+		return StreamInfo{}, fmt.Errorf("pubsub: info %q: %w", topic, err)
+	}
+	return info, nil
+}
+
+// info runs TYPE and XINFO STREAM in one MULTI, so that a missing key and a
+// wrong type are told apart by the type, not by an error message.
+func (b *Redis) info(ctx context.Context, key string) (StreamInfo, error) {
+	var typ *redis.StatusCmd
+	var xi *redis.XInfoStreamCmd
+	_, err := b.client.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		typ = p.Type(ctx, key)
+		xi = p.XInfoStream(ctx, key)
+		return nil
+	})
+	t, terr := typ.Result()
+	switch {
+	case terr != nil:
+		if err == nil {
+			err = terr
+		}
+		return StreamInfo{}, redisErr(err)
+	case t == "none":
+		return StreamInfo{}, nil
+	case t != "stream":
+		return StreamInfo{}, fmt.Errorf("%w: type %s", ErrWrongType, t)
+	}
+	v, err := xi.Result()
+	if err != nil {
+		return StreamInfo{}, redisErr(err)
+	}
+	info := StreamInfo{Exists: true, Length: v.Length}
+	for _, f := range []struct {
+		dst *ID
+		s   string
+	}{{&info.First, v.FirstEntry.ID}, {&info.Last, v.LastGeneratedID}, {&info.MaxDeleted, v.MaxDeletedEntryID}} {
+		if f.s == "" {
+			continue // empty stream, or a Redis before 7
+		}
+		if *f.dst, err = ParseID(f.s); err != nil {
+			return StreamInfo{}, fmt.Errorf("xinfo reply: %w", err)
+		}
+	}
+	if v.EntriesAdded > v.Length {
+		// Entries were removed. Redis (7.0 at least) moves
+		// max-deleted-entry-id only on XDEL, not when XTRIM or XADD MAXLEN
+		// trims the head. Everything trimmed sorts before First, and with
+		// nothing held the newest entry (Last) is gone too.
+		bound := info.Last
+		if info.Length > 0 {
+			bound = prevID(info.First)
+		}
+		if info.MaxDeleted.Less(bound) {
+			info.MaxDeleted = bound
+		}
+	}
+	return info, nil
+}
+
+// prevID is the greatest ID before id (zero for the zero ID).
+func prevID(id ID) ID {
+	switch {
+	case id.Seq > 0:
+		return ID{Ms: id.Ms, Seq: id.Seq - 1}
+	case id.Ms > 0:
+		return ID{Ms: id.Ms - 1, Seq: ^uint64(0)}
+	}
+	return ID{}
+}
+
+// tail reads the newest n entries of key (oldest first) and the ID after
+// which live delivery starts: the newest entry's ID, or for an empty stream
+// its last-generated-id, or 0-0 when the key is missing.
+func (b *Redis) tail(ctx context.Context, topic, key string, n int) (Tail, error) {
+	bad := b.badEntryFunc(topic)
+	for range 5 {
+		reply, err := b.client.Do(ctx, "XREVRANGE", key, "+", "-", "COUNT", max(n, 1)).Result()
+		if err != nil && !errors.Is(err, redis.Nil) {
+			return Tail{}, redisErr(err)
+		}
+		entries, last, raw, ok := decodeEntries(reply, bad)
+		if !ok {
+			return Tail{}, fmt.Errorf("xrevrange reply of type %T", reply)
+		}
+		if raw > 0 {
+			t := Tail{Last: last}
+			if n > 0 && len(entries) > 0 {
+				for i, j := 0, len(entries)-1; i < j; i, j = i+1, j-1 {
+					entries[i], entries[j] = entries[j], entries[i]
+				}
+				t.Entries = entries
+			}
+			return t, nil
+		}
+		info, err := b.info(ctx, key)
+		if err != nil {
+			return Tail{}, err
+		}
+		if info.Length == 0 {
+			// Missing (Last zero) or empty: any later entry sorts after Last.
+			return Tail{Last: info.Last}, nil
+		}
+		// An entry arrived between the two reads; taking last-generated-id
+		// now could skip it, so read the tail again.
+	}
+	return Tail{}, errors.New("stream keeps changing between XREVRANGE and XINFO")
+}
+
+// Ping sends PING within ctx: nil when Redis answers.
+func (b *Redis) Ping(ctx context.Context) error {
+	if b.closed.Load() {
+		return ErrClosed
+	}
+	if err := b.client.Ping(ctx).Err(); err != nil {
+		return fmt.Errorf("pubsub: redis ping: %w", err)
+	}
+	return nil
+}
+
+// Close stops the readers (closing their connections ends a blocked read),
+// the waker and the trimmer, waits for them, including a Handler call in
+// progress (so a Handler must not call Close), and closes the clients.
+// Later calls return nil; every other method then returns ErrClosed.
+func (b *Redis) Close() error {
+	if !b.closed.CompareAndSwap(false, true) {
+		return nil
+	}
+	b.mu.Lock()
+	// Start checks closed under mu: no goroutine can be added after this.
+	b.cancel()
+	var errs []error
+	for _, r := range b.readers {
+		if r.client != nil {
+			errs = append(errs, r.client.Close())
+		}
+	}
+	b.mu.Unlock()
+	b.wg.Wait()
+	errs = append(errs, b.client.Close())
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("pubsub: redis close: %w", err)
+	}
+	return nil
+}
+
+// check runs the checks common to every topic method.
+func (b *Redis) check(ctx context.Context, op, topic string) error {
+	if b.closed.Load() {
+		return ErrClosed
+	}
+	if err := ValidateTopic(topic); err != nil {
+		return fmt.Errorf("pubsub: %s %q: %w", op, topic, err)
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("pubsub: %s %q: %w", op, topic, err)
+	}
+	return nil
+}
+
+func (b *Redis) key(topic string) string { return b.cfg.Prefix + topic }
+
+// readerFor is the reader that owns key: by hash slot in Cluster mode, so
+// that a reader's keys fall in few slots; else by hash of the key.
+func (b *Redis) readerFor(key string) *reader {
+	n := uint32(len(b.readers))
+	if b.mode == modeCluster {
+		return b.readers[uint32(keySlot(key))%n]
+	}
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(key))
+	return b.readers[h.Sum32()%n]
+}
+
+// badEntryFunc returns the reporter of skipped entries of topic.
+func (b *Redis) badEntryFunc(topic string) func(reason string) {
+	return func(reason string) { b.badEntry(topic, reason) }
+}
+
+func (b *Redis) badEntry(topic, reason string) {
+	b.log.Warn("pubsub: redis: bad stream entry skipped", "topic", topic, "reason", reason)
+	if b.cfg.OnBadEntry != nil {
+		b.cfg.OnBadEntry(topic, reason)
+	}
+}
+
+// redisErr maps Redis' WRONGTYPE reply to ErrWrongType, keeping the reply
+// in the message.
+func redisErr(err error) error {
+	if isWrongType(err) {
+		return fmt.Errorf("%w: %v", ErrWrongType, err)
+	}
+	return err
+}
+
+// isWrongType reports a WRONGTYPE error reply. Redis has no other way to
+// say it than the error code at the start of the reply.
+func isWrongType(err error) bool {
+	var re redis.Error
+	return errors.As(err, &re) && strings.HasPrefix(re.Error(), "WRONGTYPE")
+}

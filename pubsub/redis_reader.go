@@ -1,0 +1,616 @@
+package pubsub
+
+import (
+	"context"
+	"errors"
+	"math/rand/v2"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Timings of the reader loop.
+const (
+	backoffMin  = 50 * time.Millisecond
+	backoffMax  = 2 * time.Second
+	parkRetry   = 10 * time.Second       // how often a wrong-type topic is checked again
+	clusterPoll = 50 * time.Millisecond  // Cluster mode: pause when a poll found nothing
+	wakeRetry   = 200 * time.Millisecond // waker: longest pause between CLIENT UNBLOCKs
+	trimEvery   = 30 * time.Second       // MaxAge: longest pause between trims
+)
+
+// reader is one reader goroutine and the topics it owns.
+type reader struct {
+	b     *Redis // immutable
+	index int    // immutable
+	// client is the reader's own one-connection client, set by Start before
+	// the goroutine starts and closed by Close.
+	client redis.UniversalClient
+	// connID is the CLIENT ID of the reader's current connection, stored by
+	// onConnect before the connection carries any XREAD; 0 when unknown.
+	connID atomic.Int64
+	// wake is a 1-slot signal that topics changed, for the waits that are
+	// not a blocked XREAD (no topics, Cluster polling). Never closed.
+	wake chan struct{}
+	// applied is the gen of the topic set the current (or last) read uses.
+	applied atomic.Uint64
+
+	mu     sync.Mutex
+	topics map[string]*watched // by key; guarded by mu
+	gen    uint64              // bumped on every change of topics; guarded by mu
+}
+
+// watched is one active topic of a reader.
+type watched struct {
+	topic, key string // immutable
+	// cursor is the ID of the last entry delivered or skipped (or the tail
+	// of Watch); the next read asks for entries after it. Guarded by reader.mu.
+	cursor ID
+	// parkedUntil is non-zero while the key holds a non-stream type: the
+	// topic is left out of reads until then. Guarded by reader.mu.
+	parkedUntil time.Time
+}
+
+func newReader(b *Redis, index int) *reader {
+	return &reader{
+		b:      b,
+		index:  index,
+		wake:   make(chan struct{}, 1),
+		topics: make(map[string]*watched),
+	}
+}
+
+// onConnect names each new reader connection and records its CLIENT ID, so
+// CLIENT UNBLOCK always names the connection the reader blocks on.
+func (r *reader) onConnect(ctx context.Context, cn *redis.Conn) error {
+	// A name for CLIENT LIST, best effort: go-redis' ClientName option
+	// would fail the connection where ACLs refuse CLIENT SETNAME.
+	if err := cn.ClientSetName(ctx, "sse-reader-"+strconv.Itoa(r.index)).Err(); err != nil && !refused(err) {
+		return err
+	}
+	id, err := cn.ClientID(ctx).Result()
+	if refused(err) {
+		// Refused (an ACL without CLIENT ID, say): read anyway; changes of
+		// topics then wait for the block to end.
+		r.b.unblockRefused(err)
+		id, err = 0, nil
+	}
+	if err != nil {
+		return err
+	}
+	r.connID.Store(id)
+	return nil
+}
+
+// wakeReader makes r pick up a change of its topics without waiting for its
+// blocked read to time out.
+func (b *Redis) wakeReader(r *reader) {
+	select {
+	case r.wake <- struct{}{}:
+	default:
+	}
+	select {
+	case b.wakeCh <- struct{}{}:
+	default:
+	}
+}
+
+// runWaker sends CLIENT UNBLOCK (from the shared pool) to every reader whose
+// read still uses an old topic set, until each has started a read with the
+// new one. A single UNBLOCK is not enough: it is lost if it lands while the
+// reader is between reads, so the waker retries with a short growing pause
+// until the reader's applied generation catches up. The common case is one
+// UNBLOCK that hits.
+func (b *Redis) runWaker() {
+	defer b.wg.Done()
+	for {
+		select {
+		case <-b.ctx.Done():
+			return
+		case <-b.wakeCh:
+		}
+		pause := time.Millisecond
+		for b.unblockStale() {
+			t := time.NewTimer(pause)
+			select {
+			case <-b.ctx.Done():
+				t.Stop()
+				return
+			case <-t.C:
+			}
+			pause = min(2*pause, wakeRetry)
+		}
+	}
+}
+
+// unblockStale sends CLIENT UNBLOCK to each reader behind on its topic set
+// and reports whether any was behind.
+func (b *Redis) unblockStale() (behind bool) {
+	for _, r := range b.readers {
+		r.mu.Lock()
+		gen := r.gen
+		r.mu.Unlock()
+		if r.applied.Load() >= gen {
+			continue
+		}
+		if b.noUnblock.Load() {
+			return false
+		}
+		behind = true
+		id := r.connID.Load()
+		if id == 0 {
+			continue // connecting; it reads the new set when it gets there
+		}
+		ctx, cancel := context.WithTimeout(b.ctx, time.Second)
+		// 0 (not blocked) is normal: the reader is between reads.
+		err := b.client.ClientUnblock(ctx, id).Err()
+		cancel()
+		if refused(err) {
+			b.unblockRefused(err)
+			return false
+		}
+	}
+	return behind
+}
+
+// refused reports a reply saying the command will never be allowed: NOPERM
+// (ACL), or unknown (renamed or disabled by the operator). Transient replies
+// such as LOADING are not refusals.
+func refused(err error) bool {
+	if redis.IsPermissionError(err) {
+		return true
+	}
+	var reply redis.Error
+	return errors.As(err, &reply) && strings.HasPrefix(reply.Error(), "ERR unknown")
+}
+
+// unblockRefused records that Redis refuses CLIENT ID or CLIENT UNBLOCK
+// (ACL, or a managed service that disables them). Readers still see every
+// entry; a change of topics then waits for the current block to end (at
+// most Block), and the waker stops retrying.
+func (b *Redis) unblockRefused(err error) {
+	if b.noUnblock.CompareAndSwap(false, true) {
+		b.log.Warn("pubsub: redis refuses CLIENT ID/UNBLOCK; new topics wait up to Block to be read", "err", err, "block", b.cfg.Block)
+	}
+}
+
+// readSet is the snapshot of a reader's topics that one read uses.
+type readSet struct {
+	keys   []string
+	ids    []string
+	topics map[string]string // key -> topic
+}
+
+// run is the reader goroutine.
+func (r *reader) run(h Handler) {
+	defer r.b.wg.Done()
+	var bo backoff
+	failing := false
+	for r.b.ctx.Err() == nil {
+		if err := r.recheckParked(); err != nil {
+			r.failed(err, &bo, &failing)
+			continue
+		}
+		set, nextCheck := r.snapshot()
+		if len(set.keys) == 0 {
+			r.idle(nextCheck)
+			continue
+		}
+		var err error
+		if r.b.mode == modeCluster {
+			err = r.poll(set, h)
+		} else {
+			err = r.block(set, nextCheck, h)
+		}
+		if err != nil {
+			r.failed(err, &bo, &failing)
+			continue
+		}
+		if failing {
+			failing = false
+			r.b.log.Info("pubsub: redis reader resumed", "reader", r.index)
+		}
+		bo.reset()
+	}
+}
+
+// failed handles a read error: a WRONGTYPE parks the topics at fault and
+// the loop goes on at once; anything else is reported and backed off.
+func (r *reader) failed(err error, bo *backoff, failing *bool) {
+	if r.b.ctx.Err() != nil {
+		return // closing: the error is Close's doing
+	}
+	if isWrongType(err) {
+		parked, perr := r.parkWrongType()
+		if perr != nil {
+			err = perr
+		} else if parked > 0 {
+			return // the others read again at once
+		}
+		// No key is of the wrong type any more: back off as for any error.
+	}
+	d := bo.next()
+	r.b.log.Warn("pubsub: redis reader failed; resuming from last IDs", "reader", r.index, "err", err, "backoff", d)
+	*failing = true
+	if r.b.cfg.OnReadError != nil {
+		r.b.cfg.OnReadError(err)
+	}
+	sleep(r.b.ctx, d)
+}
+
+// snapshot takes the reader's unparked topics and cursors, and records
+// their generation as applied. nextCheck is when a parked topic is due for
+// a recheck (zero if none).
+func (r *reader) snapshot() (set readSet, nextCheck time.Time) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	set.topics = make(map[string]string, len(r.topics))
+	for key, w := range r.topics {
+		if !w.parkedUntil.IsZero() {
+			if nextCheck.IsZero() || w.parkedUntil.Before(nextCheck) {
+				nextCheck = w.parkedUntil
+			}
+			continue
+		}
+		set.keys = append(set.keys, key)
+		set.topics[key] = w.topic
+	}
+	// Sorted for Cluster slot grouping and reproducible commands.
+	sort.Strings(set.keys)
+	set.ids = make([]string, len(set.keys))
+	for i, key := range set.keys {
+		set.ids[i] = r.topics[key].cursor.String()
+	}
+	r.applied.Store(r.gen)
+	return set, nextCheck
+}
+
+// idle waits while the reader has nothing to read.
+func (r *reader) idle(nextCheck time.Time) {
+	d := time.Hour
+	if !nextCheck.IsZero() {
+		d = max(time.Until(nextCheck), time.Millisecond)
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-r.b.ctx.Done():
+	case <-r.wake:
+	case <-t.C:
+	}
+}
+
+// block issues one XREAD BLOCK over set on the reader's connection and
+// delivers what it returns. A timed-out block and one ended by CLIENT
+// UNBLOCK both come back as a nil reply (redis.Nil): a normal wake.
+func (r *reader) block(set readSet, nextCheck time.Time, h Handler) error {
+	// Drain a stale signal: the snapshot already holds the change.
+	select {
+	case <-r.wake:
+	default:
+	}
+	blk := r.b.cfg.Block
+	if !nextCheck.IsZero() {
+		blk = max(min(blk, time.Until(nextCheck)), time.Millisecond)
+	}
+	args := make([]any, 0, 6+2*len(set.keys))
+	args = append(args, "XREAD", "COUNT", r.b.cfg.Count, "BLOCK", blk.Milliseconds(), "STREAMS")
+	for _, k := range set.keys {
+		args = append(args, k)
+	}
+	for _, id := range set.ids {
+		args = append(args, id)
+	}
+	// The per-call deadline outlasts the block: a read that takes longer
+	// means a stalled server or a dead connection.
+	ctx, cancel := context.WithTimeout(r.b.ctx, blk+readMargin)
+	defer cancel()
+	cmd := redis.NewCmd(ctx, args...)
+	cmd.SetFirstKeyPos(6)
+	_ = r.client.Process(ctx, cmd)
+	reply, err := cmd.Result()
+	if errors.Is(err, redis.Nil) {
+		return nil
+	}
+	if err != nil {
+		return &readError{err: err}
+	}
+	return r.deliver(set, reply, h)
+}
+
+// poll is the Cluster mode read: one non-blocking XREAD per hash slot
+// group, pipelined, then a pause when nothing came.
+func (r *reader) poll(set readSet, h Handler) error {
+	select {
+	case <-r.wake:
+	default:
+	}
+	groups := make(map[int][]int) // slot -> indexes into set.keys
+	for i, k := range set.keys {
+		s := keySlot(k)
+		groups[s] = append(groups[s], i)
+	}
+	ctx, cancel := context.WithTimeout(r.b.ctx, r.b.cfg.Block+readMargin)
+	defer cancel()
+	pipe := r.client.Pipeline()
+	cmds := make([]*redis.Cmd, 0, len(groups))
+	for _, idx := range groups {
+		args := make([]any, 0, 4+2*len(idx))
+		args = append(args, "XREAD", "COUNT", r.b.cfg.Count, "STREAMS")
+		for _, i := range idx {
+			args = append(args, set.keys[i])
+		}
+		for _, i := range idx {
+			args = append(args, set.ids[i])
+		}
+		cmd := redis.NewCmd(ctx, args...)
+		cmd.SetFirstKeyPos(4)
+		_ = pipe.Process(ctx, cmd)
+		cmds = append(cmds, cmd)
+	}
+	_, _ = pipe.Exec(ctx)
+	got := false
+	var firstErr error
+	for _, cmd := range cmds {
+		reply, err := cmd.Result()
+		switch {
+		case errors.Is(err, redis.Nil):
+		case err != nil:
+			if firstErr == nil {
+				firstErr = &readError{err: err}
+			}
+		default:
+			got = true
+			if err := r.deliver(set, reply, h); err != nil && firstErr == nil {
+				firstErr = err
+			}
+		}
+	}
+	if firstErr != nil || got {
+		return firstErr
+	}
+	t := time.NewTimer(clusterPoll)
+	defer t.Stop()
+	select {
+	case <-r.b.ctx.Done():
+	case <-r.wake:
+	case <-t.C:
+	}
+	return nil
+}
+
+// readError is a failed XREAD; it unwraps to the go-redis error.
+type readError struct{ err error }
+
+func (e *readError) Error() string { return "xread: " + e.err.Error() }
+func (e *readError) Unwrap() error { return e.err }
+
+// deliver hands the entries of an XREAD reply to h, topic by topic, after
+// moving each topic's cursor under the lock. Entries at or below the
+// current cursor are dropped: the topic may have been unwatched and watched
+// again while the read was in flight. h runs with no lock held.
+func (r *reader) deliver(set readSet, reply any, h Handler) error {
+	streams, err := decodeStreams(reply)
+	if err != nil {
+		return err
+	}
+	for key, raw := range streams {
+		topic, ok := set.topics[key]
+		if !ok {
+			continue
+		}
+		entries, last, _, ok := decodeEntries(raw, r.b.badEntryFunc(topic))
+		if !ok {
+			r.b.badEntry(topic, BadEntryMalformed)
+			continue
+		}
+		r.mu.Lock()
+		w := r.topics[key]
+		if w == nil {
+			r.mu.Unlock()
+			continue
+		}
+		i := sort.Search(len(entries), func(i int) bool { return w.cursor.Less(entries[i].ID) })
+		entries = entries[i:]
+		if w.cursor.Less(last) {
+			w.cursor = last
+		}
+		r.mu.Unlock()
+		if len(entries) > 0 {
+			h(topic, entries)
+		}
+	}
+	return nil
+}
+
+// parkWrongType finds, with TYPE, the reader's keys that hold something
+// other than a stream (or nothing), parks them and reports them. Redis fails
+// a whole multi-key XREAD for one such key without saying which.
+func (r *reader) parkWrongType() (parked int, err error) {
+	r.mu.Lock()
+	keys := make([]string, 0, len(r.topics))
+	for key, w := range r.topics {
+		if w.parkedUntil.IsZero() {
+			keys = append(keys, key)
+		}
+	}
+	r.mu.Unlock()
+	types, err := r.types(keys)
+	if err != nil {
+		return 0, err
+	}
+	until := time.Now().Add(parkRetry)
+	for i, key := range keys {
+		if types[i] == "stream" || types[i] == "none" {
+			continue
+		}
+		r.mu.Lock()
+		w := r.topics[key]
+		if w != nil {
+			w.parkedUntil = until
+		}
+		r.mu.Unlock()
+		if w == nil {
+			continue
+		}
+		parked++
+		r.b.log.Warn("pubsub: redis topic key is not a stream; parked", "topic", w.topic, "key", key, "type", types[i], "retry", parkRetry)
+		if r.b.cfg.OnBadEntry != nil {
+			r.b.cfg.OnBadEntry(w.topic, BadEntryWrongType)
+		}
+	}
+	return parked, nil
+}
+
+// recheckParked unparks the topics whose key is a stream again (or gone)
+// and whose recheck is due; the others stay parked for another parkRetry.
+func (r *reader) recheckParked() error {
+	now := time.Now()
+	r.mu.Lock()
+	var keys []string
+	for key, w := range r.topics {
+		if !w.parkedUntil.IsZero() && !now.Before(w.parkedUntil) {
+			keys = append(keys, key)
+		}
+	}
+	r.mu.Unlock()
+	if len(keys) == 0 {
+		return nil
+	}
+	types, err := r.types(keys)
+	if err != nil {
+		return err
+	}
+	var resumed []string
+	r.mu.Lock()
+	for i, key := range keys {
+		w := r.topics[key]
+		if w == nil {
+			continue
+		}
+		if types[i] == "stream" || types[i] == "none" {
+			w.parkedUntil = time.Time{}
+			resumed = append(resumed, w.topic)
+		} else {
+			w.parkedUntil = now.Add(parkRetry)
+		}
+	}
+	r.mu.Unlock()
+	for _, topic := range resumed {
+		r.b.log.Info("pubsub: redis topic key is a stream again; resumed", "topic", topic)
+	}
+	return nil
+}
+
+// types returns TYPE of each key, pipelined on the shared pool.
+func (r *reader) types(keys []string) ([]string, error) {
+	ctx, cancel := context.WithTimeout(r.b.ctx, r.b.cfg.Block+readMargin)
+	defer cancel()
+	cmds := make([]*redis.StatusCmd, len(keys))
+	_, err := r.b.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, k := range keys {
+			cmds[i] = p.Type(ctx, k)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	out := make([]string, len(keys))
+	for i, c := range cmds {
+		out[i] = c.Val()
+	}
+	return out, nil
+}
+
+// runTrimmer applies MaxAge to the streams of watched topics: XTRIM MINID ~
+// (now-MaxAge) on each, every min(MaxAge/4, 30s). Topics no node watches are
+// bounded only by MAXLEN at publish.
+func (b *Redis) runTrimmer() {
+	defer b.wg.Done()
+	every := max(min(b.cfg.MaxAge/4, trimEvery), 10*time.Millisecond)
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-b.ctx.Done():
+			return
+		case <-t.C:
+		}
+		if err := b.trim(); err != nil && b.ctx.Err() == nil {
+			b.log.Warn("pubsub: redis trim by age failed", "err", err)
+		}
+	}
+}
+
+// trim runs one round of XTRIM MINID over the watched keys, 100 per pipeline.
+func (b *Redis) trim() error {
+	var keys []string
+	for _, r := range b.readers {
+		r.mu.Lock()
+		for key := range r.topics {
+			keys = append(keys, key)
+		}
+		r.mu.Unlock()
+	}
+	cut := b.cfg.Now().Add(-b.cfg.MaxAge).UnixMilli()
+	if cut <= 0 {
+		return nil
+	}
+	minID := strconv.FormatInt(cut, 10)
+	var errs []error
+	for len(keys) > 0 {
+		batch := keys[:min(len(keys), 100)]
+		keys = keys[len(batch):]
+		ctx, cancel := context.WithTimeout(b.ctx, 10*time.Second)
+		cmds, err := b.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for _, k := range batch {
+				p.Do(ctx, "XTRIM", k, "MINID", "~", minID)
+			}
+			return nil
+		})
+		cancel()
+		if err == nil {
+			continue
+		}
+		for _, c := range cmds {
+			// A wrong-type key is the reader's to report.
+			if err := c.Err(); err != nil && !isWrongType(err) {
+				errs = append(errs, err)
+				break
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// backoff is a capped exponential delay with jitter.
+type backoff struct{ d time.Duration }
+
+// next returns the next delay: doubling from backoffMin to backoffMax, each
+// drawn from [d/2, d] so readers of many nodes do not retry in step.
+func (b *backoff) next() time.Duration {
+	if b.d == 0 {
+		b.d = backoffMin
+	} else {
+		b.d = min(2*b.d, backoffMax)
+	}
+	return b.d/2 + rand.N(b.d/2+1)
+}
+
+func (b *backoff) reset() { b.d = 0 }
+
+// sleep waits d or until ctx is done.
+func sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}
