@@ -24,10 +24,10 @@ type metrics struct {
 
 // Connection outcomes and disconnect reasons, as label values.
 const (
-	outcomeAccepted   = "accepted"
-	outcomeBadRequest = "bad_request"
-	outcomeFull       = "rejected_full"
-	outcomeDraining   = "rejected_draining"
+	outcomeAccepted    = "accepted"
+	outcomeBadRequest  = "bad_request"
+	outcomeFull        = "rejected_full"
+	outcomeDraining    = "rejected_draining"
 	outcomeUnavailable = "broker_unavailable"
 
 	reasonClientGone   = "client_gone"

@@ -1,0 +1,232 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+func TestHelpListsEveryVariable(t *testing.T) {
+	var out, errOut bytes.Buffer
+	if code := run([]string{"-help"}, nil, &out, &errOut); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+	if errOut.Len() != 0 {
+		t.Fatalf("help wrote to stderr: %q", errOut.String())
+	}
+	for _, v := range []string{"SSE_LISTEN", "SSE_ADMIN_LISTEN", "SSE_REDIS_URL", "SSE_REDIS_ADDRS", "SSE_REDIS_MASTER_NAME",
+		"SSE_STREAM_PREFIX", "SSE_REPLAY_MAXLEN", "SSE_REPLAY_MAXAGE", "SSE_CLIENT_BUFFER", "SSE_SLOW_CLIENT",
+		"SSE_HEARTBEAT", "SSE_WRITE_TIMEOUT", "SSE_RETRY", "SSE_MAX_CONNECTIONS", "SSE_SHUTDOWN_TIMEOUT", "SSE_LOG_LEVEL"} {
+		if !strings.Contains(out.String(), v) {
+			t.Errorf("help lacks %s", v)
+		}
+	}
+	// Every line names a default and a description.
+	for _, l := range strings.Split(out.String(), "\n") {
+		if strings.HasPrefix(l, "  SSE_") && len(strings.Fields(l)) < 3 {
+			t.Errorf("help line without default or description: %q", l)
+		}
+	}
+}
+
+func TestConfigErrors(t *testing.T) {
+	tests := []struct {
+		env  map[string]string
+		want string
+	}{
+		{map[string]string{"SSE_HEARTBEAT": "often"}, "SSE_HEARTBEAT"},
+		{map[string]string{"SSE_SLOW_CLIENT": "block"}, "SSE_SLOW_CLIENT"},
+		{map[string]string{"SSE_CLIENT_BUFFER": "0"}, "SSE_CLIENT_BUFFER"},
+		{map[string]string{"SSE_LOG_LEVEL": "loud"}, "SSE_LOG_LEVEL"},
+		{map[string]string{"SSE_REDIS_URL": "http://x"}, "SSE_REDIS_URL"},
+		{map[string]string{"SSE_RETRY": "-1s"}, "SSE_RETRY"},
+	}
+	for _, tt := range tests {
+		var out, errOut bytes.Buffer
+		if code := run(nil, tt.env, &out, &errOut); code != 2 || !strings.Contains(errOut.String(), tt.want) {
+			t.Errorf("%v: exit %d, stderr %q; want 2 naming %s", tt.env, code, errOut.String(), tt.want)
+		}
+	}
+	if _, err := loadConfig(map[string]string{}); err != nil {
+		t.Fatalf("defaults do not validate: %v", err)
+	}
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// buildNode compiles ssenode once per test binary run.
+func buildNode(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "ssenode")
+	cmd := exec.Command("go", "build", "-o", bin, ".")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// SIGTERM with open streams: readyz fails at once, each stream gets a
+// retry: and is closed, and the process exits 0 within SSE_SHUTDOWN_TIMEOUT.
+func TestSIGTERMDrains(t *testing.T) {
+	bin := buildNode(t)
+	pub, admin := freeAddr(t), freeAddr(t)
+	cmd := exec.Command(bin)
+	cmd.Env = append(os.Environ(), "SSE_LISTEN="+pub, "SSE_ADMIN_LISTEN="+admin,
+		"SSE_SHUTDOWN_TIMEOUT=5s", "SSE_RETRY=1s", "SSE_LOG_FORMAT=text")
+	var logs bytes.Buffer
+	cmd.Stderr = &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := waitProcess(t, cmd)
+	waitFor(t, "readyz 200", func() bool { return status("http://"+admin+"/readyz") == 200 })
+
+	// Publish through the admin listener and see it on the streams.
+	var streams []*bufio.Reader
+	for range 10 {
+		resp, err := http.Get("http://" + pub + "/events?topic=term")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		streams = append(streams, bufio.NewReader(resp.Body))
+	}
+	resp, err := http.PostForm("http://"+admin+"/publish", map[string][]string{"topic": {"term"}, "data": {"before"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	for i, s := range streams {
+		if !readUntil(s, "data: before") {
+			t.Fatalf("stream %d did not get the event", i)
+		}
+	}
+
+	start := time.Now()
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	for i, s := range streams {
+		rest, err := io.ReadAll(s)
+		if err != nil {
+			t.Fatalf("stream %d: %v", i, err)
+		}
+		if !strings.Contains(string(rest), "retry: ") {
+			t.Fatalf("stream %d closed without retry: %q", i, rest)
+		}
+	}
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Fatalf("exit: %v\n%s", err, logs.String())
+		}
+	case <-time.After(5*time.Second + 2*time.Second):
+		t.Fatalf("still running past SSE_SHUTDOWN_TIMEOUT\n%s", logs.String())
+	}
+	t.Logf("drained 10 streams and exited in %v", time.Since(start))
+	if !strings.Contains(logs.String(), "signal: draining") {
+		t.Fatalf("no drain log:\n%s", logs.String())
+	}
+}
+
+// While draining, readiness fails at once. A stream that will not close
+// (its client never reads, holding the writer) cannot stop it from
+// answering.
+func TestReadyzFailsAtOnceOnSIGTERM(t *testing.T) {
+	bin := buildNode(t)
+	pub, admin := freeAddr(t), freeAddr(t)
+	cmd := exec.Command(bin)
+	cmd.Env = append(os.Environ(), "SSE_LISTEN="+pub, "SSE_ADMIN_LISTEN="+admin, "SSE_SHUTDOWN_TIMEOUT=3s")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := waitProcess(t, cmd)
+	waitFor(t, "readyz 200", func() bool { return status("http://"+admin+"/readyz") == 200 })
+	// A raw client that opens a stream and then never reads.
+	conn, err := net.Dial("tcp", pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	fmt.Fprintf(conn, "GET /events?topic=x HTTP/1.1\r\nHost: x\r\n\r\n")
+	cmd.Process.Signal(syscall.SIGTERM)
+	waitFor(t, "readyz 503", func() bool { return status("http://"+admin+"/readyz") == 503 })
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Fatalf("exit: %v", err)
+		}
+	case <-time.After(6 * time.Second):
+		t.Fatal("still running past SSE_SHUTDOWN_TIMEOUT")
+	}
+}
+
+// waitProcess reaps cmd in the background; the channel yields its exit
+// once. Cleanup kills it if the test left it running.
+func waitProcess(t *testing.T, cmd *exec.Cmd) <-chan error {
+	exited := make(chan error, 1)
+	done := make(chan struct{})
+	go func() {
+		exited <- cmd.Wait()
+		close(done)
+	}()
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		<-done
+	})
+	return exited
+}
+
+func status(u string) int {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func readUntil(r *bufio.Reader, want string) bool {
+	for {
+		l, err := r.ReadString('\n')
+		if err != nil {
+			return false
+		}
+		if strings.TrimSpace(l) == want {
+			return true
+		}
+	}
+}
