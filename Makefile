@@ -1,0 +1,58 @@
+# ssecluster: see README.md. `make test` is the whole suite, the same
+# command .ci/run calls.
+
+GO ?= go
+export TESTCONTAINERS_RYUK_DISABLED ?= true
+
+UNIT_PKGS := ./pubsub/... ./replay/... ./node/... ./cmd/... ./deploy/...
+FUZZTIME ?= 10s
+
+.PHONY: build run test unit fuzz bench-smoke integration seed bench lint vet cluster cluster-down
+
+build:
+	$(GO) build -o bin/ ./cmd/...
+
+# A node on :8080 with the embedded in-memory broker, admin on 127.0.0.1:9090.
+run:
+	$(GO) run ./cmd/ssenode
+
+# Everything: vet, unit tests with -race, short fuzzing, benchmarks once as a
+# smoke test, and the integration tests against real Redis in Docker.
+test: vet unit fuzz bench-smoke integration
+
+vet:
+	$(GO) vet ./...
+
+unit:
+	$(GO) test -race -count=1 $(UNIT_PKGS)
+
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzParseID$$' -fuzztime $(FUZZTIME) ./pubsub/
+	$(GO) test -run '^$$' -fuzz '^FuzzParseLastEventID$$' -fuzztime $(FUZZTIME) ./replay/
+	$(GO) test -run '^$$' -fuzz '^FuzzEncodeFrame$$' -fuzztime $(FUZZTIME) ./node/
+
+bench-smoke:
+	$(GO) test -run '^$$' -bench . -benchtime 1x ./pubsub/... ./replay/... ./node/...
+
+# Needs a Docker engine; images come from integration/seed-images.sh, or set
+# SSE_TEST_REDIS_ADDR to use a running Redis instead.
+integration: seed
+	$(GO) test -count=1 -timeout 20m ./integration/...
+
+seed:
+	@if [ -z "$$SSE_TEST_REDIS_ADDR" ]; then bash integration/seed-images.sh; fi
+
+# Micro-benchmarks, several runs, for benchstat.
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem -count 6 ./pubsub/... ./replay/... ./node/... | tee bin/bench.txt
+
+lint: vet
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@2025.1.1 ./...
+
+include deploy/deploy.mk
+
+# Redis and three nodes as local processes (no containers).
+cluster:
+	bash deploy/local-cluster.sh up
+cluster-down:
+	bash deploy/local-cluster.sh down
