@@ -87,8 +87,19 @@ func BenchmarkWriteBatch(b *testing.B) {
 	}
 }
 
-type discardSink struct{ n int }
+// discardSink counts what is written; it keeps the bytes only when asked to.
+type discardSink struct {
+	n    int
+	buf  []byte
+	keep bool
+}
 
-func (d *discardSink) Write(p []byte) (int, error)        { d.n += len(p); return len(p), nil }
+func (d *discardSink) Write(p []byte) (int, error) {
+	d.n += len(p)
+	if d.keep {
+		d.buf = append(d.buf, p...)
+	}
+	return len(p), nil
+}
 func (d *discardSink) Flush() error                       { return nil }
 func (d *discardSink) SetWriteDeadline(_ time.Time) error { return nil }

@@ -3,40 +3,69 @@ package node
 import (
 	"sync"
 	"sync/atomic"
+	"unsafe"
 
 	"github.com/ssecluster/ssecluster/pubsub"
 )
 
-// Frame is one event encoded once as SSE bytes and shared by every local
-// subscriber of its topic. It is reference counted: each queue that holds
-// it owns one reference, and the last Release returns it to its pool.
+// Frame is one or more consecutive events of a topic, encoded once as SSE
+// bytes and shared by every local subscriber. It is reference counted: each
+// queue that holds it owns one reference, and the last Release returns it
+// to its pool.
 //
-// buf holds "id: <id>\n" followed by the body (event and data lines and the
-// blank line); body is where the body starts, so a client of several topics
-// can write its own composite id line and then the shared body.
+// A broker read that brings several entries of a topic becomes one frame,
+// so a burst costs each subscriber one queue slot and one write, not one
+// per event. events records where each event and its body (everything
+// after the id line) start, so that a client of several topics can write
+// its own composite id line before each body, and a client that already has
+// the first events (from replay) can skip them.
 type Frame struct {
-	buf   []byte
-	body  int
-	id    pubsub.ID
-	topic string
-	refs  atomic.Int32
-	class int8 // pool size class; -1 when not pooled
+	buf    []byte
+	events []frameEvent
+	topic  string
+	refs   atomic.Int32
+	class  int8 // pool size class; -1 when not pooled
 }
 
-// Bytes is the whole frame, id line included.
+// frameEvent locates one event inside a frame's buf.
+type frameEvent struct {
+	id          pubsub.ID
+	start, body int // offsets of the id line and of the body
+}
+
+// Bytes is the whole frame, id lines included.
 func (f *Frame) Bytes() []byte { return f.buf }
 
-// Body is the frame without its id line.
-func (f *Frame) Body() []byte { return f.buf[f.body:] }
+// Body is the first event without its id line.
+func (f *Frame) Body() []byte { return f.buf[f.events[0].body:f.end(0)] }
 
-// ID is the stream entry ID the frame carries.
-func (f *Frame) ID() pubsub.ID { return f.id }
+// ID is the stream entry ID of the frame's last event.
+func (f *Frame) ID() pubsub.ID { return f.events[len(f.events)-1].id }
 
 // Topic is the topic the frame was published on.
 func (f *Frame) Topic() string { return f.topic }
 
 // Len is the frame's size in bytes, which counts against a client's queue.
 func (f *Frame) Len() int { return len(f.buf) }
+
+// end is where event k ends.
+func (f *Frame) end(k int) int {
+	if k+1 < len(f.events) {
+		return f.events[k+1].start
+	}
+	return len(f.buf)
+}
+
+// after returns the index of the first event with an ID above pos, or
+// len(f.events) when the client has them all. IDs increase within a frame.
+func (f *Frame) after(pos pubsub.ID) int {
+	for k := range f.events {
+		if pos.Less(f.events[k].id) {
+			return k
+		}
+	}
+	return len(f.events)
+}
 
 // retain adds n references.
 func (f *Frame) retain(n int32) { f.refs.Add(n) }
@@ -88,6 +117,7 @@ func newFrame(n int) *Frame {
 func putFrame(f *Frame) {
 	f.topic = ""
 	f.buf = f.buf[:0]
+	f.events = f.events[:0]
 	if f.class >= 0 && cap(f.buf) == frameClasses[f.class] {
 		framePools[f.class].Put(f)
 	}
@@ -96,12 +126,49 @@ func putFrame(f *Frame) {
 // EncodeFrame encodes e as an SSE frame for topic into a pooled frame with
 // one reference held by the caller.
 func EncodeFrame(topic string, e *pubsub.Entry) *Frame {
-	f := newFrame(frameSize(e))
-	f.buf, f.body = appendEvent(f.buf, e.ID, e.Event, e.Data)
-	f.id = e.ID
+	return encodeFrame(topic, oneEntry(e), frameSize(e))
+}
+
+// maxBatchBytes bounds a frame that holds several events, so that batch
+// frames stay in pooled size classes and a client's byte bound sees them
+// in reasonable steps.
+const maxBatchBytes = 16 << 10
+
+// EncodeFrames encodes entries into as few frames as fit maxBatchBytes
+// (one entry never splits), appending them to dst. Each frame holds one
+// reference for the caller.
+func EncodeFrames(dst []*Frame, topic string, entries []pubsub.Entry) []*Frame {
+	for len(entries) > 0 {
+		n, size := 1, frameSize(&entries[0])
+		for n < len(entries) {
+			s := frameSize(&entries[n])
+			if size+s > maxBatchBytes {
+				break
+			}
+			size += s
+			n++
+		}
+		dst = append(dst, encodeFrame(topic, entries[:n], size))
+		entries = entries[n:]
+	}
+	return dst
+}
+
+func encodeFrame(topic string, entries []pubsub.Entry, size int) *Frame {
+	f := newFrame(size)
+	for i := range entries {
+		e := &entries[i]
+		start := len(f.buf)
+		var body int
+		f.buf, body = appendEvent(f.buf, e.ID, e.Event, e.Data)
+		f.events = append(f.events, frameEvent{id: e.ID, start: start, body: body})
+	}
 	f.topic = topic
 	return f
 }
+
+// oneEntry views a single entry as a slice without copying it.
+func oneEntry(e *pubsub.Entry) []pubsub.Entry { return unsafe.Slice(e, 1) }
 
 // frameSize is an upper bound of the encoded size, so the frame never grows.
 func frameSize(e *pubsub.Entry) int {

@@ -143,3 +143,86 @@ func BenchmarkEncode(b *testing.B) {
 		EncodeFrame("t", &e).Release()
 	}
 }
+
+func TestEncodeFramesBatches(t *testing.T) {
+	var entries []pubsub.Entry
+	for i := range 100 {
+		entries = append(entries, pubsub.Entry{ID: pubsub.ID{Ms: 9, Seq: uint64(i)}, Data: bytes.Repeat([]byte("z"), 400)})
+	}
+	frames := EncodeFrames(nil, "t", entries)
+	var all []byte
+	n := 0
+	for _, f := range frames {
+		if f.Len() > maxBatchBytes {
+			t.Fatalf("batch frame of %d bytes over %d", f.Len(), maxBatchBytes)
+		}
+		if f.class < 0 {
+			t.Fatalf("batch frame not pooled")
+		}
+		for k := range f.events {
+			if f.events[k].id != entries[n].ID {
+				t.Fatalf("event %d has id %v", n, f.events[k].id)
+			}
+			n++
+		}
+		all = append(all, f.Bytes()...)
+		f.Release()
+	}
+	if n != len(entries) || len(frames) < 2 {
+		t.Fatalf("%d events in %d frames", n, len(frames))
+	}
+	var want []byte
+	for i := range entries {
+		want, _ = appendEvent(want, entries[i].ID, "", entries[i].Data)
+	}
+	if !bytes.Equal(all, want) {
+		t.Fatal("batched frames differ from events encoded one by one")
+	}
+}
+
+// A client skips the events of a batch it already had from replay, and a
+// client of several topics gets a composite id before each body.
+func TestAppendFrameSkipsAndComposes(t *testing.T) {
+	entries := []pubsub.Entry{
+		{ID: pubsub.ID{Ms: 1, Seq: 1}, Data: []byte("a")},
+		{ID: pubsub.ID{Ms: 1, Seq: 2}, Data: []byte("b")},
+		{ID: pubsub.ID{Ms: 1, Seq: 3}, Event: "e", Data: []byte("c")},
+	}
+	f := EncodeFrames(nil, "t2", entries)[0]
+	defer f.Release()
+	tests := []struct {
+		name   string
+		topics []string
+		pos    []pubsub.ID
+		want   string
+		n      int
+	}{
+		{"single, all new", []string{"t2"}, []pubsub.ID{{}}, "id: 1-1\ndata: a\n\nid: 1-2\ndata: b\n\nid: 1-3\nevent: e\ndata: c\n\n", 3},
+		{"single, first two seen", []string{"t2"}, []pubsub.ID{{Ms: 1, Seq: 2}}, "id: 1-3\nevent: e\ndata: c\n\n", 1},
+		{"single, all seen", []string{"t2"}, []pubsub.ID{{Ms: 1, Seq: 3}}, "", 0},
+		{"several topics", []string{"t1", "t2"}, []pubsub.ID{{Ms: 7}, {Ms: 1, Seq: 1}}, "id: 7-0,1-2\ndata: b\n\nid: 7-0,1-3\nevent: e\ndata: c\n\n", 2},
+		{"not subscribed", []string{"x", "y"}, []pubsub.ID{{}, {}}, "", 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			for _, via := range []string{"append", "write"} {
+				c := &client{topics: tt.topics, pos: append([]pubsub.ID(nil), tt.pos...)}
+				var got []byte
+				var n int
+				if via == "append" {
+					got, n = c.appendFrame(nil, f)
+				} else {
+					s := discardSink{keep: true}
+					var err error
+					if n, err = c.write(&s, f); err != nil {
+						t.Fatal(err)
+					}
+					got = s.buf
+				}
+				if string(got) != tt.want || n != tt.n {
+					t.Fatalf("%s: got %q (%d), want %q (%d)", via, got, n, tt.want, tt.n)
+				}
+			}
+		})
+	}
+}

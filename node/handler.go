@@ -286,21 +286,17 @@ func (n *Node) writeBatch(s sink, c *client, batch []*Frame) error {
 	}
 	var sent int
 	if len(batch) == 1 && len(c.topics) == 1 {
-		ok, err := c.write(s, batch[0])
-		if err != nil {
+		var err error
+		if sent, err = c.write(s, batch[0]); err != nil {
 			return err
-		}
-		if ok {
-			sent = 1
 		}
 	} else {
 		bp := batchBufs.Get().(*[]byte)
 		buf := (*bp)[:0]
 		for _, f := range batch {
-			var ok bool
-			if buf, ok = c.appendFrame(buf, f); ok {
-				sent++
-			}
+			var k int
+			buf, k = c.appendFrame(buf, f)
+			sent += k
 		}
 		var err error
 		if len(buf) > 0 {
@@ -325,62 +321,75 @@ func (n *Node) writeBatch(s sink, c *client, batch []*Frame) error {
 	return nil
 }
 
-// accept reports whether f is new to the client (not already sent by
-// replay) and, if so, advances the client's position for its topic.
-func (c *client) accept(f *Frame) bool {
-	i := 0
-	if len(c.topics) > 1 {
-		if i = c.topicIndex(f.topic); i < 0 {
-			return false
-		}
+// topicOf is the index of f's topic among the client's, or -1.
+func (c *client) topicOf(f *Frame) int {
+	if len(c.topics) == 1 {
+		return 0
 	}
-	if f.id.Compare(c.pos[i]) <= 0 {
-		return false
-	}
-	c.pos[i] = f.id
-	return true
+	return c.topicIndex(f.topic)
 }
 
-// appendFrame appends f as the client must see it: with a composite id
-// line when it follows several topics.
-func (c *client) appendFrame(b []byte, f *Frame) ([]byte, bool) {
-	if !c.accept(f) {
-		return b, false
+// appendFrame appends the events of f that the client has not had yet
+// (replay may have sent the first ones), as the client must see them: with
+// a composite id line before each body when it follows several topics. It
+// advances the client's position and returns how many events it appended.
+func (c *client) appendFrame(b []byte, f *Frame) ([]byte, int) {
+	i := c.topicOf(f)
+	if i < 0 {
+		return b, 0
+	}
+	k := f.after(c.pos[i])
+	if k == len(f.events) {
+		return b, 0
 	}
 	if len(c.topics) == 1 {
-		return append(b, f.buf...), true
+		c.pos[0] = f.ID()
+		return append(b, f.buf[f.events[k].start:]...), len(f.events) - k
 	}
-	b = append(b, "id: "...)
-	b = replay.AppendLastEventID(b, c.pos)
-	b = append(b, '\n')
-	return append(b, f.Body()...), true
+	for j := k; j < len(f.events); j++ {
+		c.pos[i] = f.events[j].id
+		b = append(b, "id: "...)
+		b = replay.AppendLastEventID(b, c.pos)
+		b = append(b, '\n')
+		b = append(b, f.buf[f.events[j].body:f.end(j)]...)
+	}
+	return b, len(f.events) - k
 }
 
-// write sends f unless the client has already had it.
-func (c *client) write(s sink, f *Frame) (bool, error) {
+// write sends the events of f the client has not had yet and returns how
+// many.
+func (c *client) write(s sink, f *Frame) (int, error) {
 	if len(c.topics) == 1 {
-		if !c.accept(f) {
-			return false, nil
+		k := f.after(c.pos[0])
+		if k == len(f.events) {
+			return 0, nil
 		}
-		if _, err := s.Write(f.buf); err != nil {
-			return false, fmt.Errorf("%w: %w", errWrite, err)
+		c.pos[0] = f.ID()
+		if _, err := s.Write(f.buf[f.events[k].start:]); err != nil {
+			return 0, fmt.Errorf("%w: %w", errWrite, err)
 		}
-		return true, nil
+		return len(f.events) - k, nil
 	}
-	if !c.accept(f) {
-		return false, nil
+	i := c.topicOf(f)
+	if i < 0 {
+		return 0, nil
 	}
-	// Only the id line goes through scratch, so it stays small.
-	c.scratch = append(c.scratch[:0], "id: "...)
-	c.scratch = replay.AppendLastEventID(c.scratch, c.pos)
-	c.scratch = append(c.scratch, '\n')
-	if _, err := s.Write(c.scratch); err != nil {
-		return false, fmt.Errorf("%w: %w", errWrite, err)
+	sent := 0
+	for j := f.after(c.pos[i]); j < len(f.events); j++ {
+		c.pos[i] = f.events[j].id
+		// Only the id line goes through scratch, so it stays small.
+		c.scratch = append(c.scratch[:0], "id: "...)
+		c.scratch = replay.AppendLastEventID(c.scratch, c.pos)
+		c.scratch = append(c.scratch, '\n')
+		if _, err := s.Write(c.scratch); err != nil {
+			return sent, fmt.Errorf("%w: %w", errWrite, err)
+		}
+		if _, err := s.Write(f.buf[f.events[j].body:f.end(j)]); err != nil {
+			return sent, fmt.Errorf("%w: %w", errWrite, err)
+		}
+		sent++
 	}
-	if _, err := s.Write(f.Body()); err != nil {
-		return false, fmt.Errorf("%w: %w", errWrite, err)
-	}
-	return true, nil
+	return sent, nil
 }
 
 // replay sends topic i's missed entries, an sse-gap event first if some
@@ -408,11 +417,11 @@ func (n *Node) replay(r *http.Request, s sink, c *client, i int, topic string) e
 					return fmt.Errorf("%w: set deadline: %w", errWrite, err)
 				}
 			}
-			ok, err := c.write(s, f)
-			if err != nil || !ok {
+			k, err := c.write(s, f)
+			if err != nil || k == 0 {
 				return err
 			}
-			sent++
+			sent += k
 			if sent%256 == 0 {
 				// Keep the deadline per write batch, not per replay.
 				if err := s.Flush(); err != nil {

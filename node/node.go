@@ -170,20 +170,14 @@ func (n *Node) deliver(topic string, entries []pubsub.Entry) {
 	n.window.Append(topic, entries)
 	n.m.brokerEvents.Add(float64(len(entries)))
 	now := time.Now()
-	var stack [16]*Frame
-	frames := stack[:0]
 	for i := range entries {
-		e := &entries[i]
-		n.m.readLag.Observe(now.Sub(e.Time()).Seconds())
-		frames = append(frames, EncodeFrame(topic, e))
-		if len(frames) == cap(stack) || i == len(entries)-1 {
-			n.hub.fanout(topic, frames, n.refused)
-			for j, f := range frames {
-				f.Release()
-				frames[j] = nil
-			}
-			frames = frames[:0]
-		}
+		n.m.readLag.Observe(now.Sub(entries[i].Time()).Seconds())
+	}
+	var stack [8]*Frame
+	frames := EncodeFrames(stack[:0], topic, entries)
+	n.hub.fanout(topic, frames, n.refused)
+	for _, f := range frames {
+		f.Release()
 	}
 }
 
