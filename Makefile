@@ -23,8 +23,11 @@ test: vet unit fuzz bench-smoke integration
 vet:
 	$(GO) vet ./...
 
+# The node's tests run twice: hijacked HTTP/1.1 streams (the default) and
+# the net/http path that HTTP/2 streams use.
 unit:
 	$(GO) test -race -count=1 $(UNIT_PKGS)
+	SSE_TEST_NETHTTP=1 $(GO) test -race -count=1 ./node/...
 
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParseID$$' -fuzztime $(FUZZTIME) ./pubsub/

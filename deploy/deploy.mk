@@ -31,7 +31,7 @@ COMPOSE ?= $(eval COMPOSE := $(shell $(DOCKER) compose version >/dev/null 2>&1 &
 COMPOSE_PROJECT ?=
 COMPOSE_ARGS = -f $(DEPLOY_ROOT)/docker-compose.yml $(if $(COMPOSE_PROJECT),-p $(COMPOSE_PROJECT))
 # Where `up` asks HAProxy whether a node is ready (its monitor-uri).
-LB_HEALTH_URL ?= http://127.0.0.1:$(or $(SSE_LB_STATS_PORT),8404)/healthz
+LB_HEALTH_URL ?= http://127.0.0.1:$(or $(SSECLUSTER_STATS_PORT),$(SSE_LB_STATS_PORT),8404)/healthz
 UP_TIMEOUT ?= 60
 
 .PHONY: image image-bin up down logs

@@ -44,6 +44,8 @@ var envVars = map[string]func(string) error{
 	"SSE_RETRY":               checkDuration,
 	"SSE_MAX_CONNECTIONS":     checkCount,
 	"SSE_MAX_TOPICS":          checkCount,
+	"SSE_SOCKET_SNDBUF":       checkCount,
+	"SSE_HIJACK":              oneOf("true", "false"),
 	"SSE_SHUTDOWN_TIMEOUT":    checkDuration,
 	"SSE_LOG_LEVEL":           oneOf("debug", "info", "warn", "error"),
 	"SSE_LOG_FORMAT":          oneOf("json", "text"),

@@ -40,7 +40,7 @@ func BenchmarkFanout(b *testing.B) {
 					topics: []string{"bench"},
 					slots:  make([]int, 1),
 					pos:    make([]pubsub.ID, 1),
-					q:      newQueue(64, 1<<20, false),
+					q:      newQueue(64, 1<<20, false, func() {}),
 				}
 				n.hub.subscribe(clients[i])
 			}

@@ -1,6 +1,7 @@
 package node
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -114,7 +115,6 @@ func (n *Node) ServeEvents(w http.ResponseWriter, r *http.Request) {
 		n.reject(w, outcomeFull, "node is full: too many connections")
 		return
 	}
-	defer n.conns.Add(-1)
 
 	ctx := r.Context()
 	for i, t := range req.topics {
@@ -122,16 +122,12 @@ func (n *Node) ServeEvents(w http.ResponseWriter, r *http.Request) {
 			for _, u := range req.topics[:i] {
 				n.window.Release(u)
 			}
+			n.conns.Add(-1)
 			n.log.Warn("subscribe: broker unavailable", "topic", t, "err", err)
 			n.reject(w, outcomeUnavailable, "broker unavailable: retry later")
 			return
 		}
 	}
-	defer func() {
-		for _, t := range req.topics {
-			n.window.Release(t)
-		}
-	}()
 	if !req.resume {
 		// Live from now: everything after what the window has seen. Taken
 		// before registering, so an entry fanned out in between is replayed
@@ -140,32 +136,48 @@ func (n *Node) ServeEvents(w http.ResponseWriter, r *http.Request) {
 			req.pos[i], _ = n.window.Last(t)
 		}
 	}
-
 	c := &client{
 		topics: req.topics,
 		slots:  make([]int, len(req.topics)),
 		pos:    req.pos,
-		q:      newQueue(n.cfg.ClientBuffer, n.cfg.ClientBufferBytes, n.cfg.SlowClient == PolicyDrop),
 	}
-	n.hub.subscribe(c)
-	defer func() {
-		// Unregister first, so no fan-out pushes after the queue lets go
-		// of its frames.
-		n.hub.unsubscribe(c)
-		c.q.close()
-	}()
-
-	n.m.connections.Inc()
-	defer n.m.connections.Dec()
-	n.m.connTotal.WithLabelValues(outcomeAccepted).Inc()
-
+	drop := n.cfg.SlowClient == PolicyDrop
 	h := w.Header()
 	h.Set("Content-Type", "text/event-stream")
 	h.Set("Cache-Control", "no-cache")
 	h.Set("X-Accel-Buffering", "no")
+	n.m.connections.Inc()
+	n.m.connTotal.WithLabelValues(outcomeAccepted).Inc()
+
+	// HTTP/1.1: take the connection over, so that an idle stream holds no
+	// goroutine and no net/http buffers (see lean.go). HTTP/2 streams, and
+	// servers that cannot hijack, stay on the net/http path.
+	if !n.cfg.NoHijack && r.ProtoMajor == 1 {
+		if lc := n.hijack(w, c, drop); lc != nil {
+			n.hub.subscribe(c)
+			lc.open(r)
+			return
+		}
+	}
+	signal, notify := signalNotify()
+	c.q = newQueue(n.cfg.ClientBuffer, n.cfg.ClientBufferBytes, drop, notify)
+	n.hub.subscribe(c)
 	w.WriteHeader(http.StatusOK)
-	s := newHTTPSink(w)
-	reason := n.stream(r, s, c)
+	reason := n.stream(r, newHTTPSink(w), c, signal)
+	n.finish(c, reason)
+}
+
+// finish releases everything an ended stream held, in order: unregister
+// from the hub first, so no fan-out pushes after the queue lets go of its
+// frames; then the window's topics; then the counts.
+func (n *Node) finish(c *client, reason string) {
+	n.hub.unsubscribe(c)
+	c.q.close()
+	for _, t := range c.topics {
+		n.window.Release(t)
+	}
+	n.conns.Add(-1)
+	n.m.connections.Dec()
 	n.m.disconnects.WithLabelValues(reason).Inc()
 }
 
@@ -175,19 +187,19 @@ func (n *Node) reject(w http.ResponseWriter, outcome, msg string) {
 	http.Error(w, msg, http.StatusServiceUnavailable)
 }
 
-// stream runs the open stream to its end and returns why it ended.
-func (n *Node) stream(r *http.Request, s sink, c *client) string {
-	ctx := r.Context()
-	var b []byte
+// start writes the stream's opening (a retry: line and a comment) and
+// replays what the client missed. It returns "" on success, else why the
+// stream must end.
+func (n *Node) start(ctx context.Context, s sink, c *client) string {
+	b := make([]byte, 0, 32)
 	b = append(b, "retry: "...)
 	b = strconv.AppendInt(b, n.cfg.Retry.Milliseconds(), 10)
 	b = append(b, "\n: ok\n\n"...)
 	if err := n.writeFlush(s, b); err != nil {
 		return n.writeFailed(err)
 	}
-
 	for i, t := range c.topics {
-		if err := n.replay(r, s, c, i, t); err != nil {
+		if err := n.replay(ctx, s, c, i, t); err != nil {
 			if ctx.Err() != nil {
 				return reasonClientGone
 			}
@@ -199,7 +211,26 @@ func (n *Node) stream(r *http.Request, s sink, c *client) string {
 			return reasonWriteError
 		}
 	}
+	return ""
+}
 
+// drainRetry is the retry: line a drained stream ends with: spread over
+// [Retry, 2*Retry) so the reconnects of a drained node do not all land at
+// once.
+func (n *Node) drainRetry(b []byte) []byte {
+	retry := n.cfg.Retry + rand.N(n.cfg.Retry+time.Millisecond)
+	b = append(b, "retry: "...)
+	b = strconv.AppendInt(b, retry.Milliseconds(), 10)
+	return append(b, "\n: draining\n\n"...)
+}
+
+// stream runs a net/http stream to its end and returns why it ended. The
+// writer is the request goroutine itself.
+func (n *Node) stream(r *http.Request, s sink, c *client, signal <-chan struct{}) string {
+	ctx := r.Context()
+	if reason := n.start(ctx, s, c); reason != "" {
+		return reason
+	}
 	hb := time.NewTimer(n.cfg.Heartbeat)
 	defer hb.Stop()
 	var batch []*Frame
@@ -208,19 +239,14 @@ func (n *Node) stream(r *http.Request, s sink, c *client) string {
 		case <-ctx.Done():
 			return reasonClientGone
 		case <-n.drainCh:
-			// Spread the reconnects of a drained node over time.
-			retry := n.cfg.Retry + rand.N(n.cfg.Retry+time.Millisecond)
-			b = append(b[:0], "retry: "...)
-			b = strconv.AppendInt(b, retry.Milliseconds(), 10)
-			b = append(b, "\n: draining\n\n"...)
-			_ = n.writeFlush(s, b)
+			_ = n.writeFlush(s, n.drainRetry(nil))
 			return reasonDrain
 		case <-hb.C:
 			if err := n.writeFlush(s, heartbeat); err != nil {
 				return n.writeFailed(err)
 			}
 			hb.Reset(n.cfg.Heartbeat)
-		case <-c.q.signal:
+		case <-signal:
 			var closed bool
 			var why overflow
 			batch, closed, why = c.q.take(batch[:0])
@@ -394,10 +420,10 @@ func (c *client) write(s sink, f *Frame) (int, error) {
 
 // replay sends topic i's missed entries, an sse-gap event first if some
 // were lost, flushing as it goes.
-func (n *Node) replay(r *http.Request, s sink, c *client, i int, topic string) error {
+func (n *Node) replay(ctx context.Context, s sink, c *client, i int, topic string) error {
 	var gapBuf []byte
 	sent := 0
-	res, err := n.window.Replay(r.Context(), topic, c.pos[i],
+	res, err := n.window.Replay(ctx, topic, c.pos[i],
 		func(g replay.Gap) error {
 			n.m.replayRequests.WithLabelValues("gap").Inc()
 			// The requested position may be one this stream never had (it

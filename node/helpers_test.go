@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"net/http/httptest"
 	"strings"
 	"testing"
@@ -16,6 +17,10 @@ import (
 	"github.com/ssecluster/ssecluster/pubsub"
 	"github.com/ssecluster/ssecluster/replay"
 )
+
+// netHTTPPath runs the package's tests with every HTTP/1.1 stream on the
+// net/http path instead of the hijacked one (make test runs both).
+var netHTTPPath = os.Getenv("SSE_TEST_NETHTTP") == "1"
 
 // testNode is a node over an in-memory broker behind an httptest server.
 type testNode struct {
@@ -43,6 +48,7 @@ func newTestNode(t testing.TB, o testOpts) *testNode {
 	}
 	reg := prometheus.NewRegistry()
 	o.cfg.Registerer = reg
+	o.cfg.NoHijack = o.cfg.NoHijack || netHTTPPath
 	n, err := New(o.cfg, b, w)
 	if err != nil {
 		t.Fatal(err)
@@ -60,6 +66,7 @@ func newTestNode(t testing.TB, o testOpts) *testNode {
 		}
 		srv.CloseClientConnections()
 		srv.Close()
+		n.Close()
 		b.Close()
 	})
 	return tn

@@ -65,6 +65,13 @@ type Config struct {
 	MaxConnections int
 	// MaxTopics caps topics per stream; 0 means 16.
 	MaxTopics int
+	// NoHijack keeps HTTP/1.1 streams on the net/http path (a goroutine and
+	// net/http's buffers per stream) instead of taking the connection over.
+	NoHijack bool
+	// SocketSendBuffer caps each hijacked stream's kernel send buffer
+	// (SO_SNDBUF), so a slow client's backlog waits in its bounded queue
+	// where policy applies; 0 leaves the kernel's default.
+	SocketSendBuffer int
 	// Logger receives the node's logs; nil means slog.Default().
 	Logger *slog.Logger
 	// Registerer receives the node's metrics; nil registers nowhere.
@@ -128,6 +135,11 @@ type Node struct {
 	drainCh  chan struct{} // closed when draining starts
 	drainMu  sync.Mutex    // guards closing drainCh
 	started  atomic.Bool
+	closed   atomic.Bool
+
+	lean   *lean           // the hijacked-stream machinery; nil with NoHijack
+	ctx    context.Context // ends with Close; replays of hijacked streams run under it
+	cancel context.CancelFunc
 }
 
 // New validates cfg and returns a node that reads events from b through w.
@@ -139,6 +151,7 @@ func New(cfg Config, b Broker, w *replay.Window) (*Node, error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
 	}
+	ctx, cancel := context.WithCancel(context.Background())
 	return &Node{
 		cfg:     cfg,
 		broker:  b,
@@ -147,6 +160,8 @@ func New(cfg Config, b Broker, w *replay.Window) (*Node, error) {
 		m:       newMetrics(cfg.Registerer),
 		log:     cfg.Logger,
 		drainCh: make(chan struct{}),
+		ctx:     ctx,
+		cancel:  cancel,
 	}, nil
 }
 
@@ -155,8 +170,30 @@ func (n *Node) Start() error {
 	if !n.started.CompareAndSwap(false, true) {
 		return errors.New("node: already started")
 	}
+	if !n.cfg.NoHijack {
+		l, err := newLean(n)
+		if err != nil {
+			return err
+		}
+		n.lean = l
+	}
 	if err := n.broker.Start(n.deliver); err != nil {
 		return fmt.Errorf("node: start broker: %w", err)
+	}
+	return nil
+}
+
+// Close stops the node's own goroutines and closes the hijacked streams
+// still open (Drain first to let them move gracefully). Streams on the
+// net/http path end when their server closes their connections. It waits
+// for everything it started and is safe to call more than once.
+func (n *Node) Close() error {
+	if !n.closed.CompareAndSwap(false, true) {
+		return nil
+	}
+	n.cancel()
+	if n.lean != nil {
+		n.lean.close()
 	}
 	return nil
 }
@@ -217,6 +254,9 @@ func (n *Node) Drain(ctx context.Context) error {
 		close(n.drainCh)
 	}
 	n.drainMu.Unlock()
+	if n.lean != nil {
+		n.lean.drain()
+	}
 	// Poll rather than wait in a goroutine that could outlive ctx.
 	tick := time.NewTicker(5 * time.Millisecond)
 	defer tick.Stop()

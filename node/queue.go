@@ -23,36 +23,48 @@ func (o overflow) reason() string {
 }
 
 // queue is a client's bounded frame queue. The hub pushes without blocking;
-// the client's writer takes everything at once. A 1-slot signal channel
-// wakes the writer, so a burst of pushes costs one wake-up.
+// the client's writer takes everything at once. notify tells the writer
+// there is work: a 1-slot channel for a writer that is a request goroutine,
+// a schedule on the writer pool for a hijacked connection. A burst of pushes
+// costs one wake-up either way.
 //
-// signal is never closed: pushers may still hold the queue after the client
-// is gone. A closed queue refuses frames and releases what it held.
+// The ring starts small and grows to the bound, so an idle client holds a
+// few pointers, not the whole bound.
 type queue struct {
 	mu       sync.Mutex
-	frames   []*Frame // ring buffer, len == capacity; immutable length
+	frames   []*Frame // ring buffer; grows up to max
 	head     int      // index of the oldest frame
 	n        int      // frames held
 	bytes    int      // bytes held
-	maxBytes int      // immutable
+	max      int      // immutable: frame bound
+	maxBytes int      // immutable: byte bound
 	closed   bool
-	dropOld  bool     // immutable: policy drop instead of disconnect
+	drop     bool     // immutable: policy drop instead of disconnect
 	why      overflow // why the queue was closed by overflow, if it was
-	signal   chan struct{}
+	notify   func()   // immutable; called without mu held
 }
 
-func newQueue(frames, maxBytes int, drop bool) *queue {
-	return &queue{
-		frames:   make([]*Frame, frames),
-		maxBytes: maxBytes,
-		dropOld:  drop,
-		signal:   make(chan struct{}, 1),
+func newQueue(frames, maxBytes int, drop bool, notify func()) *queue {
+	return &queue{max: frames, maxBytes: maxBytes, drop: drop, notify: notify}
+}
+
+// signalNotify returns a 1-slot channel and the notify func that fills it.
+// The channel is never closed: pushers may still hold the queue after the
+// client is gone.
+func signalNotify() (chan struct{}, func()) {
+	c := make(chan struct{}, 1)
+	return c, func() {
+		select {
+		case c <- struct{}{}:
+		default:
+		}
 	}
 }
 
 // push offers f to the queue. On accepted the queue owns one reference the
-// caller had already taken (the hub retains once per subscriber up front). With the disconnect policy an overflow closes the queue
-// (the writer then ends the stream); with drop, the new frame is refused.
+// caller had already taken (the hub retains once per subscriber up front).
+// With the disconnect policy an overflow closes the queue (the writer then
+// ends the stream); with drop, the new frame is refused.
 func (q *queue) push(f *Frame) overflow {
 	q.mu.Lock()
 	if q.closed {
@@ -61,7 +73,7 @@ func (q *queue) push(f *Frame) overflow {
 	}
 	o := accepted
 	switch {
-	case q.n == len(q.frames):
+	case q.n == q.max:
 		o = fullFrames
 	case q.bytes+f.Len() > q.maxBytes && q.n > 0:
 		// A single frame larger than the byte bound still goes through
@@ -69,30 +81,35 @@ func (q *queue) push(f *Frame) overflow {
 		o = fullBytes
 	}
 	if o != accepted {
-		if !q.dropOld {
+		if !q.drop {
 			q.closed = true
 			q.why = o
 			q.releaseLocked()
 		}
 		q.mu.Unlock()
-		if !q.dropOld {
-			q.wake()
+		if !q.drop {
+			q.notify()
 		}
 		return o
+	}
+	if q.n == len(q.frames) {
+		q.growLocked()
 	}
 	q.frames[(q.head+q.n)%len(q.frames)] = f
 	q.n++
 	q.bytes += f.Len()
 	q.mu.Unlock()
-	q.wake()
+	q.notify()
 	return accepted
 }
 
-func (q *queue) wake() {
-	select {
-	case q.signal <- struct{}{}:
-	default:
+func (q *queue) growLocked() {
+	size := min(max(2*len(q.frames), 4), q.max)
+	frames := make([]*Frame, size)
+	for i := range q.n {
+		frames[i] = q.frames[(q.head+i)%len(q.frames)]
 	}
+	q.frames, q.head = frames, 0
 }
 
 // take moves every queued frame into dst, oldest first. closed reports that
@@ -111,11 +128,12 @@ func (q *queue) take(dst []*Frame) (out []*Frame, closed bool, why overflow) {
 	return dst, closed, why
 }
 
-// depth is the number of frames waiting.
-func (q *queue) depth() int {
+// pending reports whether frames wait, or the queue was closed by overflow:
+// either way the writer has something to do.
+func (q *queue) pending() bool {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	return q.n
+	return q.n > 0 || q.why != accepted
 }
 
 // close refuses further frames and releases the ones held.
@@ -123,6 +141,7 @@ func (q *queue) close() {
 	q.mu.Lock()
 	q.closed = true
 	q.releaseLocked()
+	q.frames = nil
 	q.mu.Unlock()
 }
 

@@ -46,10 +46,18 @@ func rawDial(t testing.TB, addr string) (net.Conn, error) {
 func TestSlowClient(t *testing.T) {
 	for _, policy := range []string{PolicyDisconnect, PolicyDrop} {
 		t.Run(policy, func(t *testing.T) {
+			// With drop, the write timeout is long enough for the queue to
+			// fill and drop first; with disconnect, the queue or the
+			// timeout, whichever comes first, ends the slow stream.
+			timeout := 300 * time.Millisecond
+			if policy == PolicyDrop {
+				timeout = 5 * time.Second
+			}
 			tn := newTestNode(t, testOpts{cfg: Config{
-				SlowClient:   policy,
-				ClientBuffer: 16,
-				WriteTimeout: 300 * time.Millisecond,
+				SlowClient:       policy,
+				ClientBuffer:     16,
+				WriteTimeout:     timeout,
+				SocketSendBuffer: 16 << 10,
 			}})
 			addr := strings.TrimPrefix(tn.srv.URL, "http://")
 			// The slow client reads the headers and then nothing.
@@ -133,7 +141,7 @@ func TestQueueBounds(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			q := newQueue(tt.frames, tt.maxBytes, tt.drop)
+			q := newQueue(tt.frames, tt.maxBytes, tt.drop, func() {})
 			for i, size := range tt.sizes {
 				fr := f(size)
 				fr.retain(1) // the queue's reference

@@ -228,3 +228,24 @@ func TestAdminPublish(t *testing.T) {
 		t.Fatalf("metrics: %d\n%s", code, body)
 	}
 }
+
+// HTTP/1.1 streams are hijacked by default; NoHijack (and HTTP/2) keep
+// them on net/http.
+func TestLeanPathIsDefaultOnHTTP11(t *testing.T) {
+	tn := newTestNode(t, testOpts{})
+	dial(t, tn.srv.URL+"/events?topic=lean", "")
+	dial(t, tn.srv.URL+"/events?topic=lean", "")
+	hijacked := func() int {
+		if tn.lean == nil {
+			return 0
+		}
+		tn.lean.mu.Lock()
+		defer tn.lean.mu.Unlock()
+		return len(tn.lean.conns)
+	}
+	want := 2
+	if netHTTPPath {
+		want = 0
+	}
+	eventually(t, 5*time.Second, "streams on the expected path", func() bool { return hijacked() == want && tn.Connections() == 2 })
+}

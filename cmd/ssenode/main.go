@@ -91,6 +91,8 @@ func run(args []string, env map[string]string, stdout, stderr io.Writer) int {
 		Retry:             cfg.Retry,
 		MaxConnections:    cfg.MaxConnections,
 		MaxTopics:         cfg.MaxTopics,
+		NoHijack:          !cfg.Hijack,
+		SocketSendBuffer:  cfg.SocketSndbuf,
 		Logger:            log,
 		Registerer:        reg,
 	}, b, w)
@@ -156,14 +158,19 @@ func run(args []string, env map[string]string, stdout, stderr io.Writer) int {
 		case <-ctx.Done():
 		}
 	}()
-	// Drain first: Shutdown never finishes while streams are open.
-	if err := n.Drain(ctx); err != nil {
+	// Drain first: Shutdown never finishes while streams are open. The
+	// drain stops a little before the deadline, so that closing what is
+	// left still ends within SSE_SHUTDOWN_TIMEOUT.
+	drainCtx, drainCancel := context.WithTimeout(ctx, cfg.ShutdownTimeout-min(cfg.ShutdownTimeout/10, 500*time.Millisecond))
+	if err := n.Drain(drainCtx); err != nil {
 		log.Warn("drain incomplete", "err", err)
 	}
+	drainCancel()
 	if err := pub.Shutdown(ctx); err != nil {
 		log.Warn("public listener shutdown", "err", err)
 		pub.Close()
 	}
+	n.Close() // hijacked streams: Shutdown does not see them
 	if err := admin.Shutdown(ctx); err != nil {
 		admin.Close()
 	}

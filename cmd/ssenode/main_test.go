@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -148,36 +149,75 @@ func TestSIGTERMDrains(t *testing.T) {
 	}
 }
 
-// While draining, readiness fails at once. A stream that will not close
-// (its client never reads, holding the writer) cannot stop it from
-// answering.
+// While draining, readiness fails at once. A client that never reads,
+// with more queued for it than the socket buffers hold, keeps its writer
+// blocked, so the drain lasts until SSE_SHUTDOWN_TIMEOUT: readyz must say
+// 503 all that time, and the process still exits 0 by the deadline.
 func TestReadyzFailsAtOnceOnSIGTERM(t *testing.T) {
 	bin := buildNode(t)
 	pub, admin := freeAddr(t), freeAddr(t)
 	cmd := exec.Command(bin)
-	cmd.Env = append(os.Environ(), "SSE_LISTEN="+pub, "SSE_ADMIN_LISTEN="+admin, "SSE_SHUTDOWN_TIMEOUT=3s")
+	cmd.Env = append(os.Environ(), "SSE_LISTEN="+pub, "SSE_ADMIN_LISTEN="+admin,
+		"SSE_SHUTDOWN_TIMEOUT=3s", "SSE_WRITE_TIMEOUT=1m", "SSE_CLIENT_BUFFER_BYTES=67108864")
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	exited := waitProcess(t, cmd)
 	waitFor(t, "readyz 200", func() bool { return status("http://"+admin+"/readyz") == 200 })
-	// A raw client that opens a stream and then never reads.
-	conn, err := net.Dial("tcp", pub)
+	d := net.Dialer{}
+	conn, err := d.Dial("tcp", pub)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer conn.Close()
+	_ = conn.(*net.TCPConn).SetReadBuffer(4 << 10)
 	fmt.Fprintf(conn, "GET /events?topic=x HTTP/1.1\r\nHost: x\r\n\r\n")
+	waitFor(t, "stream open", func() bool { return metric(t, admin, "sse_connections") == 1 })
+	big := strings.Repeat("z", 3<<20)
+	for range 4 {
+		resp, err := http.PostForm("http://"+admin+"/publish", map[string][]string{"topic": {"x"}, "data": {big}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+	}
+	waitFor(t, "writer blocked", func() bool { return metric(t, admin, "sse_broker_events_total") == 4 })
+	start := time.Now()
 	cmd.Process.Signal(syscall.SIGTERM)
 	waitFor(t, "readyz 503", func() bool { return status("http://"+admin+"/readyz") == 503 })
+	t.Logf("readyz 503 after %v", time.Since(start))
+	// Still draining a second later: readiness stays failed.
+	time.Sleep(time.Second)
+	if code := status("http://" + admin + "/readyz"); code != 503 {
+		t.Fatalf("readyz %d one second into the drain, want 503", code)
+	}
 	select {
 	case err := <-exited:
 		if err != nil {
 			t.Fatalf("exit: %v", err)
 		}
+		t.Logf("exited after %v (SSE_SHUTDOWN_TIMEOUT 3s)", time.Since(start))
 	case <-time.After(6 * time.Second):
 		t.Fatal("still running past SSE_SHUTDOWN_TIMEOUT")
 	}
+}
+
+// metric reads one unlabelled sample from the admin listener's /metrics.
+func metric(t *testing.T, admin, name string) float64 {
+	t.Helper()
+	resp, err := http.Get("http://" + admin + "/metrics")
+	if err != nil {
+		return -1
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, name+" "); ok {
+			f, _ := strconv.ParseFloat(v, 64)
+			return f
+		}
+	}
+	return -1
 }
 
 // waitProcess reaps cmd in the background; the channel yields its exit

@@ -1,0 +1,201 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/ssecluster/ssecluster/pubsub"
+)
+
+// publisher appends one event to a topic and returns its stream ID.
+type publisher interface {
+	publish(ctx context.Context, topic string, data []byte) (pubsub.ID, error)
+	close() error
+}
+
+// redisPublisher XADDs with pubsub.PublishTo, as any Go publisher would.
+type redisPublisher struct {
+	client *redis.Client
+	prefix string
+	event  string
+	maxLen int64
+}
+
+func newRedisPublisher(rawURL, prefix, event string, maxLen int64) (*redisPublisher, error) {
+	opt, err := redis.ParseURL(rawURL)
+	if err != nil {
+		return nil, fmt.Errorf("sseload: -redis %q: %w", rawURL, err)
+	}
+	return &redisPublisher{client: redis.NewClient(opt), prefix: prefix, event: event, maxLen: maxLen}, nil
+}
+
+func (p *redisPublisher) publish(ctx context.Context, topic string, data []byte) (pubsub.ID, error) {
+	return pubsub.PublishTo(ctx, p.client, p.prefix, topic, p.event, data, p.maxLen)
+}
+
+func (p *redisPublisher) close() error { return p.client.Close() }
+
+// commandStats returns INFO commandstats as command -> calls.
+func (p *redisPublisher) commandStats(ctx context.Context) (map[string]int64, error) {
+	s, err := p.client.Info(ctx, "commandstats").Result()
+	if err != nil {
+		return nil, fmt.Errorf("sseload: redis INFO commandstats: %w", err)
+	}
+	return parseCommandStats(s), nil
+}
+
+// parseCommandStats reads lines like "cmdstat_xadd:calls=12,usec=34,...".
+func parseCommandStats(s string) map[string]int64 {
+	m := make(map[string]int64)
+	for line := range strings.Lines(s) {
+		line, ok := strings.CutPrefix(strings.TrimSpace(line), "cmdstat_")
+		if !ok {
+			continue
+		}
+		name, rest, ok := strings.Cut(line, ":")
+		if !ok {
+			continue
+		}
+		for kv := range strings.SplitSeq(rest, ",") {
+			if v, ok := strings.CutPrefix(kv, "calls="); ok {
+				if n, err := strconv.ParseInt(v, 10, 64); err == nil {
+					m[name] = n
+				}
+			}
+		}
+	}
+	return m
+}
+
+// httpPublisher uses a node's POST /publish, the way to publish to an
+// embedded-mode node. The payload is JSON, so it goes as a JSON value and
+// the node sends its text unchanged.
+type httpPublisher struct {
+	url    string
+	event  string
+	client *http.Client
+	body   []byte
+}
+
+func newHTTPPublisher(base, event string) *httpPublisher {
+	u := strings.TrimRight(base, "/")
+	if !strings.HasSuffix(u, "/publish") {
+		u += "/publish"
+	}
+	return &httpPublisher{url: u, event: event, client: &http.Client{Timeout: 10 * time.Second}}
+}
+
+func (p *httpPublisher) publish(ctx context.Context, topic string, data []byte) (pubsub.ID, error) {
+	b := append(p.body[:0], `{"topic":`...)
+	b = strconv.AppendQuote(b, topic)
+	if p.event != "" {
+		b = append(b, `,"event":`...)
+		b = strconv.AppendQuote(b, p.event)
+	}
+	b = append(b, `,"data":`...)
+	b = append(b, data...)
+	b = append(b, '}')
+	p.body = b
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, p.url, bytes.NewReader(b))
+	if err != nil {
+		return pubsub.ID{}, fmt.Errorf("sseload: publish to %s: %w", p.url, err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := p.client.Do(req)
+	if err != nil {
+		return pubsub.ID{}, fmt.Errorf("sseload: publish to %s: %w", p.url, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	if err != nil {
+		return pubsub.ID{}, fmt.Errorf("sseload: publish to %s: read reply: %w", p.url, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return pubsub.ID{}, fmt.Errorf("sseload: publish to %s: %s: %s", p.url, resp.Status, bytes.TrimSpace(body))
+	}
+	var reply struct {
+		ID string `json:"id"`
+	}
+	if err := json.Unmarshal(body, &reply); err != nil {
+		return pubsub.ID{}, fmt.Errorf("sseload: publish to %s: reply %q: %w", p.url, body, err)
+	}
+	id, err := pubsub.ParseID(reply.ID)
+	if err != nil {
+		return pubsub.ID{}, fmt.Errorf("sseload: publish to %s: reply: %w", p.url, err)
+	}
+	return id, nil
+}
+
+func (p *httpPublisher) close() error {
+	p.client.CloseIdleConnections()
+	return nil
+}
+
+// pubStats are one topic publisher's counts.
+type pubStats struct {
+	sent, errors int64
+	firstErr     error
+}
+
+// publishLoop publishes to one topic at rate events/s (as fast as possible
+// when rate <= 0) until count events are sent, or until is reached, or ctx
+// ends. Falling behind the schedule publishes back to back, without
+// bursting beyond it. Every seq's outcome is recorded in log.
+func publishLoop(ctx context.Context, pub publisher, log *pubLog, topic string, topicIdx int, run uint64,
+	rate float64, size int, count int64, until time.Time) pubStats {
+	var st pubStats
+	var interval time.Duration
+	if rate > 0 {
+		interval = time.Duration(float64(time.Second) / rate)
+	}
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	buf := make([]byte, 0, size+128)
+	next := time.Now()
+	for n := int64(0); count <= 0 || n < count; n++ {
+		if ctx.Err() != nil || (!until.IsZero() && !time.Now().Before(until)) {
+			break
+		}
+		if interval > 0 {
+			if d := time.Until(next); d > 0 {
+				timer.Reset(d)
+				select {
+				case <-ctx.Done():
+					return st
+				case <-timer.C:
+				}
+			}
+			next = next.Add(interval)
+		}
+		seq, err := log.begin()
+		if err != nil {
+			st.errors++
+			if st.firstErr == nil {
+				st.firstErr = err
+			}
+			break
+		}
+		buf = appendPayload(buf[:0], payload{run: run, topic: int64(topicIdx), seq: seq, ts: time.Now().UnixNano()}, size)
+		id, err := pub.publish(ctx, topic, buf)
+		if err != nil {
+			log.record(seq, pubsub.ID{})
+			st.errors++
+			if st.firstErr == nil {
+				st.firstErr = err
+			}
+			continue
+		}
+		log.record(seq, id)
+		st.sent++
+	}
+	return st
+}

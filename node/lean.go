@@ -1,0 +1,496 @@
+package node
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"runtime"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// The lean path (DESIGN "Lean connections"). Once its headers are out, an
+// HTTP/1.1 stream is taken over from net/http: its request goroutine and
+// net/http's buffers go away, and the node writes the chunked body itself.
+//
+//   - An idle stream holds no goroutine: a few hundred bytes of state and
+//     its socket.
+//   - When frames arrive, the queue schedules the stream on a small pool of
+//     writer goroutines. A writer takes the whole batch, writes it as one
+//     chunk with a short deadline, and moves on. A write cut short (the
+//     client's socket buffer is full) is finished by a goroutine of its own
+//     within SSE_WRITE_TIMEOUT, so a slow client never holds a pool writer.
+//   - One goroutine sends heartbeats to streams idle for SSE_HEARTBEAT.
+//   - A client that leaves is seen at once by the close watcher (epoll on
+//     Linux, a small reader goroutine per stream elsewhere), or by the next
+//     write.
+//
+// Writes to one stream are serialized by sched: whoever sets it (a pool
+// writer, a slow writer, or the request goroutine while it replays) is the
+// only one writing until it clears it.
+
+// poolWriteTimeout bounds a pool writer's write; past it the rest of the
+// chunk goes to a goroutine of its own.
+const poolWriteTimeout = 10 * time.Millisecond
+
+// leanConn is a hijacked HTTP/1.1 stream.
+type leanConn struct {
+	n    *Node
+	c    *client
+	conn net.Conn // immutable
+
+	sched     atomic.Bool  // someone owns writing; see above
+	done      atomic.Bool  // closed
+	hbDue     atomic.Bool  // a heartbeat is due
+	lastWrite atomic.Int64 // unix nanoseconds of the last write
+
+	slot  int    // index in lean.conns; guarded by lean.mu
+	token uint64 // close-watch registration; guarded by the watcher
+
+	header http.Header // response header, until open writes it
+}
+
+// lean owns the lean path's goroutines and the streams handed to them.
+type lean struct {
+	n *Node
+
+	mu      sync.Mutex
+	cond    *sync.Cond
+	ready   ring[*leanConn] // streams waiting for a pool writer, FIFO
+	conns   []*leanConn     // every stream handed over, for heartbeats and drain
+	stopped bool
+
+	watch closeWatcher
+	stop  chan struct{} // closed by close
+	wg    sync.WaitGroup
+}
+
+// closeWatcher tells the node at once when a client goes away.
+type closeWatcher interface {
+	add(lc *leanConn) error
+	remove(lc *leanConn)
+	close()
+}
+
+func newLean(n *Node) (*lean, error) {
+	l := &lean{n: n, stop: make(chan struct{})}
+	l.cond = sync.NewCond(&l.mu)
+	w, err := newCloseWatcher(l)
+	if err != nil {
+		return nil, fmt.Errorf("node: close watcher: %w", err)
+	}
+	l.watch = w
+	workers := max(4, 2*runtime.GOMAXPROCS(0))
+	l.wg.Add(workers + 1)
+	for range workers {
+		go l.worker()
+	}
+	go l.heartbeats()
+	return l, nil
+}
+
+// close stops every goroutine of the lean path and closes the streams still
+// open. It waits for all of them.
+func (l *lean) close() {
+	l.mu.Lock()
+	if l.stopped {
+		l.mu.Unlock()
+		return
+	}
+	l.stopped = true
+	close(l.stop)
+	l.cond.Broadcast()
+	l.mu.Unlock()
+	l.watch.close()
+	l.mu.Lock()
+	open := append([]*leanConn(nil), l.conns...)
+	l.mu.Unlock()
+	for _, lc := range open {
+		lc.close(reasonDrain)
+	}
+	l.wg.Wait()
+}
+
+// hijack takes the connection over. It returns nil, with nothing written,
+// when the ResponseWriter cannot be hijacked; the caller then stays on the
+// net/http path.
+func (n *Node) hijack(w http.ResponseWriter, c *client, drop bool) *leanConn {
+	if n.lean == nil {
+		return nil
+	}
+	header := w.Header().Clone()
+	conn, _, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		return nil
+	}
+	// The bufio.ReadWriter is dropped: a client of an event stream sends
+	// nothing after its request, and keeping net/http's buffers is what
+	// this path avoids.
+	if tc, ok := conn.(*net.TCPConn); ok && n.cfg.SocketSendBuffer > 0 {
+		_ = tc.SetWriteBuffer(n.cfg.SocketSendBuffer)
+	}
+	lc := &leanConn{n: n, c: c, conn: conn}
+	lc.sched.Store(true) // the request goroutine writes until open hands over
+	c.q = newQueue(n.cfg.ClientBuffer, n.cfg.ClientBufferBytes, drop, lc.schedule)
+	lc.header = header
+	return lc
+}
+
+// open runs on the request goroutine: response header, opening, replay,
+// then hand over to the pool. The request goroutine returns right after.
+func (lc *leanConn) open(r *http.Request) {
+	n := lc.n
+	s := &chunkSink{conn: lc.conn}
+	s.buf = appendResponseHeader(s.buf, lc.header)
+	lc.header = nil
+	s.raw = len(s.buf)
+	// The request's context ends when the handler returns, and net/http no
+	// longer watches a hijacked connection: replay runs under the node's.
+	if reason := n.start(n.ctx, s, lc.c); reason != "" {
+		lc.close(reason)
+		return
+	}
+	lc.lastWrite.Store(time.Now().UnixNano())
+	if err := n.lean.add(lc); err != nil {
+		lc.close(reasonWriteError)
+		return
+	}
+	lc.sched.Store(false)
+	if lc.c.q.pending() || n.draining.Load() {
+		lc.schedule()
+	}
+}
+
+func appendResponseHeader(b []byte, h http.Header) []byte {
+	b = append(b, "HTTP/1.1 200 OK\r\n"...)
+	for k, vs := range h {
+		for _, v := range vs {
+			b = append(b, k...)
+			b = append(b, ": "...)
+			b = append(b, v...)
+			b = append(b, "\r\n"...)
+		}
+	}
+	b = append(b, "Date: "...)
+	b = time.Now().UTC().AppendFormat(b, http.TimeFormat)
+	return append(b, "\r\nTransfer-Encoding: chunked\r\n\r\n"...)
+}
+
+// schedule puts the stream on the pool's ready list unless someone already
+// owns its writing. It is the queue's notify, called by fan-out.
+func (lc *leanConn) schedule() {
+	if lc.done.Load() || !lc.sched.CompareAndSwap(false, true) {
+		return
+	}
+	l := lc.n.lean
+	l.mu.Lock()
+	if l.stopped {
+		l.mu.Unlock()
+		return
+	}
+	l.ready.push(lc)
+	l.mu.Unlock()
+	l.cond.Signal()
+}
+
+// release gives up writing, then takes it back if work arrived meanwhile,
+// so that no notify is lost between the two.
+func (lc *leanConn) release() {
+	lc.sched.Store(false)
+	if lc.c.q.pending() || lc.hbDue.Load() || lc.n.draining.Load() {
+		lc.schedule()
+	}
+}
+
+// add registers a stream handed over to the pool.
+func (l *lean) add(lc *leanConn) error {
+	l.mu.Lock()
+	if l.stopped {
+		l.mu.Unlock()
+		return errors.New("node: closed")
+	}
+	lc.slot = len(l.conns)
+	l.conns = append(l.conns, lc)
+	l.mu.Unlock()
+	if err := l.watch.add(lc); err != nil {
+		return err
+	}
+	return nil
+}
+
+func (l *lean) remove(lc *leanConn) {
+	l.mu.Lock()
+	if i := lc.slot; i >= 0 && i < len(l.conns) && l.conns[i] == lc {
+		last := len(l.conns) - 1
+		l.conns[i] = l.conns[last]
+		l.conns[i].slot = i
+		l.conns[last] = nil
+		l.conns = l.conns[:last]
+		if cap(l.conns) > 1024 && len(l.conns) < cap(l.conns)/4 {
+			l.conns = append([]*leanConn(nil), l.conns...)
+		}
+	}
+	lc.slot = -1
+	l.mu.Unlock()
+}
+
+// drain asks every stream's writer to send the drain retry: and close.
+func (l *lean) drain() {
+	l.mu.Lock()
+	open := append([]*leanConn(nil), l.conns...)
+	l.mu.Unlock()
+	for _, lc := range open {
+		lc.schedule()
+	}
+}
+
+// close ends the stream once: stop watching, close the socket, release
+// what it held.
+func (lc *leanConn) close(reason string) {
+	if !lc.done.CompareAndSwap(false, true) {
+		return
+	}
+	if l := lc.n.lean; l != nil {
+		l.watch.remove(lc)
+		l.remove(lc)
+	}
+	lc.conn.Close()
+	lc.n.finish(lc.c, reason)
+}
+
+func (l *lean) worker() {
+	defer l.wg.Done()
+	w := &leanWriter{l: l}
+	for {
+		l.mu.Lock()
+		for l.ready.len() == 0 && !l.stopped {
+			l.cond.Wait()
+		}
+		if l.stopped {
+			l.mu.Unlock()
+			return
+		}
+		lc := l.ready.pop()
+		l.mu.Unlock()
+		w.serve(lc)
+	}
+}
+
+// leanWriter is one pool writer's reusable state.
+type leanWriter struct {
+	l     *lean
+	batch []*Frame
+	buf   []byte
+}
+
+// chunkHead is room before a chunk's payload for its size line.
+const chunkHead = 18
+
+// serve writes what one stream has ready, as one chunk, then gives the
+// stream up (it is scheduled again if more arrived).
+func (w *leanWriter) serve(lc *leanConn) {
+	n := lc.n
+	if lc.done.Load() {
+		return
+	}
+	if n.draining.Load() {
+		w.buf = append(w.buf[:0], make([]byte, chunkHead)...)
+		w.buf = n.drainRetry(w.buf)
+		chunk := frameChunk(w.buf)
+		chunk = append(chunk, "0\r\n\r\n"...)
+		_ = lc.conn.SetWriteDeadline(time.Now().Add(poolWriteTimeout))
+		_, _ = lc.conn.Write(chunk)
+		lc.close(reasonDrain)
+		return
+	}
+	var closed bool
+	var why overflow
+	w.batch, closed, why = lc.c.q.take(w.batch[:0])
+	if closed {
+		n.m.slowDisconnects.WithLabelValues(why.reason()).Inc()
+		lc.close(reasonSlowClient)
+		return
+	}
+	w.buf = append(w.buf[:0], make([]byte, chunkHead)...)
+	sent := 0
+	for i, f := range w.batch {
+		var k int
+		w.buf, k = lc.c.appendFrame(w.buf, f)
+		sent += k
+		f.Release()
+		w.batch[i] = nil
+	}
+	if len(w.batch) > 0 {
+		n.m.queueDepth.Observe(float64(len(w.batch)))
+	}
+	if hb := lc.hbDue.Swap(false); sent == 0 {
+		if !hb {
+			lc.release()
+			return
+		}
+		w.buf = append(w.buf, heartbeat...)
+	}
+	start := time.Now()
+	chunk := frameChunk(w.buf)
+	_ = lc.conn.SetWriteDeadline(start.Add(min(poolWriteTimeout, n.cfg.WriteTimeout)))
+	m, err := lc.conn.Write(chunk)
+	if err != nil && errors.Is(err, os.ErrDeadlineExceeded) && m < len(chunk) && n.cfg.WriteTimeout > poolWriteTimeout {
+		// The client's socket buffer is full: finish on a goroutine of
+		// the stream's own, so the pool moves on. It still owns sched.
+		rest := append([]byte(nil), chunk[m:]...)
+		w.l.wg.Add(1)
+		go w.l.finishWrite(lc, rest, start, sent)
+		w.shrink()
+		return
+	}
+	w.shrink()
+	if err != nil {
+		lc.close(n.writeFailed(err))
+		return
+	}
+	lc.wrote(start, sent)
+	lc.release()
+}
+
+// wrote records a completed write.
+func (lc *leanConn) wrote(start time.Time, sent int) {
+	now := time.Now()
+	lc.lastWrite.Store(now.UnixNano())
+	if sent > 0 {
+		lc.n.m.flush.Observe(now.Sub(start).Seconds())
+		lc.n.m.delivered.Add(float64(sent))
+	}
+}
+
+// finishWrite writes the rest of a chunk for a slow client, within the
+// write timeout counted from the first attempt.
+func (l *lean) finishWrite(lc *leanConn, rest []byte, start time.Time, sent int) {
+	defer l.wg.Done()
+	_ = lc.conn.SetWriteDeadline(start.Add(lc.n.cfg.WriteTimeout))
+	if _, err := lc.conn.Write(rest); err != nil {
+		lc.close(lc.n.writeFailed(err))
+		return
+	}
+	lc.wrote(start, sent)
+	lc.release()
+}
+
+// shrink drops a buffer grown by a burst, so a writer does not keep it.
+func (w *leanWriter) shrink() {
+	if cap(w.buf) > 1<<20 {
+		w.buf = nil
+	}
+	if cap(w.batch) > 1024 {
+		w.batch = nil
+	}
+}
+
+// frameChunk turns buf, whose payload starts at chunkHead, into one HTTP/1.1
+// chunk: the size line is written right before the payload, and the CRLF
+// after it.
+func frameChunk(buf []byte) []byte {
+	size := len(buf) - chunkHead
+	var head [chunkHead]byte
+	h := strconv.AppendInt(head[:0], int64(size), 16)
+	h = append(h, '\r', '\n')
+	start := chunkHead - len(h)
+	copy(buf[start:], h)
+	return append(buf[start:], '\r', '\n')
+}
+
+// heartbeats marks streams idle for SSE_HEARTBEAT and schedules them.
+func (l *lean) heartbeats() {
+	defer l.wg.Done()
+	every := min(max(l.n.cfg.Heartbeat/4, 5*time.Millisecond), time.Second)
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-l.stop:
+			return
+		case now := <-t.C:
+			idle := now.Add(-l.n.cfg.Heartbeat).UnixNano()
+			l.mu.Lock()
+			for _, lc := range l.conns {
+				if lc.lastWrite.Load() > idle || lc.hbDue.Load() {
+					continue
+				}
+				lc.hbDue.Store(true)
+				// Under l.mu, so this is schedule without its locking.
+				if lc.sched.CompareAndSwap(false, true) {
+					l.ready.push(lc)
+					l.cond.Signal()
+				}
+			}
+			l.mu.Unlock()
+		}
+	}
+}
+
+// chunkSink writes the opening and the replay of a hijacked stream from the
+// request goroutine: each Flush sends what was written as one chunk.
+type chunkSink struct {
+	conn net.Conn
+	buf  []byte
+	raw  int // leading bytes sent as they are (the response header)
+}
+
+func (s *chunkSink) Write(p []byte) (int, error) {
+	s.buf = append(s.buf, p...)
+	return len(p), nil
+}
+
+func (s *chunkSink) Flush() error {
+	if len(s.buf) == s.raw {
+		return nil
+	}
+	var head [chunkHead]byte
+	h := strconv.AppendInt(head[:0], int64(len(s.buf)-s.raw), 16)
+	h = append(h, '\r', '\n')
+	out := make([]byte, 0, len(s.buf)+len(h)+2)
+	out = append(out, s.buf[:s.raw]...)
+	out = append(out, h...)
+	out = append(out, s.buf[s.raw:]...)
+	out = append(out, '\r', '\n')
+	_, err := s.conn.Write(out)
+	s.buf, s.raw = s.buf[:0], 0
+	if cap(s.buf) > 64<<10 {
+		s.buf = nil
+	}
+	return err
+}
+
+func (s *chunkSink) SetWriteDeadline(t time.Time) error { return s.conn.SetWriteDeadline(t) }
+
+// ring is a growable FIFO that reuses its storage.
+type ring[T any] struct {
+	buf        []T
+	head, size int
+}
+
+func (r *ring[T]) len() int { return r.size }
+
+func (r *ring[T]) push(v T) {
+	if r.size == len(r.buf) {
+		buf := make([]T, max(16, 2*len(r.buf)))
+		for i := range r.size {
+			buf[i] = r.buf[(r.head+i)%len(r.buf)]
+		}
+		r.buf, r.head = buf, 0
+	}
+	r.buf[(r.head+r.size)%len(r.buf)] = v
+	r.size++
+}
+
+func (r *ring[T]) pop() T {
+	var zero T
+	v := r.buf[r.head]
+	r.buf[r.head] = zero
+	r.head = (r.head + 1) % len(r.buf)
+	r.size--
+	return v
+}
