@@ -2,9 +2,7 @@ package main
 
 import (
 	"errors"
-	"runtime"
 	"sync/atomic"
-	"time"
 
 	"github.com/ssecluster/ssecluster/pubsub"
 )
@@ -70,29 +68,6 @@ func (l *pubLog) at(seq int64) (pubsub.ID, bool) {
 		return pubsub.ID{}, false
 	}
 	return l.dir[seq>>logChunkBits].Load()[seq&(logChunk-1)], true
-}
-
-// wait returns the ID recorded for seq, waiting up to d for the publisher to
-// record it: an event can reach a client before the XADD reply reaches the
-// publisher.
-func (l *pubLog) wait(seq int64, d time.Duration) (pubsub.ID, bool) {
-	if id, ok := l.at(seq); ok || seq >= l.started.Load() {
-		return id, ok
-	}
-	deadline := time.Now().Add(d)
-	for i := 0; ; i++ {
-		if i < 16 {
-			runtime.Gosched()
-		} else {
-			time.Sleep(100 * time.Microsecond)
-		}
-		if id, ok := l.at(seq); ok {
-			return id, true
-		}
-		if time.Now().After(deadline) {
-			return pubsub.ID{}, false
-		}
-	}
 }
 
 // missing counts the seqs in [lo, hi] that a client should have received:
@@ -210,6 +185,16 @@ type slot struct {
 	// gapLo..gapHi is the last silent gap, so that a late arrival in it
 	// counts as out of order rather than duplicate.
 	gapLo, gapHi int64
+	// pendSeq (-1: none) is an event whose ID could not be compared yet:
+	// it can arrive before the XADD reply reaches the publisher. It is
+	// compared at the next event or at the end, never waited for.
+	pendSeq int64
+	pendID  pubsub.ID
+}
+
+// newSlot is the state of a topic of a client, before its stream opens.
+func newSlot(log *pubLog) slot {
+	return slot{log: log, gapLo: 0, gapHi: -1, pendSeq: -1}
 }
 
 // open sets the baseline at the first successful open of a stream: every
@@ -220,7 +205,7 @@ func (s *slot) open() {
 
 // event checks one received seq with event ID id (nil when the stream gave
 // none) and counts it in t.
-func (s *slot) event(t *tally, seq int64, id []byte, waitID time.Duration) {
+func (s *slot) event(t *tally, seq int64, id []byte) {
 	t.deliveries++
 	last := s.last.Load()
 	if !s.seen {
@@ -228,7 +213,7 @@ func (s *slot) event(t *tally, seq int64, id []byte, waitID time.Duration) {
 		if seq <= last {
 			// Published just before the stream opened and delivered anyway.
 			s.last.Store(seq)
-			s.verify(t, seq, id, waitID)
+			s.verify(t, seq, id)
 			return
 		}
 	}
@@ -252,24 +237,52 @@ func (s *slot) event(t *tally, seq int64, id []byte, waitID time.Duration) {
 	}
 	s.gapPending = false
 	s.last.Store(seq)
-	s.verify(t, seq, id, waitID)
+	s.verify(t, seq, id)
 }
 
-func (s *slot) verify(t *tally, seq int64, id []byte, waitID time.Duration) {
-	want, ok := s.log.wait(seq, waitID)
-	if !ok || want.IsZero() {
-		t.unverified++
-		return
+func (s *slot) verify(t *tally, seq int64, id []byte) {
+	if s.pendSeq >= 0 {
+		s.settle(t)
 	}
 	got, ok := parseIDBytes(id)
-	if !ok || got != want {
+	if !ok {
 		t.mismatch++
+		return
+	}
+	want, ok := s.log.at(seq)
+	switch {
+	case !ok:
+		s.pendSeq, s.pendID = seq, got
+	case want.IsZero():
+		t.unverified++ // its publish failed: nothing to compare with
+	case got != want:
+		t.mismatch++
+	}
+}
+
+// settle compares the pending event's ID, or gives up on it.
+func (s *slot) settle(t *tally) {
+	want, ok := s.log.at(s.pendSeq)
+	switch {
+	case !ok || want.IsZero():
+		t.unverified++
+	case s.pendID != want:
+		t.mismatch++
+	}
+	s.pendSeq = -1
+}
+
+// finish settles the pending comparison, once the client has stopped.
+func (s *slot) finish(t *tally) {
+	if s.pendSeq >= 0 {
+		s.settle(t)
 	}
 }
 
 // tail counts what the client still misses at the end of the run, when
 // every seq up to and including final should have arrived.
 func (s *slot) tail(t *tally, final int64) {
+	s.finish(t)
 	last := s.last.Load()
 	if final <= last {
 		return

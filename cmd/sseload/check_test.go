@@ -1,9 +1,7 @@
 package main
 
 import (
-	"sync"
 	"testing"
-	"time"
 
 	"github.com/ssecluster/ssecluster/pubsub"
 )
@@ -87,7 +85,7 @@ func TestSlotCheck(t *testing.T) {
 				seq, _ := log.begin()
 				log.record(seq, idOrFailed(seq, failed))
 			}
-			s := slot{log: log, gapLo: 0, gapHi: -1}
+			s := newSlot(log)
 			s.open()
 			for log.started.Load() < int64(tt.published) {
 				seq, _ := log.begin()
@@ -104,7 +102,7 @@ func TestSlotCheck(t *testing.T) {
 				if id == "" {
 					id = idOf(st.seq).String()
 				}
-				s.event(&got, st.seq, []byte(id), 0)
+				s.event(&got, st.seq, []byte(id))
 			}
 			if tt.final >= 0 {
 				s.tail(&got, tt.final)
@@ -124,24 +122,50 @@ func idOrFailed(seq int64, failed map[int64]bool) pubsub.ID {
 	return idOf(seq)
 }
 
-func TestPubLogWait(t *testing.T) {
-	log := new(pubLog)
-	seq, _ := log.begin() // XADD in flight: the client may see it first
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		time.Sleep(2 * time.Millisecond)
-		log.record(seq, idOf(seq))
-	})
-	id, ok := log.wait(seq, 5*time.Second)
-	wg.Wait()
-	if !ok || id != idOf(seq) {
-		t.Errorf("wait = %v, %v; want %v", id, ok, idOf(seq))
+// An event can reach a client before the publisher has recorded its ID:
+// the comparison waits for the next event or the end, not the client.
+func TestSlotPendingID(t *testing.T) {
+	tests := []struct {
+		name string
+		id1  string // ID the client sees for seq 1, published late
+		end  bool   // settle at the end rather than by a next event
+		rec  bool   // the publisher records seq 1 before settling
+		want tally
+	}{
+		{name: "recorded by the next event", id1: idOf(1).String(), rec: true, want: tally{deliveries: 3}},
+		{name: "recorded by the end", id1: idOf(1).String(), rec: true, end: true, want: tally{deliveries: 2}},
+		{name: "wrong ID found late", id1: "1-1", rec: true, want: tally{deliveries: 3, mismatch: 1}},
+		{name: "never recorded", id1: idOf(1).String(), end: true, want: tally{deliveries: 2, unverified: 1}},
 	}
-	if _, ok := log.wait(7, time.Hour); ok {
-		t.Error("wait for a seq never handed out succeeded")
-	}
-	if _, ok := log.wait(-1, time.Hour); ok {
-		t.Error("wait for a negative seq succeeded")
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			log := new(pubLog)
+			s := newSlot(log)
+			s.open()
+			for range 2 {
+				seq, _ := log.begin()
+				if seq == 0 {
+					log.record(seq, idOf(seq))
+				}
+			}
+			var got tally
+			s.event(&got, 0, []byte(idOf(0).String()))
+			s.event(&got, 1, []byte(tt.id1)) // not recorded yet
+			if tt.rec {
+				log.record(1, idOf(1))
+			}
+			if tt.end {
+				s.finish(&got)
+			} else {
+				seq, _ := log.begin()
+				log.record(seq, idOf(seq))
+				s.event(&got, 2, []byte(idOf(2).String()))
+				s.finish(&got)
+			}
+			if got != tt.want {
+				t.Errorf("tally = %+v, want %+v", got, tt.want)
+			}
+		})
 	}
 }
 

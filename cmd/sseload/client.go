@@ -74,34 +74,51 @@ func (c *client) flush() {
 }
 
 // run connects, reads and reconnects until the group ends or ctx is done.
+//
+// The goroutine parks in readEvents for most of its life, so the frames
+// below run are kept small: dialing (deep, and rare) happens in open, which
+// has returned by then, and the runtime can shrink the stack to 4 KiB.
 func (c *client) run(ctx context.Context) {
-	r := c.r
 	var lostAt time.Time // when the previous stream ended, for the resume time
-	for {
-		waited, ok := r.waitGate(ctx, c.done)
-		if !ok {
-			break
+	var err error
+	for first := true; c.wait(ctx, err, first, &lostAt); first = false {
+		if err = c.open(ctx, &lostAt); err != nil {
+			continue
 		}
-		if waited && !lostAt.IsZero() {
-			lostAt = time.Now() // offline on purpose: time the resume from the release
+		if c.slow {
+			c.hold(ctx)
+		} else {
+			err = c.readEvents()
 		}
-		err := c.session(ctx, &lostAt)
-		c.flush()
+		c.closed()
+	}
+	c.closeConn()
+}
+
+// wait decides whether and when to connect again after err (nil on the
+// first attempt): it waits for the storm gate, the retry delay, or gives
+// up. It returns false when the client must end.
+//
+//go:noinline
+func (c *client) wait(ctx context.Context, err error, first bool, lostAt *time.Time) bool {
+	r := c.r
+	c.flush()
+	if !first {
 		if c.isStopped() || ctx.Err() != nil {
-			break
+			return false
 		}
 		if lostAt.IsZero() {
-			lostAt = time.Now()
+			*lostAt = time.Now()
 		}
-		var se *statusError
 		delay := c.retry
 		if r.cfg.Retry > 0 {
 			delay = r.cfg.Retry
 		}
+		var se *statusError
 		if errors.As(err, &se) {
 			if se.permanent() {
 				c.permanent.Store(true)
-				break
+				return false
 			}
 			if se.retryAfter > 0 {
 				delay = se.retryAfter
@@ -111,11 +128,15 @@ func (c *client) run(ctx context.Context) {
 			delay = 0 // a storm: the gate decides when
 		}
 		if !sleepCtx(ctx, c.done, delay) {
-			break
+			return false
 		}
 		c.urlIdx = (c.urlIdx + 1) % len(r.targets)
 	}
-	c.closeConn()
+	waited, ok := r.waitGate(ctx, c.done)
+	if waited && !lostAt.IsZero() {
+		*lostAt = time.Now() // offline on purpose: time the resume from the release
+	}
+	return ok
 }
 
 func sleepCtx(ctx context.Context, done <-chan struct{}, d time.Duration) bool {
@@ -134,9 +155,14 @@ func sleepCtx(ctx context.Context, done <-chan struct{}, d time.Duration) bool {
 	}
 }
 
-// session runs one connection: dial, request, headers, then events until
-// the stream ends.
-func (c *client) session(ctx context.Context, lostAt *time.Time) error {
+// errOffline ends a connection made while the storm gate was closing.
+var errOffline = errors.New("sseload: offline")
+
+// open dials, writes the request and reads the response headers. On nil
+// the stream is open and counted, and closed must follow.
+//
+//go:noinline
+func (c *client) open(ctx context.Context, lostAt *time.Time) error {
 	r := c.r
 	tg := &r.targets[c.urlIdx]
 	r.attempts.Add(1)
@@ -148,15 +174,16 @@ func (c *client) session(ctx context.Context, lostAt *time.Time) error {
 		return fmt.Errorf("sseload: dial %s: %w", tg.addr, err)
 	}
 	if !c.setConn(conn) {
-		return nil
+		return errOffline
 	}
-	defer c.closeConn()
 	if r.gate.Load() != nil {
-		return nil // went offline while dialing
+		c.closeConn()
+		return errOffline // went offline while dialing
 	}
 
 	_ = conn.SetDeadline(time.Now().Add(r.cfg.ConnectWait))
 	if _, err := conn.Write(c.request(tg)); err != nil {
+		c.closeConn()
 		r.failedProto.Add(1)
 		return fmt.Errorf("sseload: write request to %s: %w", tg.addr, err)
 	}
@@ -168,6 +195,7 @@ func (c *client) session(ctx context.Context, lostAt *time.Time) error {
 	}
 	chunked, err := c.readHeaders()
 	if err != nil {
+		c.closeConn()
 		var se *statusError
 		if errors.As(err, &se) {
 			r.failedStatus.Add(1)
@@ -183,7 +211,6 @@ func (c *client) session(ctx context.Context, lostAt *time.Time) error {
 
 	r.ok.Add(1)
 	r.connsOpen.Add(1)
-	defer r.connsOpen.Add(-1)
 	if !c.opened.Load() {
 		for i := range c.slots {
 			c.slots[i].open()
@@ -196,20 +223,28 @@ func (c *client) session(ctx context.Context, lostAt *time.Time) error {
 		}
 	}
 	*lostAt = time.Time{}
+	return nil
+}
 
-	if c.slow {
-		// Hold the socket without reading until the end.
-		select {
-		case <-ctx.Done():
-		case <-c.done:
-		}
-		return nil
+// hold keeps a slow client's socket open without reading until the end.
+//
+//go:noinline
+func (c *client) hold(ctx context.Context) {
+	select {
+	case <-ctx.Done():
+	case <-c.done:
 	}
-	err = c.readEvents()
+}
+
+// closed ends an open stream.
+//
+//go:noinline
+func (c *client) closed() {
 	if !c.isStopped() {
-		r.disconnects.Add(1)
+		c.r.disconnects.Add(1)
 	}
-	return err
+	c.r.connsOpen.Add(-1)
+	c.closeConn()
 }
 
 // request is the subscribe request, written by hand.
@@ -228,6 +263,11 @@ func (c *client) request(tg *target) []byte {
 	b = append(b, " HTTP/1.1\r\nHost: "...)
 	b = append(b, tg.host...)
 	b = append(b, "\r\nAccept: text/event-stream\r\nCache-Control: no-cache\r\nUser-Agent: sseload\r\n"...)
+	if tok := c.r.cfg.Token; tok != "" {
+		b = append(b, "Authorization: Bearer "...)
+		b = append(b, tok...)
+		b = append(b, "\r\n"...)
+	}
 	if len(c.lastID) > 0 {
 		b = append(b, "Last-Event-ID: "...)
 		b = append(b, c.lastID...)
@@ -345,7 +385,7 @@ func (c *client) dispatch() {
 		for k, ti := range c.topics {
 			if int64(ti) == p.topic {
 				c.r.lat.Record(c.idx, max(c.lr.now.UnixNano()-p.ts, 0))
-				c.slots[k].event(&c.t, p.seq, idPart(c.lastID, k), c.r.cfg.IDWait)
+				c.slots[k].event(&c.t, p.seq, idPart(c.lastID, k))
 				return
 			}
 		}

@@ -34,6 +34,8 @@ type Config struct {
 	Prefix        string        `json:"prefix"`
 	MaxLen        int64         `json:"maxlen"`
 	PublishURL    string        `json:"publish_url,omitempty"`
+	Token         string        `json:"-"`
+	PublishToken  string        `json:"-"`
 	Retry         time.Duration `json:"retry"`
 	ConnectWait   time.Duration `json:"connect_timeout"`
 	Drain         time.Duration `json:"drain"`
@@ -47,7 +49,7 @@ type Config struct {
 	StormTimeout  time.Duration `json:"storm_timeout"`
 	Check         bool          `json:"check"`
 	AllowGaps     bool          `json:"allow_gaps"`
-	IDWait        time.Duration `json:"id_wait"`
+	CPUProfile    string        `json:"-"`
 	Out           string        `json:"out,omitempty"`
 	Progress      bool          `json:"-"`
 	NodePIDs      []int         `json:"node_pids,omitempty"`
@@ -87,6 +89,8 @@ func parseFlags(args []string, stderr io.Writer) (*Config, error) {
 	fs.StringVar(&c.Prefix, "prefix", pubsub.DefaultRedisPrefix, "stream key prefix (SSE_STREAM_PREFIX)")
 	fs.Int64Var(&c.MaxLen, "maxlen", 10000, "XADD MAXLEN ~ (0: none)")
 	fs.StringVar(&c.PublishURL, "publish-url", "", "publish with POST /publish to this node admin `URL` (embedded mode), e.g. http://127.0.0.1:9090")
+	fs.StringVar(&c.Token, "token", "", "bearer token sent with each subscribe (Authorization header), when the nodes require one")
+	fs.StringVar(&c.PublishToken, "publish-token", "", "bearer token for POST /publish (SSE_PUBLISH_TOKEN)")
 	fs.DurationVar(&c.Retry, "retry", 0, "reconnect delay (0: the server's retry: value, 1s until one is seen)")
 	fs.DurationVar(&c.ConnectWait, "connect-timeout", 10*time.Second, "bound on dial plus response headers, and on waiting for the ramp to settle")
 	fs.DurationVar(&c.Drain, "drain", 10*time.Second, "after publishing, how long to wait for every client to catch up")
@@ -100,7 +104,7 @@ func parseFlags(args []string, stderr io.Writer) (*Config, error) {
 	fs.DurationVar(&c.StormTimeout, "storm-timeout", 30*time.Second, "bound on the reconnect storm's catch-up")
 	fs.BoolVar(&c.Check, "check", false, "exit 1 if any event is lost, duplicated, out of order or has the wrong ID, a gap was reported (see -allow-gaps), or a client never connected")
 	fs.BoolVar(&c.AllowGaps, "allow-gaps", false, "with -check, accept sse-gap events (reported losses)")
-	fs.DurationVar(&c.IDWait, "id-wait", 20*time.Millisecond, "how long a client waits for the publisher to record an event's ID before counting it unverified")
+	fs.StringVar(&c.CPUProfile, "cpuprofile", "", "write a CPU profile of the load generator to this `file`")
 	fs.StringVar(&c.Out, "out", "", "write the JSON report to this `file` (default stdout)")
 	fs.BoolVar(&c.Progress, "progress", true, "print a progress line on stderr every second")
 	fs.StringVar(&pids, "node-pid", "", "node process `IDs`, comma-separated: their RSS and CPU time are sampled at each phase")
@@ -196,7 +200,7 @@ func (c *Config) validate() error {
 	if c.ConnectWait <= 0 {
 		bad("-connect-timeout %v: must be positive", c.ConnectWait)
 	}
-	if c.Drain < 0 || c.Retry < 0 || c.ChurnHold < 0 || c.StormTimeout < 0 || c.IDWait < 0 {
+	if c.Drain < 0 || c.Retry < 0 || c.ChurnHold < 0 || c.StormTimeout < 0 {
 		bad("durations must not be negative")
 	}
 	if c.BufSize < 512 || c.BufSize > 1<<20 {
@@ -213,6 +217,9 @@ func (c *Config) validate() error {
 	}
 	if c.StormEvents > 0 && (c.Idle || c.SlowFrac > 0) {
 		bad("-storm-events cannot be combined with -idle or -slow-frac")
+	}
+	if strings.ContainsAny(c.Token, "\r\n") || strings.ContainsAny(c.PublishToken, "\r\n") {
+		bad("-token and -publish-token must not hold line breaks")
 	}
 	if c.Out == "-" {
 		c.Out = ""
@@ -251,11 +258,9 @@ func (c *Config) MarshalJSON() ([]byte, error) {
 		Drain        string `json:"drain"`
 		ChurnHold    string `json:"churn_hold"`
 		StormTimeout string `json:"storm_timeout"`
-		IDWait       string `json:"id_wait"`
 	}{
 		plain:    (*plain)(c),
 		Duration: c.Duration.String(), Retry: c.Retry.String(), ConnectWait: c.ConnectWait.String(),
 		Drain: c.Drain.String(), ChurnHold: c.ChurnHold.String(), StormTimeout: c.StormTimeout.String(),
-		IDWait: c.IDWait.String(),
 	})
 }

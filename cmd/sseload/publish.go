@@ -16,7 +16,8 @@ import (
 	"github.com/ssecluster/ssecluster/pubsub"
 )
 
-// publisher appends one event to a topic and returns its stream ID.
+// publisher appends one event to a topic and returns its stream ID. It is
+// called concurrently, from one goroutine per topic.
 type publisher interface {
 	publish(ctx context.Context, topic string, data []byte) (pubsub.ID, error)
 	close() error
@@ -82,20 +83,22 @@ func parseCommandStats(s string) map[string]int64 {
 type httpPublisher struct {
 	url    string
 	event  string
+	token  string
 	client *http.Client
-	body   []byte
 }
 
-func newHTTPPublisher(base, event string) *httpPublisher {
+func newHTTPPublisher(base, event, token string) *httpPublisher {
 	u := strings.TrimRight(base, "/")
 	if !strings.HasSuffix(u, "/publish") {
 		u += "/publish"
 	}
-	return &httpPublisher{url: u, event: event, client: &http.Client{Timeout: 10 * time.Second}}
+	return &httpPublisher{url: u, event: event, token: token, client: &http.Client{Timeout: 10 * time.Second}}
 }
 
 func (p *httpPublisher) publish(ctx context.Context, topic string, data []byte) (pubsub.ID, error) {
-	b := append(p.body[:0], `{"topic":`...)
+	// Called from one goroutine per topic: the body is not shared.
+	b := make([]byte, 0, len(data)+len(topic)+len(p.event)+48)
+	b = append(b, `{"topic":`...)
 	b = strconv.AppendQuote(b, topic)
 	if p.event != "" {
 		b = append(b, `,"event":`...)
@@ -104,12 +107,14 @@ func (p *httpPublisher) publish(ctx context.Context, topic string, data []byte) 
 	b = append(b, `,"data":`...)
 	b = append(b, data...)
 	b = append(b, '}')
-	p.body = b
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, p.url, bytes.NewReader(b))
 	if err != nil {
 		return pubsub.ID{}, fmt.Errorf("sseload: publish to %s: %w", p.url, err)
 	}
 	req.Header.Set("Content-Type", "application/json")
+	if p.token != "" {
+		req.Header.Set("Authorization", "Bearer "+p.token)
+	}
 	resp, err := p.client.Do(req)
 	if err != nil {
 		return pubsub.ID{}, fmt.Errorf("sseload: publish to %s: %w", p.url, err)
@@ -147,10 +152,11 @@ type pubStats struct {
 }
 
 // publishLoop publishes to one topic at rate events/s (as fast as possible
-// when rate <= 0) until count events are sent, or until is reached, or ctx
-// ends. Falling behind the schedule publishes back to back, without
-// bursting beyond it. Every seq's outcome is recorded in log.
-func publishLoop(ctx context.Context, pub publisher, log *pubLog, topic string, topicIdx int, run uint64,
+// when rate <= 0) until count events are sent, until is reached, stop is
+// closed, or ctx ends. Falling behind the schedule publishes back to back,
+// without bursting beyond it. Every seq's outcome is recorded in log; a
+// publish cut short by ctx is recorded as failed but not counted an error.
+func publishLoop(ctx context.Context, stop <-chan struct{}, pub publisher, log *pubLog, topic string, topicIdx int, run uint64,
 	rate float64, size int, count int64, until time.Time) pubStats {
 	var st pubStats
 	var interval time.Duration
@@ -162,7 +168,7 @@ func publishLoop(ctx context.Context, pub publisher, log *pubLog, topic string, 
 	buf := make([]byte, 0, size+128)
 	next := time.Now()
 	for n := int64(0); count <= 0 || n < count; n++ {
-		if ctx.Err() != nil || (!until.IsZero() && !time.Now().Before(until)) {
+		if ctx.Err() != nil || (!until.IsZero() && !time.Now().Before(until)) || closed(stop) {
 			break
 		}
 		if interval > 0 {
@@ -170,6 +176,8 @@ func publishLoop(ctx context.Context, pub publisher, log *pubLog, topic string, 
 				timer.Reset(d)
 				select {
 				case <-ctx.Done():
+					return st
+				case <-stop:
 					return st
 				case <-timer.C:
 				}
@@ -188,6 +196,9 @@ func publishLoop(ctx context.Context, pub publisher, log *pubLog, topic string, 
 		id, err := pub.publish(ctx, topic, buf)
 		if err != nil {
 			log.record(seq, pubsub.ID{})
+			if ctx.Err() != nil {
+				break
+			}
 			st.errors++
 			if st.firstErr == nil {
 				st.firstErr = err
@@ -198,4 +209,14 @@ func publishLoop(ctx context.Context, pub publisher, log *pubLog, topic string, 
 		st.sent++
 	}
 	return st
+}
+
+// closed reports whether ch is closed (false for nil).
+func closed(ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
 }

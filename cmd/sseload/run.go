@@ -74,7 +74,7 @@ func newRunner(cfg *Config, stderr io.Writer) (*runner, error) {
 		if cfg.Redis != "" {
 			r.pub, err = newRedisPublisher(cfg.Redis, cfg.Prefix, cfg.Event, cfg.MaxLen)
 		} else {
-			r.pub = newHTTPPublisher(cfg.PublishURL, cfg.Event)
+			r.pub = newHTTPPublisher(cfg.PublishURL, cfg.Event, cfg.PublishToken)
 		}
 		if err != nil {
 			return nil, err
@@ -137,8 +137,7 @@ func (r *runner) startGroup(ctx context.Context, n, base int) *group {
 			slow: isSlow(base+i, r.cfg.SlowFrac), topics: make([]int, k), slots: make([]slot, k)}
 		for j := range k {
 			c.topics[j] = (base + i + j) % len(r.cfg.Topics)
-			c.slots[j].log = r.logs[c.topics[j]]
-			c.slots[j].gapLo, c.slots[j].gapHi = 0, -1
+			c.slots[j] = newSlot(r.logs[c.topics[j]])
 		}
 		c.urlIdx = (base + i) % len(r.targets)
 		c.flushF = c.flush
@@ -248,12 +247,12 @@ func (r *runner) waitCaughtUp(ctx context.Context, g *group, finals []int64, tim
 }
 
 // publishAll runs one publishLoop per topic and waits for them.
-func (r *runner) publishAll(ctx context.Context, rate float64, count int64, until time.Time) []pubStats {
+func (r *runner) publishAll(ctx context.Context, stop <-chan struct{}, rate float64, count int64, until time.Time) []pubStats {
 	stats := make([]pubStats, len(r.cfg.Topics))
 	var wg sync.WaitGroup
 	for i, t := range r.cfg.Topics {
 		wg.Go(func() {
-			stats[i] = publishLoop(ctx, r.pub, r.logs[i], t, i, r.run, rate, r.cfg.Size, count, until)
+			stats[i] = publishLoop(ctx, stop, r.pub, r.logs[i], t, i, r.run, rate, r.cfg.Size, count, until)
 			r.published.Add(stats[i].sent)
 			r.pubErrors.Add(stats[i].errors)
 		})
@@ -385,7 +384,7 @@ func (r *runner) steady(ctx context.Context, rep *Report, base Sample) {
 		r.sample(ctx, "end", false)
 	} else {
 		pubStart := time.Now()
-		r.publishAll(ctx, cfg.Rate, 0, pubStart.Add(cfg.Duration))
+		r.publishAll(ctx, nil, cfg.Rate, 0, pubStart.Add(cfg.Duration))
 		rep.PublishSeconds = time.Since(pubStart).Seconds()
 		pubEnd := r.sample(ctx, "published", false)
 		rep.Phase = phaseCPU(conn, pubEnd)
@@ -402,18 +401,18 @@ func (r *runner) steady(ctx context.Context, rep *Report, base Sample) {
 	rep.Connections.OpenAtEnd = r.connsOpen.Load()
 	g.stop()
 	rep.countClients(g)
-	if !cfg.Idle && ctx.Err() == nil {
-		// What every checked client still misses is lost.
-		var t tally
-		for _, c := range g.clients {
-			if c.checked() {
-				for k, ti := range c.topics {
-					c.slots[k].tail(&t, finals[ti])
-				}
+	var t tally
+	for _, c := range g.clients {
+		for k, ti := range c.topics {
+			if !cfg.Idle && ctx.Err() == nil && c.checked() {
+				// What every checked client still misses is lost.
+				c.slots[k].tail(&t, finals[ti])
+			} else {
+				c.slots[k].finish(&t)
 			}
 		}
-		r.tot.add(&t)
 	}
+	r.tot.add(&t)
 }
 
 // storm takes every client offline, publishes StormEvents per topic, then
@@ -432,7 +431,7 @@ func (r *runner) storm(ctx context.Context, g *group) *StormReport {
 	st.OfflineConns = r.connsOpen.Load() // should be 0
 	rp, _ := r.pub.(*redisPublisher)
 	var before map[string]int64
-	r.publishAll(ctx, 0, int64(cfg.StormEvents), time.Time{})
+	r.publishAll(ctx, nil, 0, int64(cfg.StormEvents), time.Time{})
 	if rp != nil {
 		before, _ = rp.commandStats(ctx)
 	}
@@ -473,10 +472,10 @@ func (r *runner) storm(ctx context.Context, g *group) *StormReport {
 // publishing (unless -idle), sampling after each connect and disconnect.
 func (r *runner) churn(ctx context.Context, rep *Report) {
 	cfg := r.cfg
-	pubCtx, stopPub := context.WithCancel(ctx)
+	stopPub := make(chan struct{})
 	var pubWG sync.WaitGroup
 	if !cfg.Idle {
-		pubWG.Go(func() { r.publishAll(pubCtx, cfg.Rate, 0, time.Time{}) })
+		pubWG.Go(func() { r.publishAll(ctx, stopPub, cfg.Rate, 0, time.Time{}) })
 	}
 	pubStart := time.Now()
 	for round := range cfg.Churn {
@@ -492,13 +491,32 @@ func (r *runner) churn(ctx context.Context, rep *Report) {
 		sleepCtx(ctx, nil, cfg.ChurnHold)
 		g.stop()
 		rep.countClients(g)
+		r.settleLogs(ctx)
+		var t tally
+		for _, c := range g.clients {
+			for k := range c.slots {
+				c.slots[k].finish(&t)
+			}
+		}
+		r.tot.add(&t)
 		rs.Closed = r.sample(ctx, fmt.Sprintf("round-%d-closed", round+1), true)
 		rep.Churn = append(rep.Churn, rs)
 	}
-	stopPub()
+	close(stopPub)
 	pubWG.Wait()
 	rep.PublishSeconds = time.Since(pubStart).Seconds()
 	r.sample(ctx, "end", false)
+}
+
+// settleLogs waits (up to a second) for the publishes in flight to be
+// recorded, so that stopped clients can compare their last IDs.
+func (r *runner) settleLogs(ctx context.Context) {
+	deadline := time.Now().Add(time.Second)
+	for _, l := range r.logs {
+		want := l.started.Load()
+		for l.done.Load() < want && time.Now().Before(deadline) && sleepCtx(ctx, nil, time.Millisecond) {
+		}
+	}
 }
 
 func diffCommands(before, after map[string]int64) map[string]int64 {

@@ -87,6 +87,8 @@ func (r *runner) sample(ctx context.Context, phase string, gc bool) Sample {
 // collection runs first, so that heap figures hold live memory only.
 func selfSample(gc bool) ProcSample {
 	if gc {
+		// Twice: the second cycle also shrinks the stacks the first found oversized.
+		runtime.GC()
 		runtime.GC()
 	}
 	var ms runtime.MemStats
