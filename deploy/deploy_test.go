@@ -49,6 +49,18 @@ var envVars = map[string]func(string) error{
 	"SSE_SHUTDOWN_TIMEOUT":    checkDuration,
 	"SSE_LOG_LEVEL":           oneOf("debug", "info", "warn", "error"),
 	"SSE_LOG_FORMAT":          oneOf("json", "text"),
+
+	"SSE_TLS_CERT_FILE":          anyValue,
+	"SSE_TLS_KEY_FILE":           anyValue,
+	"SSE_MAX_HEADER_BYTES":       checkCount,
+	"SSE_JWT_HS256_SECRET":       anyValue,
+	"SSE_JWT_PUBLIC_KEY_FILE":    anyValue,
+	"SSE_JWT_JWKS_URL":           anyValue,
+	"SSE_JWT_COOKIE":             anyValue,
+	"SSE_PUBLISH_TOKEN":          anyValue,
+	"SSE_CORS_ORIGINS":           anyValue,
+	"SSE_MAX_CONNECTIONS_PER_IP": checkNonNegative,
+	"SSE_TRUSTED_PROXIES":        anyValue,
 }
 
 // Defaults the files rely on when they do not set a variable.
@@ -101,6 +113,14 @@ func checkCount(v string) error {
 	n, err := strconv.Atoi(v)
 	if err == nil && n <= 0 {
 		err = errors.New("not positive")
+	}
+	return err
+}
+
+func checkNonNegative(v string) error {
+	n, err := strconv.Atoi(v)
+	if err == nil && n < 0 {
+		err = errors.New("negative")
 	}
 	return err
 }

@@ -64,6 +64,11 @@ func (n *Node) servePublish(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "method not allowed: use POST", http.StatusMethodNotAllowed)
 		return
 	}
+	if n.cfg.PublishToken != "" && !checkBearer(r, n.cfg.PublishToken) {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="sse-publish"`)
+		http.Error(w, "unauthorized: POST /publish needs Authorization: Bearer <SSE_PUBLISH_TOKEN>", http.StatusUnauthorized)
+		return
+	}
 	r.Body = http.MaxBytesReader(w, r.Body, MaxPublishBytes)
 	topic, event, data, err := parsePublish(r)
 	if err != nil {

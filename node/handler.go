@@ -6,8 +6,11 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/http"
+	"net/netip"
+	"net/url"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -23,7 +26,8 @@ type client struct {
 	slots   []int
 	pos     []pubsub.ID // last ID sent, per topic
 	q       *queue
-	scratch []byte // composite id line for several topics
+	scratch []byte     // composite id line for several topics
+	ip      netip.Addr // counted by the per-IP limit, if any
 }
 
 func (c *client) topicIndex(t string) int {
@@ -52,7 +56,18 @@ type subscribeRequest struct {
 // parseSubscribe validates the topics and the resume position. Its errors
 // are meant for the client, as the body of a 400.
 func (n *Node) parseSubscribe(r *http.Request) (subscribeRequest, error) {
-	q := r.URL.Query()
+	// Count before parsing: a hostile query of thousands of parameters
+	// costs a scan, not thousands of allocations.
+	if k := strings.Count(r.URL.RawQuery, "&") + 1; k > n.cfg.MaxTopics+maxOtherParams {
+		if t := strings.Count(r.URL.RawQuery, "topic="); t > n.cfg.MaxTopics {
+			return subscribeRequest{}, fmt.Errorf("too many topics: %d, at most %d", t, n.cfg.MaxTopics)
+		}
+		return subscribeRequest{}, fmt.Errorf("too many query parameters: %d, at most %d", k, n.cfg.MaxTopics+maxOtherParams)
+	}
+	q, err := url.ParseQuery(r.URL.RawQuery)
+	if err != nil {
+		return subscribeRequest{}, fmt.Errorf("bad query: %w", err)
+	}
 	topics := q["topic"]
 	if len(topics) == 0 {
 		return subscribeRequest{}, errors.New("missing topic parameter: use /events?topic=NAME")
@@ -84,6 +99,10 @@ func (n *Node) parseSubscribe(r *http.Request) (subscribeRequest, error) {
 	return subscribeRequest{topics: topics, pos: pos, resume: ok}, nil
 }
 
+// maxOtherParams is how many query parameters besides topic a subscribe
+// may carry (lastEventId, access_token, a client's cache buster...).
+const maxOtherParams = 16
+
 func truncate(s string, n int) string {
 	if len(s) > n {
 		return s[:n] + "..."
@@ -95,6 +114,9 @@ func truncate(s string, n int) string {
 // replay from the requested position, then write live frames until the
 // client leaves, falls behind, or the node drains.
 func (n *Node) ServeEvents(w http.ResponseWriter, r *http.Request) {
+	if n.cors != nil && !n.cors.handle(w, r) {
+		return // preflight answered, or origin refused
+	}
 	if r.Method != http.MethodGet {
 		w.Header().Set("Allow", "GET")
 		http.Error(w, "method not allowed: use GET", http.StatusMethodNotAllowed)
@@ -106,6 +128,12 @@ func (n *Node) ServeEvents(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
+	if n.cfg.Auth != nil {
+		if err := n.cfg.Auth.authorize(r, req.topics); err != nil {
+			n.denied(w, err)
+			return
+		}
+	}
 	if n.draining.Load() {
 		n.reject(w, outcomeDraining, "node is draining: reconnect to another node")
 		return
@@ -115,6 +143,15 @@ func (n *Node) ServeEvents(w http.ResponseWriter, r *http.Request) {
 		n.reject(w, outcomeFull, "node is full: too many connections")
 		return
 	}
+	var ip netip.Addr
+	if n.perIP != nil {
+		// Released by finish, or below if the stream does not start.
+		if ip = n.perIP.key(r); !n.perIP.acquire(ip) {
+			n.conns.Add(-1)
+			n.tooMany(w)
+			return
+		}
+	}
 
 	ctx := r.Context()
 	for i, t := range req.topics {
@@ -123,6 +160,9 @@ func (n *Node) ServeEvents(w http.ResponseWriter, r *http.Request) {
 				n.window.Release(u)
 			}
 			n.conns.Add(-1)
+			if n.perIP != nil {
+				n.perIP.release(ip)
+			}
 			n.log.Warn("subscribe: broker unavailable", "topic", t, "err", err)
 			n.reject(w, outcomeUnavailable, "broker unavailable: retry later")
 			return
@@ -140,6 +180,7 @@ func (n *Node) ServeEvents(w http.ResponseWriter, r *http.Request) {
 		topics: req.topics,
 		slots:  make([]int, len(req.topics)),
 		pos:    req.pos,
+		ip:     ip,
 	}
 	drop := n.cfg.SlowClient == PolicyDrop
 	h := w.Header()
@@ -151,8 +192,10 @@ func (n *Node) ServeEvents(w http.ResponseWriter, r *http.Request) {
 
 	// HTTP/1.1: take the connection over, so that an idle stream holds no
 	// goroutine and no net/http buffers (see lean.go). HTTP/2 streams, and
-	// servers that cannot hijack, stay on the net/http path.
-	if !n.cfg.NoHijack && r.ProtoMajor == 1 {
+	// servers that cannot hijack, stay on the net/http path; so do TLS
+	// streams (a timed-out write breaks a tls.Conn, and the lean path
+	// relies on short write deadlines) and HTTP/1.0 (no chunked encoding).
+	if !n.cfg.NoHijack && r.ProtoMajor == 1 && r.ProtoMinor >= 1 && r.TLS == nil {
 		if lc := n.hijack(w, c, drop); lc != nil {
 			n.hub.subscribe(c)
 			lc.open(r)
@@ -177,6 +220,9 @@ func (n *Node) finish(c *client, reason string) {
 		n.window.Release(t)
 	}
 	n.conns.Add(-1)
+	if n.perIP != nil {
+		n.perIP.release(c.ip)
+	}
 	n.m.connections.Dec()
 	n.m.disconnects.WithLabelValues(reason).Inc()
 }

@@ -24,11 +24,14 @@ type metrics struct {
 
 // Connection outcomes and disconnect reasons, as label values.
 const (
-	outcomeAccepted    = "accepted"
-	outcomeBadRequest  = "bad_request"
-	outcomeFull        = "rejected_full"
-	outcomeDraining    = "rejected_draining"
-	outcomeUnavailable = "broker_unavailable"
+	outcomeAccepted     = "accepted"
+	outcomeBadRequest   = "bad_request"
+	outcomeFull         = "rejected_full"
+	outcomeDraining     = "rejected_draining"
+	outcomeUnavailable  = "broker_unavailable"
+	outcomeUnauthorized = "unauthorized"
+	outcomeForbidden    = "forbidden"
+	outcomeIPLimit      = "rejected_ip_limit"
 
 	reasonClientGone   = "client_gone"
 	reasonWriteError   = "write_error"
@@ -91,7 +94,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			m.replayRequests, m.replayEvents, m.readLag, m.draining, m.brokerUp)
 	}
 	// Pre-create the label sets dashboards and alerts look for.
-	for _, o := range []string{outcomeAccepted, outcomeBadRequest, outcomeFull, outcomeDraining, outcomeUnavailable} {
+	for _, o := range []string{outcomeAccepted, outcomeBadRequest, outcomeFull, outcomeDraining, outcomeUnavailable, outcomeUnauthorized, outcomeForbidden, outcomeIPLimit} {
 		m.connTotal.WithLabelValues(o)
 	}
 	for _, r := range []string{reasonClientGone, reasonWriteError, reasonWriteTimeout, reasonSlowClient, reasonDrain} {

@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -72,6 +73,23 @@ type Config struct {
 	// (SO_SNDBUF), so a slow client's backlog waits in its bounded queue
 	// where policy applies; 0 leaves the kernel's default.
 	SocketSendBuffer int
+	// Auth, when set, requires a JWT granting the topics to subscribe
+	// (see auth.go): 401 without a valid token, 403 for a topic not
+	// granted. nil lets anyone subscribe to anything.
+	Auth *JWTAuth
+	// PublishToken, when set, is the bearer token POST /publish requires;
+	// "" leaves publishing open to whoever reaches the admin listener.
+	PublishToken string
+	// CORSOrigins lists the origins (scheme://host[:port], or "*") whose
+	// pages may subscribe; requests from other origins get 403. Empty sends
+	// no CORS headers at all.
+	CORSOrigins []string
+	// MaxConnectionsPerIP caps open streams per client address (an IPv6
+	// /64); beyond it new ones get 429. 0 means no cap.
+	MaxConnectionsPerIP int
+	// TrustedProxies are the load balancers whose X-Forwarded-For names
+	// the client address MaxConnectionsPerIP counts; nil trusts none.
+	TrustedProxies []netip.Prefix
 	// Logger receives the node's logs; nil means slog.Default().
 	Logger *slog.Logger
 	// Registerer receives the node's metrics; nil registers nowhere.
@@ -113,6 +131,8 @@ func (c *Config) setDefaults() error {
 		return fmt.Errorf("node: max topics %d: must be between 1 and %d (the longest Last-Event-ID a client may send back)", c.MaxTopics, replay.MaxTopics)
 	case c.Heartbeat < 0 || c.WriteTimeout < 0 || c.Retry < 0:
 		return fmt.Errorf("node: heartbeat %v, write timeout %v, retry %v: must not be negative", c.Heartbeat, c.WriteTimeout, c.Retry)
+	case c.MaxConnectionsPerIP < 0:
+		return fmt.Errorf("node: max connections per IP %d: must not be negative", c.MaxConnectionsPerIP)
 	case c.SlowClient != PolicyDisconnect && c.SlowClient != PolicyDrop:
 		return fmt.Errorf("node: slow client policy %q: want %q or %q", c.SlowClient, PolicyDisconnect, PolicyDrop)
 	}
@@ -129,6 +149,8 @@ type Node struct {
 	hub    *hub
 	m      *metrics
 	log    *slog.Logger
+	cors   *cors      // nil without CORSOrigins
+	perIP  *ipLimiter // nil without MaxConnectionsPerIP
 
 	conns    atomic.Int64 // open streams
 	draining atomic.Bool
@@ -151,8 +173,18 @@ func New(cfg Config, b Broker, w *replay.Window) (*Node, error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
 	}
+	c, err := newCORS(cfg.CORSOrigins)
+	if err != nil {
+		return nil, err
+	}
+	var perIP *ipLimiter
+	if cfg.MaxConnectionsPerIP > 0 {
+		perIP = newIPLimiter(cfg.MaxConnectionsPerIP, cfg.TrustedProxies)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Node{
+		cors:    c,
+		perIP:   perIP,
 		cfg:     cfg,
 		broker:  b,
 		window:  w,

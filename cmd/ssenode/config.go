@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/caarlos0/env/v11"
+
+	"github.com/ssecluster/ssecluster/node"
 )
 
 // config is the node's whole configuration, from the environment only. Each
@@ -42,6 +44,19 @@ type config struct {
 	SocketSndbuf      int           `env:"SOCKET_SNDBUF" envDefault:"65536" help:"kernel send buffer per hijacked stream (SO_SNDBUF); a slow client's backlog then waits in its bounded queue (0: kernel default)"`
 	Hijack            bool          `env:"HIJACK" envDefault:"true" help:"take HTTP/1.1 streams over from net/http: no goroutine and no net/http buffers per idle stream"`
 	ShutdownTimeout   time.Duration `env:"SHUTDOWN_TIMEOUT" envDefault:"10s" help:"time SIGTERM gives streams to move before the process exits"`
+
+	TLSCertFile    string `env:"TLS_CERT_FILE" help:"PEM certificate (chain) file: with SSE_TLS_KEY_FILE the public listener serves HTTPS and HTTP/2"`
+	TLSKeyFile     string `env:"TLS_KEY_FILE" help:"PEM private key file of SSE_TLS_CERT_FILE"`
+	MaxHeaderBytes int    `env:"MAX_HEADER_BYTES" envDefault:"16384" help:"largest request line and headers the public listener reads (beyond: 431)"`
+
+	JWTHS256Secret   string   `env:"JWT_HS256_SECRET" help:"HS256 secret (32 bytes or more) verifying subscribe JWTs; setting one of the SSE_JWT_ key sources requires a token to subscribe"`
+	JWTPublicKeyFile string   `env:"JWT_PUBLIC_KEY_FILE" help:"PEM public key or certificate (RSA: RS256, P-256: ES256) verifying subscribe JWTs"`
+	JWTJWKSURL       string   `env:"JWT_JWKS_URL" help:"JWKS URL whose RSA and P-256 keys verify subscribe JWTs (fetched at start, refreshed every 10m)"`
+	JWTCookie        string   `env:"JWT_COOKIE" envDefault:"sse_token" help:"cookie a subscribe token may come in (besides Authorization: Bearer and ?access_token=)"`
+	PublishToken     string   `env:"PUBLISH_TOKEN" help:"bearer token POST /publish requires (empty: none)"`
+	CORSOrigins      []string `env:"CORS_ORIGINS" envSeparator:"," help:"comma-separated origins (https://app.example, or *) whose pages may subscribe; others get 403 (empty: no CORS)"`
+	MaxConnsPerIP    int      `env:"MAX_CONNECTIONS_PER_IP" envDefault:"0" help:"open streams per client address (IPv6: per /64) beyond which new ones get 429 (0: no limit)"`
+	TrustedProxies   []string `env:"TRUSTED_PROXIES" envSeparator:"," help:"comma-separated CIDRs of load balancers whose X-Forwarded-For gives the client address for SSE_MAX_CONNECTIONS_PER_IP"`
 
 	LogLevel  string `env:"LOG_LEVEL" envDefault:"info" help:"debug, info, warn or error"`
 	LogFormat string `env:"LOG_FORMAT" envDefault:"json" help:"json or text"`
@@ -108,6 +123,35 @@ func (c config) validate() error {
 	if c.MaxConnections < 1 || c.MaxTopics < 1 {
 		errs = append(errs, fmt.Errorf("SSE_MAX_CONNECTIONS=%d, SSE_MAX_TOPICS=%d: must be positive", c.MaxConnections, c.MaxTopics))
 	}
+	if (c.TLSCertFile == "") != (c.TLSKeyFile == "") {
+		errs = append(errs, errors.New("SSE_TLS_CERT_FILE, SSE_TLS_KEY_FILE: set both or neither"))
+	}
+	if c.MaxHeaderBytes < 1024 {
+		errs = append(errs, fmt.Errorf("SSE_MAX_HEADER_BYTES=%d: must be at least 1024", c.MaxHeaderBytes))
+	}
+	if k := btoi(c.JWTHS256Secret != "") + btoi(c.JWTPublicKeyFile != "") + btoi(c.JWTJWKSURL != ""); k > 1 {
+		errs = append(errs, errors.New("SSE_JWT_HS256_SECRET, SSE_JWT_PUBLIC_KEY_FILE, SSE_JWT_JWKS_URL: set at most one"))
+	}
+	if c.JWTHS256Secret != "" && len(c.JWTHS256Secret) < 32 {
+		errs = append(errs, fmt.Errorf("SSE_JWT_HS256_SECRET: %d bytes, want at least 32", len(c.JWTHS256Secret)))
+	}
+	if c.JWTJWKSURL != "" && !strings.HasPrefix(c.JWTJWKSURL, "https://") && !strings.HasPrefix(c.JWTJWKSURL, "http://") {
+		errs = append(errs, fmt.Errorf("SSE_JWT_JWKS_URL=%q: want an http(s):// URL", c.JWTJWKSURL))
+	}
+	if c.JWTCookie == "" {
+		errs = append(errs, errors.New("SSE_JWT_COOKIE: must not be empty"))
+	}
+	for _, o := range c.CORSOrigins {
+		if o = strings.TrimSpace(o); o != "*" && !strings.HasPrefix(o, "https://") && !strings.HasPrefix(o, "http://") {
+			errs = append(errs, fmt.Errorf("SSE_CORS_ORIGINS: %q: want * or scheme://host[:port]", o))
+		}
+	}
+	if c.MaxConnsPerIP < 0 {
+		errs = append(errs, fmt.Errorf("SSE_MAX_CONNECTIONS_PER_IP=%d: must not be negative", c.MaxConnsPerIP))
+	}
+	if _, err := node.ParseTrustedProxies(c.TrustedProxies); err != nil {
+		errs = append(errs, fmt.Errorf("SSE_TRUSTED_PROXIES: %w", err))
+	}
 	if _, err := parseLevel(c.LogLevel); err != nil {
 		errs = append(errs, err)
 	}
@@ -118,6 +162,18 @@ func (c config) validate() error {
 		errs = append(errs, fmt.Errorf("SSE_REDIS_URL: want a redis:// or rediss:// URL"))
 	}
 	return errors.Join(errs...)
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// subscribeAuth reports whether subscribing needs a token.
+func (c config) subscribeAuth() bool {
+	return c.JWTHS256Secret != "" || c.JWTPublicKeyFile != "" || c.JWTJWKSURL != ""
 }
 
 func parseLevel(s string) (slog.Level, error) {

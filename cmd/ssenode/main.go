@@ -7,6 +7,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -67,6 +68,16 @@ func run(args []string, env map[string]string, stdout, stderr io.Writer) int {
 	}
 	log := newLogger(cfg, stderr)
 
+	var tlsConfig *tls.Config
+	if cfg.TLSCertFile != "" {
+		cert, err := tls.LoadX509KeyPair(cfg.TLSCertFile, cfg.TLSKeyFile)
+		if err != nil {
+			log.Error("SSE_TLS_CERT_FILE, SSE_TLS_KEY_FILE", "err", err)
+			return 1
+		}
+		tlsConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	}
+
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
@@ -82,19 +93,31 @@ func run(args []string, env map[string]string, stdout, stderr io.Writer) int {
 		log.Error("replay window", "err", err)
 		return 1
 	}
+	auth, err := newAuth(cfg, log)
+	if err != nil {
+		log.Error("subscribe auth", "err", err)
+		return 1
+	}
+	defer auth.Close()
+	trusted, _ := node.ParseTrustedProxies(cfg.TrustedProxies) // validated by loadConfig
 	n, err := node.New(node.Config{
-		ClientBuffer:      cfg.ClientBuffer,
-		ClientBufferBytes: cfg.ClientBufferBytes,
-		SlowClient:        cfg.SlowClient,
-		Heartbeat:         cfg.Heartbeat,
-		WriteTimeout:      cfg.WriteTimeout,
-		Retry:             cfg.Retry,
-		MaxConnections:    cfg.MaxConnections,
-		MaxTopics:         cfg.MaxTopics,
-		NoHijack:          !cfg.Hijack,
-		SocketSendBuffer:  cfg.SocketSndbuf,
-		Logger:            log,
-		Registerer:        reg,
+		ClientBuffer:        cfg.ClientBuffer,
+		ClientBufferBytes:   cfg.ClientBufferBytes,
+		SlowClient:          cfg.SlowClient,
+		Heartbeat:           cfg.Heartbeat,
+		WriteTimeout:        cfg.WriteTimeout,
+		Retry:               cfg.Retry,
+		MaxConnections:      cfg.MaxConnections,
+		MaxTopics:           cfg.MaxTopics,
+		NoHijack:            !cfg.Hijack,
+		SocketSendBuffer:    cfg.SocketSndbuf,
+		Auth:                auth,
+		PublishToken:        cfg.PublishToken,
+		CORSOrigins:         cfg.CORSOrigins,
+		MaxConnectionsPerIP: cfg.MaxConnsPerIP,
+		TrustedProxies:      trusted,
+		Logger:              log,
+		Registerer:          reg,
 	}, b, w)
 	if err != nil {
 		log.Error("node", "err", err)
@@ -122,7 +145,8 @@ func run(args []string, env map[string]string, stdout, stderr io.Writer) int {
 		Handler:           n.Handler(),
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
-		MaxHeaderBytes:    16 << 10,
+		MaxHeaderBytes:    cfg.MaxHeaderBytes,
+		TLSConfig:         tlsConfig, // HTTP/2 too: net/http offers h2 over TLS
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
 	admin := &http.Server{
@@ -132,8 +156,11 @@ func run(args []string, env map[string]string, stdout, stderr io.Writer) int {
 	}
 	errc := make(chan error, 2)
 	go func() { errc <- serve(pub, pubLn) }()
+	for _, w := range exposureWarnings(cfg, pubLn.Addr(), adminLn.Addr()) {
+		log.Warn(w)
+	}
 	go func() { errc <- serve(admin, adminLn) }()
-	log.Info("ssenode ready", "listen", pubLn.Addr().String(), "admin", adminLn.Addr().String(), "broker", mode)
+	log.Info("ssenode ready", "listen", pubLn.Addr().String(), "admin", adminLn.Addr().String(), "broker", mode, "tls", tlsConfig != nil)
 
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
@@ -179,10 +206,51 @@ func run(args []string, env map[string]string, stdout, stderr io.Writer) int {
 }
 
 func serve(s *http.Server, ln net.Listener) error {
-	if err := s.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+	var err error
+	if s.TLSConfig != nil {
+		err = s.ServeTLS(ln, "", "") // the certificate is in TLSConfig
+	} else {
+		err = s.Serve(ln)
+	}
+	if !errors.Is(err, http.ErrServerClosed) {
 		return err
 	}
 	return nil
+}
+
+// newAuth builds the subscribe token verifier; nil when no SSE_JWT_ key
+// source is set (anyone may subscribe).
+func newAuth(cfg config, log *slog.Logger) (*node.JWTAuth, error) {
+	if !cfg.subscribeAuth() {
+		return nil, nil
+	}
+	jc := node.JWTConfig{HS256Secret: []byte(cfg.JWTHS256Secret), JWKSURL: cfg.JWTJWKSURL, Cookie: cfg.JWTCookie, Logger: log}
+	if cfg.JWTPublicKeyFile != "" {
+		b, err := os.ReadFile(cfg.JWTPublicKeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("SSE_JWT_PUBLIC_KEY_FILE: %w", err)
+		}
+		jc.PublicKeyPEM = b
+	}
+	return node.NewJWTAuth(jc)
+}
+
+// exposureWarnings says what anyone who can reach a non-loopback listener
+// may do without credentials.
+func exposureWarnings(cfg config, pub, admin net.Addr) []string {
+	var out []string
+	if !cfg.subscribeAuth() && !isLoopback(pub) {
+		out = append(out, fmt.Sprintf("public listener %s is not loopback and subscribing needs no token: anyone who reaches it can read every topic (set SSE_JWT_HS256_SECRET, SSE_JWT_PUBLIC_KEY_FILE or SSE_JWT_JWKS_URL)", pub))
+	}
+	if cfg.PublishToken == "" && !isLoopback(admin) {
+		out = append(out, fmt.Sprintf("admin listener %s is not loopback and POST /publish needs no token: anyone who reaches it can publish (set SSE_PUBLISH_TOKEN)", admin))
+	}
+	return out
+}
+
+func isLoopback(a net.Addr) bool {
+	ta, ok := a.(*net.TCPAddr)
+	return ok && ta.IP.IsLoopback()
 }
 
 func newLogger(cfg config, w io.Writer) *slog.Logger {
