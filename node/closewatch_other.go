@@ -2,7 +2,6 @@
 
 package node
 
-
 // readerWatcher sees clients leave with one small reader goroutine per
 // stream, where epoll is not available.
 type readerWatcher struct {
@@ -27,5 +26,4 @@ func (w *readerWatcher) add(lc *leanConn) error {
 }
 
 func (w *readerWatcher) remove(*leanConn) {}
-func (w *readerWatcher) close()          {}
-
+func (w *readerWatcher) close()           {}

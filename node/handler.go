@@ -14,6 +14,8 @@ import (
 	"sync"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
+
 	"github.com/ssecluster/ssecluster/pubsub"
 	"github.com/ssecluster/ssecluster/replay"
 )
@@ -22,12 +24,13 @@ import (
 // is registered; slots is guarded by the hub shard locks; pos and scratch
 // belong to the writer (the request goroutine) alone.
 type client struct {
-	topics  []string
-	slots   []int
-	pos     []pubsub.ID // last ID sent, per topic
-	q       *queue
-	scratch []byte     // composite id line for several topics
-	ip      netip.Addr // counted by the per-IP limit, if any
+	topics   []string
+	slots    []int
+	pos      []pubsub.ID // last ID sent, per topic
+	announce bool        // came without a position: send the starting one
+	q        *queue
+	scratch  []byte     // composite id line for several topics
+	ip       netip.Addr // counted by the per-IP limit, if any
 }
 
 func (c *client) topicIndex(t string) int {
@@ -177,10 +180,11 @@ func (n *Node) ServeEvents(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	c := &client{
-		topics: req.topics,
-		slots:  make([]int, len(req.topics)),
-		pos:    req.pos,
-		ip:     ip,
+		topics:   req.topics,
+		slots:    make([]int, len(req.topics)),
+		pos:      req.pos,
+		ip:       ip,
+		announce: !req.resume,
 	}
 	drop := n.cfg.SlowClient == PolicyDrop
 	h := w.Header()
@@ -236,21 +240,42 @@ func (n *Node) reject(w http.ResponseWriter, outcome, msg string) {
 // start writes the stream's opening (a retry: line and a comment) and
 // replays what the client missed. It returns "" on success, else why the
 // stream must end.
-func (n *Node) start(ctx context.Context, s sink, c *client) string {
+func (n *Node) start(ctx context.Context, s sink, c *client) (reason string) {
+	ctx, span := n.startSpan(ctx, "sse.subscribe", func() []attribute.KeyValue {
+		return []attribute.KeyValue{attribute.StringSlice("sse.topics", c.topics)}
+	})
+	defer func() {
+		if reason != "" {
+			span.SetAttributes(attribute.String("sse.end", reason))
+		}
+		span.End()
+	}()
 	b := make([]byte, 0, 32)
 	b = append(b, "retry: "...)
 	b = strconv.AppendInt(b, n.cfg.Retry.Milliseconds(), 10)
-	b = append(b, "\n: ok\n\n"...)
+	b = append(b, "\n: ok\n"...)
+	if c.announce {
+		// A client that came without a position learns where it starts:
+		// an id: field with no data sets EventSource's last event ID
+		// without dispatching an event, so a stream that ends before its
+		// first event still resumes without loss.
+		b = append(b, "id: "...)
+		b = replay.AppendLastEventID(b, c.pos)
+		b = append(b, '\n')
+	}
+	b = append(b, '\n')
 	if err := n.writeFlush(s, b); err != nil {
 		return n.writeFailed(err)
 	}
 	for i, t := range c.topics {
 		if err := n.replay(ctx, s, c, i, t); err != nil {
-			if ctx.Err() != nil {
-				return reasonClientGone
-			}
+			// net/http cancels the request's context when a write fails:
+			// look at the write error first.
 			if errors.Is(err, errWrite) {
 				return n.writeFailed(err)
+			}
+			if ctx.Err() != nil {
+				return reasonClientGone
 			}
 			// The client reconnects with what it has and resumes.
 			n.log.Warn("replay failed", "topic", t, "after", c.pos[i], "err", err)
@@ -467,7 +492,9 @@ func (c *client) write(s sink, f *Frame) (int, error) {
 // replay sends topic i's missed entries, an sse-gap event first if some
 // were lost, flushing as it goes.
 func (n *Node) replay(ctx context.Context, s sink, c *client, i int, topic string) error {
+	ctx, span := n.startSpan(ctx, "sse.replay", replayAttrs(topic, c.pos[i]))
 	var gapBuf []byte
+	var deadlineSet time.Time
 	sent := 0
 	res, err := n.window.Replay(ctx, topic, c.pos[i],
 		func(g replay.Gap) error {
@@ -484,8 +511,11 @@ func (n *Node) replay(ctx context.Context, s sink, c *client, i int, topic strin
 		func(e pubsub.Entry) error {
 			f := EncodeFrame(topic, &e)
 			defer f.Release()
-			if sent == 0 {
-				if err := s.SetWriteDeadline(time.Now().Add(n.cfg.WriteTimeout)); err != nil {
+			// The deadline bounds writes to the client, not the waits for
+			// the source between them: renew it once half of it is gone.
+			if now := time.Now(); now.Sub(deadlineSet) > n.cfg.WriteTimeout/2 {
+				deadlineSet = now
+				if err := s.SetWriteDeadline(now.Add(n.cfg.WriteTimeout)); err != nil {
 					return fmt.Errorf("%w: set deadline: %w", errWrite, err)
 				}
 			}
@@ -499,12 +529,15 @@ func (n *Node) replay(ctx context.Context, s sink, c *client, i int, topic strin
 				if err := s.Flush(); err != nil {
 					return fmt.Errorf("%w: flush: %w", errWrite, err)
 				}
-				if err := s.SetWriteDeadline(time.Now().Add(n.cfg.WriteTimeout)); err != nil {
+				deadlineSet = time.Now()
+				if err := s.SetWriteDeadline(deadlineSet.Add(n.cfg.WriteTimeout)); err != nil {
 					return fmt.Errorf("%w: set deadline: %w", errWrite, err)
 				}
 			}
 			return nil
 		})
+	replayResult(span, res, sent)
+	endSpan(span, err)
 	if sent > 0 || res.Count > 0 {
 		n.m.replayRequests.WithLabelValues(string(res.From)).Inc()
 		n.m.replayEvents.Add(float64(sent))
@@ -514,6 +547,11 @@ func (n *Node) replay(ctx context.Context, s sink, c *client, i int, topic strin
 		return err
 	}
 	if sent > 0 {
+		if time.Since(deadlineSet) > n.cfg.WriteTimeout/2 {
+			if err := s.SetWriteDeadline(time.Now().Add(n.cfg.WriteTimeout)); err != nil {
+				return fmt.Errorf("%w: set deadline: %w", errWrite, err)
+			}
+		}
 		if err := s.Flush(); err != nil {
 			return fmt.Errorf("%w: flush: %w", errWrite, err)
 		}

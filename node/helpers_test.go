@@ -6,8 +6,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -93,6 +93,7 @@ type sseClient struct {
 	r      *bufio.Reader
 	cancel context.CancelFunc
 	retry  string
+	lastID string // from an id-only block
 }
 
 func dial(t testing.TB, url string, lastID string) *sseClient {
@@ -154,10 +155,16 @@ func (c *sseClient) nextErr() (event, error) {
 		}
 		line = strings.TrimSuffix(line, "\n")
 		if line == "" {
-			if seen {
+			// As the SSE spec says: no data, no event (an id-only block
+			// only sets the last event ID).
+			if seen && data != nil {
 				e.Data = strings.Join(data, "\n")
 				return e, nil
 			}
+			if e.ID != "" {
+				c.lastID = e.ID
+			}
+			e, seen = event{}, false
 			continue
 		}
 		k, v, _ := strings.Cut(line, ":")

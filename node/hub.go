@@ -93,7 +93,8 @@ func (h *hub) count(topic string) int {
 
 // fanout hands each frame to every subscriber of topic without blocking.
 // The caller keeps its own reference to each frame. refused is called for
-// every frame a queue did not take.
+// every frame a queue did not take. It returns how many queues took each
+// frame, on average.
 func (h *hub) fanout(topic string, frames []*Frame, refused func(*client, overflow)) (delivered int) {
 	s := h.shard(topic)
 	s.mu.RLock()
@@ -121,5 +122,5 @@ func (h *hub) fanout(topic string, frames []*Frame, refused func(*client, overfl
 		}
 		delivered += len(ts.subs) - int(no)
 	}
-	return delivered
+	return delivered / max(1, len(frames))
 }

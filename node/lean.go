@@ -183,7 +183,16 @@ func appendResponseHeader(b []byte, h http.Header) []byte {
 // schedule puts the stream on the pool's ready list unless someone already
 // owns its writing. It is the queue's notify, called by fan-out.
 func (lc *leanConn) schedule() {
-	if lc.done.Load() || !lc.sched.CompareAndSwap(false, true) {
+	if lc.done.Load() {
+		return
+	}
+	if !lc.sched.CompareAndSwap(false, true) {
+		// Its writer is busy, maybe stuck on a client that stopped
+		// reading. If the queue has just overflowed, cut the stuck write
+		// now rather than at its deadline: the client is too slow.
+		if lc.c.q.overflowed() {
+			_ = lc.conn.SetWriteDeadline(time.Now())
+		}
 		return
 	}
 	l := lc.n.lean
@@ -372,6 +381,11 @@ func (l *lean) finishWrite(lc *leanConn, rest []byte, start time.Time, sent int)
 	defer l.wg.Done()
 	_ = lc.conn.SetWriteDeadline(start.Add(lc.n.cfg.WriteTimeout))
 	if _, err := lc.conn.Write(rest); err != nil {
+		if why, ok := lc.c.q.overflow(); ok {
+			lc.n.m.slowDisconnects.WithLabelValues(why.reason()).Inc()
+			lc.close(reasonSlowClient)
+			return
+		}
 		lc.close(lc.n.writeFailed(err))
 		return
 	}

@@ -20,6 +20,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/ssecluster/ssecluster/pubsub"
 	"github.com/ssecluster/ssecluster/replay"
@@ -90,6 +92,9 @@ type Config struct {
 	// TrustedProxies are the load balancers whose X-Forwarded-For names
 	// the client address MaxConnectionsPerIP counts; nil trusts none.
 	TrustedProxies []netip.Prefix
+	// TracerProvider traces streams, replays, drains and deliveries of
+	// entries that carry a traceparent; nil traces nothing, at no cost.
+	TracerProvider trace.TracerProvider
 	// Logger receives the node's logs; nil means slog.Default().
 	Logger *slog.Logger
 	// Registerer receives the node's metrics; nil registers nowhere.
@@ -159,6 +164,7 @@ type Node struct {
 	started  atomic.Bool
 	closed   atomic.Bool
 
+	tracer trace.Tracer    // nil when tracing is off
 	lean   *lean           // the hijacked-stream machinery; nil with NoHijack
 	ctx    context.Context // ends with Close; replays of hijacked streams run under it
 	cancel context.CancelFunc
@@ -182,7 +188,12 @@ func New(cfg Config, b Broker, w *replay.Window) (*Node, error) {
 		perIP = newIPLimiter(cfg.MaxConnectionsPerIP, cfg.TrustedProxies)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
+	var tracer trace.Tracer
+	if cfg.TracerProvider != nil {
+		tracer = cfg.TracerProvider.Tracer(tracerName)
+	}
 	return &Node{
+		tracer:  tracer,
 		cors:    c,
 		perIP:   perIP,
 		cfg:     cfg,
@@ -244,7 +255,10 @@ func (n *Node) deliver(topic string, entries []pubsub.Entry) {
 	}
 	var stack [8]*Frame
 	frames := EncodeFrames(stack[:0], topic, entries)
-	n.hub.fanout(topic, frames, n.refused)
+	subs := n.hub.fanout(topic, frames, n.refused)
+	if n.tracer != nil {
+		n.traceDeliveries(topic, entries, subs)
+	}
 	for _, f := range frames {
 		f.Release()
 	}
@@ -279,7 +293,11 @@ func (n *Node) Ready(ctx context.Context) error {
 // Drain fails readiness, refuses new streams, tells every open stream to
 // reconnect elsewhere (a jittered retry:) and closes it, then waits until
 // all streams are gone or ctx ends. It is safe to call more than once.
-func (n *Node) Drain(ctx context.Context) error {
+func (n *Node) Drain(ctx context.Context) (err error) {
+	_, span := n.startSpan(ctx, "sse.drain", func() []attribute.KeyValue {
+		return []attribute.KeyValue{attribute.Int64("sse.streams", n.conns.Load())}
+	})
+	defer func() { endSpan(span, err) }()
 	n.drainMu.Lock()
 	if !n.draining.Swap(true) {
 		n.m.draining.Set(1)

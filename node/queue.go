@@ -136,6 +136,19 @@ func (q *queue) pending() bool {
 	return q.n > 0 || q.why != accepted
 }
 
+// overflowed reports whether the queue was closed by overflow.
+func (q *queue) overflowed() bool {
+	_, ok := q.overflow()
+	return ok
+}
+
+// overflow returns why the queue was closed by overflow, if it was.
+func (q *queue) overflow() (overflow, bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.why, q.why != accepted
+}
+
 // close refuses further frames and releases the ones held.
 func (q *queue) close() {
 	q.mu.Lock()

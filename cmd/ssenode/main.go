@@ -88,6 +88,17 @@ func run(args []string, env map[string]string, stdout, stderr io.Writer) int {
 	}
 	defer b.Close()
 
+	tp, stopTracing, err := setupTracing(context.Background(), env)
+	if err != nil {
+		log.Error("tracing", "err", err)
+		return 1
+	}
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_ = stopTracing(ctx)
+	}()
+
 	w, err := replay.New(b, replay.Config{RingSize: cfg.RingSize, MaxAge: cfg.ReplayMaxAge})
 	if err != nil {
 		log.Error("replay window", "err", err)
@@ -111,6 +122,7 @@ func run(args []string, env map[string]string, stdout, stderr io.Writer) int {
 		MaxTopics:           cfg.MaxTopics,
 		NoHijack:            !cfg.Hijack,
 		SocketSendBuffer:    cfg.SocketSndbuf,
+		TracerProvider:      tp,
 		Auth:                auth,
 		PublishToken:        cfg.PublishToken,
 		CORSOrigins:         cfg.CORSOrigins,
