@@ -270,3 +270,21 @@ func readUntil(r *bufio.Reader, want string) bool {
 		}
 	}
 }
+
+func TestTracingOffByDefault(t *testing.T) {
+	tests := []struct {
+		env  map[string]string
+		want bool
+	}{
+		{map[string]string{}, false},
+		{map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318"}, true},
+		{map[string]string{"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://127.0.0.1:4318/v1/traces"}, true},
+		{map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://x", "OTEL_TRACES_EXPORTER": "none"}, false},
+		{map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://x", "OTEL_SDK_DISABLED": "true"}, false},
+	}
+	for _, tt := range tests {
+		if got := tracingEnabled(tt.env); got != tt.want {
+			t.Errorf("%v: tracing %v, want %v", tt.env, got, tt.want)
+		}
+	}
+}
