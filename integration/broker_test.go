@@ -95,19 +95,7 @@ func (c *collector) badReports() []string {
 
 // waitFor polls cond, woken by deliveries, until it holds or d passes.
 func (c *collector) waitFor(d time.Duration, cond func() bool) bool {
-	deadline := time.NewTimer(d)
-	defer deadline.Stop()
-	tick := time.NewTicker(50 * time.Millisecond)
-	defer tick.Stop()
-	for !cond() {
-		select {
-		case <-deadline.C:
-			return cond()
-		case <-c.changed:
-		case <-tick.C:
-		}
-	}
-	return true
+	return pollUntil(d, 50*time.Millisecond, c.changed, cond)
 }
 
 // waitEntries waits until topic has at least n entries delivered.

@@ -709,19 +709,7 @@ func (c *sseClient) failures() []string {
 
 // waitFor polls cond, woken by events, until it holds or d passes.
 func (c *sseClient) waitFor(d time.Duration, cond func() bool) bool {
-	deadline := time.NewTimer(d)
-	defer deadline.Stop()
-	tick := time.NewTicker(20 * time.Millisecond)
-	defer tick.Stop()
-	for !cond() {
-		select {
-		case <-deadline.C:
-			return cond()
-		case <-c.changed:
-		case <-tick.C:
-		}
-	}
-	return true
+	return pollUntil(d, 20*time.Millisecond, c.changed, cond)
 }
 
 func (c *sseClient) waitConnected(t testing.TB, n int, d time.Duration) {
