@@ -7,7 +7,7 @@ export TESTCONTAINERS_RYUK_DISABLED ?= true
 UNIT_PKGS := ./pubsub/... ./replay/... ./node/... ./cmd/... ./deploy/...
 FUZZTIME ?= 10s
 
-.PHONY: build run test unit fuzz bench-smoke integration seed bench lint vet cluster cluster-down
+.PHONY: build run test unit fuzz bench-smoke integration seed bench microbench lint vet cluster cluster-down
 
 build:
 	$(GO) build -o bin/ ./cmd/...
@@ -45,8 +45,14 @@ integration: seed
 seed:
 	@if [ -z "$$SSE_TEST_REDIS_ADDR" ]; then bash integration/seed-images.sh; fi
 
-# Micro-benchmarks, several runs, for benchstat.
+# Whole-system scenarios S1-S8 (Redis and nodes as local processes), report
+# in bench/results/; BENCH_SCALE=small for a quick run. See bench/README.md.
 bench:
+	bash bench/run.sh
+
+# Micro-benchmarks, several runs, for benchstat.
+microbench:
+	mkdir -p bin
 	$(GO) test -run '^$$' -bench . -benchmem -count 6 ./pubsub/... ./replay/... ./node/... | tee bin/bench.txt
 
 lint: vet
