@@ -41,7 +41,7 @@ type config struct {
 	Retry             time.Duration `env:"RETRY" envDefault:"2s" help:"reconnection delay sent to clients in retry:"`
 	MaxConnections    int           `env:"MAX_CONNECTIONS" envDefault:"100000" help:"open streams beyond which new ones get 503"`
 	MaxTopics         int           `env:"MAX_TOPICS" envDefault:"16" help:"topics one stream may subscribe to"`
-	SocketSndbuf      int           `env:"SOCKET_SNDBUF" envDefault:"65536" help:"kernel send buffer per hijacked stream (SO_SNDBUF); a slow client's backlog then waits in its bounded queue (0: kernel default)"`
+	SocketSndbuf      int           `env:"SOCKET_SNDBUF" envDefault:"65536" help:"kernel send buffer per stream (SO_SNDBUF); a slow client's backlog then waits in its bounded queue (0: kernel default)"`
 	Hijack            bool          `env:"HIJACK" envDefault:"true" help:"take HTTP/1.1 streams over from net/http: no goroutine and no net/http buffers per idle stream"`
 	ShutdownTimeout   time.Duration `env:"SHUTDOWN_TIMEOUT" envDefault:"10s" help:"time SIGTERM gives streams to move before the process exits"`
 

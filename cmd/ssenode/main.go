@@ -167,7 +167,11 @@ func run(args []string, env map[string]string, stdout, stderr io.Writer) int {
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
 	errc := make(chan error, 2)
-	go func() { errc <- serve(pub, pubLn) }()
+	var streams net.Listener = pubLn
+	if cfg.SocketSndbuf > 0 {
+		streams = sndbufListener{Listener: pubLn, size: cfg.SocketSndbuf}
+	}
+	go func() { errc <- serve(pub, streams) }()
 	for _, w := range exposureWarnings(cfg, pubLn.Addr(), adminLn.Addr()) {
 		log.Warn(w)
 	}
@@ -302,4 +306,21 @@ func newBroker(cfg config, log *slog.Logger, reg prometheus.Registerer) (broker,
 		OnReadError: func(error) { readErrs.Inc() },
 	})
 	return r, "redis", err
+}
+
+// sndbufListener caps the kernel send buffer of every accepted connection
+// (SSE_SOCKET_SNDBUF), so that on the net/http path too a slow client's
+// backlog waits in its bounded queue, where the slow-client policy applies,
+// and not in a kernel buffer that autotuning grows to megabytes.
+type sndbufListener struct {
+	net.Listener
+	size int
+}
+
+func (l sndbufListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if tc, ok := c.(*net.TCPConn); ok && err == nil {
+		_ = tc.SetWriteBuffer(l.size)
+	}
+	return c, err
 }
