@@ -905,6 +905,10 @@ func TestReportLatency(t *testing.T) {
 		}
 		return all[min(len(all)-1, int(p*float64(len(all))))]
 	}
+	// A report, but also a check: every client got every event.
+	if complete != clients {
+		t.Errorf("latency run: %d of %d clients got all %d events", complete, clients, pub.sent.Load())
+	}
 	delta, total := statsDelta(before, after)
 	t.Logf("latency: %d clients over 3 nodes, %d events at ~100/s: %d deliveries (%d clients complete, %d reconnects); XADD-to-client p50 %v p99 %v max %v",
 		clients, pub.sent.Load(), deliveries, complete, reconnects, q(0.50).Round(10*time.Microsecond), q(0.99).Round(10*time.Microsecond), q(1).Round(10*time.Microsecond))
@@ -945,6 +949,9 @@ func TestReportLatency(t *testing.T) {
 		if cl.waitFor(time.Until(deadline), func() bool { return cl.last() == ids[burst-1] }) {
 			clientHad = time.Since(start)
 		}
+		if clientHad == 0 {
+			t.Errorf("burst: the client did not get all %d entries within %v", burst, catchUp)
+		}
 		if tx {
 			t.Logf("burst in one MULTI: %d XADDs took %v; node A had read them all %v after EXEC returned (%.0f entries/s read); the client had all %v after the first XADD (%d connections)",
 				burst, xadded.Round(time.Millisecond), (nodeHad - xadded).Round(time.Millisecond), burst/(nodeHad-xadded).Seconds(),
@@ -965,7 +972,7 @@ func TestReportLatency(t *testing.T) {
 		t.Logf("replay: %d entries from Redis to a new client on node B in %v (%.0f entries/s, %d connections)",
 			rc.count(), took.Round(time.Millisecond), float64(rc.count())/took.Seconds(), rc.connections())
 	} else {
-		t.Logf("replay: %d of %d entries after %v", rc.count(), burst, catchUp)
+		t.Errorf("replay: %d of %d entries after %v", rc.count(), burst, catchUp)
 	}
 	rc.halt()
 }
