@@ -16,9 +16,9 @@ build:
 run:
 	$(GO) run ./cmd/ssenode
 
-# Everything: vet, unit tests with -race, short fuzzing, benchmarks once as a
+# Everything: vet and staticcheck, unit tests with -race, short fuzzing, benchmarks once as a
 # smoke test, and the integration tests against real Redis in Docker.
-test: vet unit fuzz bench-smoke integration
+test: lint unit fuzz bench-smoke integration
 
 vet:
 	$(GO) vet ./...
@@ -56,7 +56,7 @@ microbench:
 	$(GO) test -run '^$$' -bench . -benchmem -count 6 ./pubsub/... ./replay/... ./node/... | tee bin/bench.txt
 
 lint: vet
-	$(GO) run honnef.co/go/tools/cmd/staticcheck@2025.1.1 ./...
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
 
 include deploy/deploy.mk
 

@@ -719,14 +719,6 @@ func (c *sseClient) waitConnected(t testing.TB, n int, d time.Duration) {
 	}
 }
 
-// waitCount waits until the client has received at least n events.
-func (c *sseClient) waitCount(t testing.TB, n int, d time.Duration) {
-	t.Helper()
-	if !c.waitFor(d, func() bool { return c.count() >= n }) {
-		t.Fatalf("client %s: %d events within %v, want %d; failures: %q", c.path, c.count(), d, n, c.failures())
-	}
-}
-
 // waitLast waits until the client's last ID is id.
 func (c *sseClient) waitLast(t testing.TB, id string, d time.Duration) {
 	t.Helper()

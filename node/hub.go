@@ -80,17 +80,6 @@ func (h *hub) unsubscribe(c *client) {
 	}
 }
 
-// count is the number of local subscribers of topic.
-func (h *hub) count(topic string) int {
-	s := h.shard(topic)
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	if ts := s.topics[topic]; ts != nil {
-		return len(ts.subs)
-	}
-	return 0
-}
-
 // fanout hands each frame to every subscriber of topic without blocking.
 // The caller keeps its own reference to each frame. refused is called for
 // every frame a queue did not take. It returns how many queues took each

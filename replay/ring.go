@@ -38,9 +38,6 @@ func (r *ring) at(i int) *pubsub.Entry {
 	return &r.buf[j]
 }
 
-// newest returns the newest entry; n must be > 0.
-func (r *ring) newest() *pubsub.Entry { return r.at(r.n - 1) }
-
 // reserve grows buf to hold at least want entries (capped at max),
 // linearising the circle so that head is 0.
 func (r *ring) reserve(want int) {

@@ -112,18 +112,6 @@ type tally struct {
 	gapLost    int64 // seqs skipped after an sse-gap: reported losses
 }
 
-func (t *tally) add(o *tally) {
-	t.deliveries += o.deliveries
-	t.lost += o.lost
-	t.dup += o.dup
-	t.ooo += o.ooo
-	t.mismatch += o.mismatch
-	t.unverified += o.unverified
-	t.foreign += o.foreign
-	t.gaps += o.gaps
-	t.gapLost += o.gapLost
-}
-
 // totals are the run-wide sums of the clients' tallies.
 type totals struct {
 	deliveries, lost, dup, ooo, mismatch, unverified, foreign, gaps, gapLost atomic.Int64
