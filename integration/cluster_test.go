@@ -612,8 +612,10 @@ func TestClusterReconnectStorm(t *testing.T) {
 	if reconnected > 0 {
 		t.Logf("node S: %q", n.metricLines("sse_disconnects_total", "sse_slow_client_disconnects_total", "sse_replay_requests_total"))
 	}
-	if reads >= 100 {
-		t.Errorf("storm cost %d XRANGE+XREVRANGE calls for %d clients, want < 100", reads, clients)
+	// Pages behind the ring are shared (concurrent reads merged, full
+	// pages kept a few seconds): a handful of reads per page, not per client.
+	if reads > 10 {
+		t.Errorf("storm cost %d XRANGE+XREVRANGE calls for %d clients, want at most 10", reads, clients)
 	}
 }
 

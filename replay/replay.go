@@ -154,12 +154,20 @@ func (w *Window) Replay(ctx context.Context, topic string, after pubsub.ID,
 			}
 		}
 		from := cursor
-		entries, err := w.ranges.do(ctx, rangeKey{topic, from, w.pageSize},
-			func(ctx context.Context) ([]pubsub.Entry, error) {
-				return w.src.Range(ctx, topic, from, w.pageSize)
+		key := rangeKey{topic, from, w.pageSize}
+		entries, ok := w.recent.get(key, w.now())
+		if !ok {
+			var err error
+			entries, err = w.ranges.do(ctx, key, func(ctx context.Context) ([]pubsub.Entry, error) {
+				page, err := w.src.Range(ctx, topic, from, w.pageSize)
+				if err == nil && len(page) == w.pageSize {
+					w.recent.put(key, page, w.now())
+				}
+				return page, err
 			})
-		if err != nil {
-			return res, fmt.Errorf("replay: read %q after %s: %w", topic, from, err)
+			if err != nil {
+				return res, fmt.Errorf("replay: read %q after %s: %w", topic, from, err)
+			}
 		}
 		// entries is shared with other Replays: read only.
 		for i := range entries {

@@ -71,6 +71,7 @@ type Window struct {
 
 	infos  flight[string, pubsub.StreamInfo]
 	ranges flight[rangeKey, []pubsub.Entry]
+	recent pageCache // full source pages, shared for a few seconds
 	pages  sync.Pool // *[]pubsub.Entry with cap pageSize, for ring copies
 }
 
@@ -132,6 +133,7 @@ func New(src Source, cfg Config) (*Window, error) {
 		maxAge:   cfg.MaxAge,
 		now:      cfg.Now,
 		topics:   make(map[string]*topicState),
+		recent:   pageCache{ttl: pageCacheTTL, maxBytes: pageCacheBytes},
 	}
 	if w.ringSize == 0 {
 		w.ringSize = DefaultRingSize

@@ -1,0 +1,84 @@
+package replay
+
+import (
+	"sync"
+	"time"
+
+	"github.com/ssecluster/ssecluster/pubsub"
+)
+
+// pageCache keeps full source pages for a short time, so that clients of a
+// reconnect storm that arrive one after another (not only those whose reads
+// overlap) share the reads of pages behind the ring.
+//
+// Only full pages are kept: the first count entries after a position never
+// change once the stream holds that many (new entries have larger IDs;
+// trimming only removes, and an entry trimmed since it was read still
+// existed). A short page is the stream's tail at read time and may have
+// grown, so it is never cached.
+//
+// Memory is bounded by maxBytes of payload plus the entries' headers: a
+// fixed amount per node, whatever the number of clients or topics.
+type pageCache struct {
+	ttl      time.Duration // immutable
+	maxBytes int           // immutable
+
+	mu    sync.Mutex
+	pages map[rangeKey]*cachedPage // guarded by mu
+	fifo  []rangeKey               // insertion order, for eviction; guarded by mu
+	bytes int                      // guarded by mu
+}
+
+type cachedPage struct {
+	entries []pubsub.Entry // shared, read-only
+	bytes   int
+	expires time.Time
+}
+
+const (
+	pageCacheTTL   = 5 * time.Second
+	pageCacheBytes = 16 << 20
+)
+
+func (c *pageCache) get(k rangeKey, now time.Time) ([]pubsub.Entry, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	p := c.pages[k]
+	if p == nil || now.After(p.expires) {
+		return nil, false
+	}
+	return p.entries, true
+}
+
+func (c *pageCache) put(k rangeKey, entries []pubsub.Entry, now time.Time) {
+	size := 0
+	for i := range entries {
+		size += len(entries[i].Data) + len(entries[i].Event) + 64
+	}
+	if size > c.maxBytes/4 {
+		return // one page may not crowd out the rest
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.pages == nil {
+		c.pages = make(map[rangeKey]*cachedPage)
+	}
+	if _, ok := c.pages[k]; ok {
+		return
+	}
+	// Evict expired pages and then the oldest until the new one fits.
+	for len(c.fifo) > 0 {
+		old := c.pages[c.fifo[0]]
+		if old != nil && c.bytes+size <= c.maxBytes && !now.After(old.expires) {
+			break
+		}
+		if old != nil {
+			c.bytes -= old.bytes
+			delete(c.pages, c.fifo[0])
+		}
+		c.fifo = c.fifo[1:]
+	}
+	c.pages[k] = &cachedPage{entries: entries, bytes: size, expires: now.Add(c.ttl)}
+	c.fifo = append(c.fifo, k)
+	c.bytes += size
+}
