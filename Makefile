@@ -28,6 +28,7 @@ vet:
 unit:
 	$(GO) test -race -count=1 $(UNIT_PKGS)
 	SSE_TEST_NETHTTP=1 $(GO) test -race -count=1 ./node/...
+	$(GO) test -count=1 -run 'Allocs' ./node/... ./pubsub/... ./cmd/sseload/...   # allocation counts need a build without -race
 
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParseID$$' -fuzztime $(FUZZTIME) ./pubsub/
