@@ -4,7 +4,7 @@
 GO ?= go
 export TESTCONTAINERS_RYUK_DISABLED ?= true
 
-UNIT_PKGS := ./pubsub/... ./replay/... ./node/... ./cmd/... ./deploy/...
+UNIT_PKGS := ./pubsub/... ./replay/... ./node/... ./cmd/... ./deploy/... ./bench/...
 FUZZTIME ?= 10s
 
 .PHONY: build run test unit fuzz bench-smoke integration seed bench microbench lint vet cluster cluster-down

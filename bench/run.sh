@@ -106,7 +106,7 @@ fi
 full_commit=$(git rev-parse "$commit_ref")
 log "building ssenode and sseload at $commit"
 (cd "$src" && go build -o "$work/bin/" ./cmd/ssenode ./cmd/sseload)
-(cd "$root" && go build -o "$work/bin/chart" ./bench/chart)
+(cd "$root" && go build -o "$work/bin/" ./bench/chart ./bench/floor)
 node_bin=$work/bin/ssenode
 load_bin=$work/bin/sseload
 stem=$(date -u +%Y%m%d-%H%M%S)-$commit
@@ -242,6 +242,9 @@ steady() { # steady SCENARIO LABEL N RATE DURATION PROFNAME EXTRA...
 }
 
 if runs S2; then
+  # What the kernel and the simplest possible fan-out cost here, for scale.
+  log "floor: bare loopback fan-out to $S2_N connections (bench/floor)"
+  "$work/bin/floor" -n "$S2_N" -src "$SRC" >"$work/floor.txt" || log "floor failed (see above)"
   steady S2 "${S2_N}c-10eps" "$S2_N" 10 "$S2_DUR" s2
 fi
 
@@ -320,6 +323,7 @@ fi
   echo "node_cmd=$(printf '%q ' "${node_env[@]}") SSE_LISTEN=127.0.0.1:<port> SSE_ADMIN_LISTEN=127.0.0.1:<port> ssenode"
   echo "bench_cmd=BENCH_SCALE=$scale bash bench/run.sh"
   [ -f "$work/s6.killed" ] && echo "s6_killed_at=$(cat "$work/s6.killed")"
+  [ -f "$work/floor.txt" ] && cat "$work/floor.txt"
 } >"$work/meta.txt"
 "$work/bin/chart" -manifest "$manifest" -meta "$work/meta.txt" \
   -json "$out/$stem.json" -md "$out/$stem.md" -png "$out/$stem.png"

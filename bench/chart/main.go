@@ -382,6 +382,11 @@ func summarize(runs []*Run, m map[string]string) *Result {
 	for _, k := range []string{"go", "kernel", "cpu", "cpus", "mem_kb", "ulimit_n", "redis"} {
 		res.Machine[k] = m[k]
 	}
+	for k, v := range m {
+		if strings.HasPrefix(k, "floor_") {
+			res.Machine[k] = v
+		}
+	}
 	for _, k := range []string{"bench_cmd", "redis_cmd", "node_cmd"} {
 		res.Commands[k] = m[k]
 	}
@@ -394,7 +399,7 @@ func summarize(runs []*Run, m map[string]string) *Result {
 			by[r.Scenario] = append(by[r.Scenario], r)
 		}
 	}
-	res.Rows = []Row{s1(by["S1"]), s2(by["S2"]), s3(by["S3"]), s4(by["S4"]), s5(by["S5"]), s6(by["S6"], m), s7(by["S3"]), s8(by["S8"], by["S2"])}
+	res.Rows = []Row{s1(by["S1"]), s2(by["S2"], m), s3(by["S3"]), s4(by["S4"]), s5(by["S5"]), s6(by["S6"], m), s7(by["S3"]), s8(by["S8"], by["S2"])}
 	return res
 }
 
@@ -466,7 +471,7 @@ func maxMetric(r obj, name string) float64 {
 	return mx
 }
 
-func s2(runs []*Run) Row {
+func s2(runs []*Run, m map[string]string) Row {
 	const sc, target = "clients, one topic, 10 events/s: XADD-to-client latency", "p99 ≤ 50 ms, 0 lost"
 	if len(runs) == 0 {
 		return notRun("S2", "10k "+sc, target)
@@ -477,8 +482,18 @@ func s2(runs []*Run) Row {
 	return Row{"S2", fmt.Sprintf("%.0fk %s", clients(runs[0])/1000, sc), target,
 		fmt.Sprintf("p50 %.1f ms, p99 %.1f ms, max %.1f ms; %.0f deliveries/s; %s; check passed %v; node CPU %.1f s/M deliveries, load generator %.1f s/M",
 			r.num("latency", "p50_ms"), p99, r.num("latency", "max_ms"), r.num("deliveries_per_s"), lossText(r), r.get("check", "passed"),
-			r.num("publish_phase", "node_cpu_s_per_million"), r.num("publish_phase", "loadgen_cpu_s_per_million")),
+			r.num("publish_phase", "node_cpu_s_per_million"), r.num("publish_phase", "loadgen_cpu_s_per_million")) + floorText(m),
 		yes(ok)}
+}
+
+// floorText is what bench/floor measured on the machine: the least latency
+// any server and client could reach here (empty when it did not run).
+func floorText(m map[string]string) string {
+	if m["floor_fanout_p99_ms"] == "" {
+		return ""
+	}
+	return fmt.Sprintf("; machine floor (bench/floor, no SSE, no Redis): loopback TCP write+read %s µs per message (Unix socket %s µs), a bare fan-out to %s connections at %s rounds/s with %s writers reads at p50 %s ms, p99 %s ms",
+		m["floor_tcp_us"], m["floor_unix_us"], m["floor_fanout_clients"], m["floor_fanout_rate"], m["floor_fanout_writers"], m["floor_fanout_p50_ms"], m["floor_fanout_p99_ms"])
 }
 
 func s3(runs []*Run) Row {
