@@ -34,6 +34,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParseID$$' -fuzztime $(FUZZTIME) ./pubsub/
 	$(GO) test -run '^$$' -fuzz '^FuzzParseLastEventID$$' -fuzztime $(FUZZTIME) ./replay/
 	$(GO) test -run '^$$' -fuzz '^FuzzEncodeFrame$$' -fuzztime $(FUZZTIME) ./node/
+	$(GO) test -run '^$$' -fuzz '^FuzzParseSubscribe$$' -fuzztime $(FUZZTIME) ./node/
 
 bench-smoke:
 	$(GO) test -run '^$$' -bench . -benchtime 1x ./pubsub/... ./replay/... ./node/...
