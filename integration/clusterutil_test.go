@@ -69,21 +69,15 @@ type clusterNode struct {
 func startNode(t testing.TB, srv *redistest.Server, prefix, name string, edit func(*nodeConfig)) *clusterNode {
 	t.Helper()
 	reg := prometheus.NewRegistry()
-	bad := prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "sse_broker_bad_entries_total", Help: "Stream entries or keys the broker could not use, by reason.",
-	}, []string{"reason"})
-	readErrs := prometheus.NewCounter(prometheus.CounterOpts{
-		Name: "sse_broker_errors_total", Help: "Errors reading from Redis (each followed by a backoff).",
-	})
-	reg.MustRegister(bad, readErrs)
+	bm := node.NewBrokerMetrics(reg)
 	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn})).With("node", name)
 	cfg := nodeConfig{
 		Redis: pubsub.RedisConfig{
 			URL:         srv.URL(),
 			Prefix:      prefix,
 			Logger:      log,
-			OnBadEntry:  func(_, reason string) { bad.WithLabelValues(reason).Inc() },
-			OnReadError: func(error) { readErrs.Inc() },
+			OnBadEntry:  bm.BadEntry,
+			OnReadError: bm.ReadError,
 		},
 		Node: node.Config{Logger: log, Registerer: reg},
 	}

@@ -111,3 +111,35 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	}
 	return m
 }
+
+// BrokerMetrics counts what a broker reports through its callbacks
+// (pubsub.RedisConfig's OnBadEntry and OnReadError). The broker knows
+// nothing of Prometheus; the node owns the metric names.
+type BrokerMetrics struct {
+	badEntries *prometheus.CounterVec
+	readErrors prometheus.Counter
+}
+
+// NewBrokerMetrics creates sse_broker_bad_entries_total and
+// sse_broker_errors_total and registers them on reg when it is not nil
+// (panicking on a name registered twice, as the node's own metrics do).
+func NewBrokerMetrics(reg prometheus.Registerer) *BrokerMetrics {
+	m := &BrokerMetrics{
+		badEntries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sse_broker_bad_entries_total", Help: "Stream entries or keys the broker could not use, by reason.",
+		}, []string{"reason"}),
+		readErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "sse_broker_errors_total", Help: "Errors reading from Redis (each followed by a backoff).",
+		}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.badEntries, m.readErrors)
+	}
+	return m
+}
+
+// BadEntry counts an entry or key of topic that the broker could not use.
+func (m *BrokerMetrics) BadEntry(topic, reason string) { m.badEntries.WithLabelValues(reason).Inc() }
+
+// ReadError counts a failed read from the broker.
+func (m *BrokerMetrics) ReadError(error) { m.readErrors.Inc() }

@@ -70,7 +70,7 @@ func (r *runner) sample(ctx context.Context, phase string, gc bool) Sample {
 		Phase:      phase,
 		AtS:        time.Since(r.start).Seconds(),
 		ConnsOpen:  r.connsOpen.Load(),
-		Deliveries: r.tot.deliveries.Load(),
+		Deliveries: r.tot.load().deliveries,
 		LoadGen:    selfSample(gc),
 	}
 	for _, pid := range r.cfg.NodePIDs {

@@ -283,27 +283,19 @@ func newBroker(cfg config, log *slog.Logger, reg prometheus.Registerer) (broker,
 		m, err := pubsub.NewMemory(pubsub.MemoryConfig{MaxLen: cfg.ReplayMaxLen, MaxAge: cfg.ReplayMaxAge})
 		return m, "memory", err
 	}
-	bad := prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "sse_broker_bad_entries_total", Help: "Stream entries or keys the broker could not use, by reason.",
-	}, []string{"reason"})
-	readErrs := prometheus.NewCounter(prometheus.CounterOpts{
-		Name: "sse_broker_errors_total", Help: "Errors reading from Redis (each followed by a backoff).",
-	})
-	reg.MustRegister(bad, readErrs)
+	bm := node.NewBrokerMetrics(reg)
 	r, err := pubsub.NewRedis(pubsub.RedisConfig{
-		URL:        cfg.RedisURL,
-		Addrs:      cfg.RedisAddrs,
-		MasterName: cfg.RedisMasterName,
-		Username:   cfg.RedisUsername,
-		Password:   cfg.RedisPassword,
-		Prefix:     cfg.StreamPrefix,
-		MaxLen:     int64(cfg.ReplayMaxLen),
-		MaxAge:     cfg.ReplayMaxAge,
-		Logger:     log,
-		OnBadEntry: func(topic, reason string) {
-			bad.WithLabelValues(reason).Inc()
-		},
-		OnReadError: func(error) { readErrs.Inc() },
+		URL:         cfg.RedisURL,
+		Addrs:       cfg.RedisAddrs,
+		MasterName:  cfg.RedisMasterName,
+		Username:    cfg.RedisUsername,
+		Password:    cfg.RedisPassword,
+		Prefix:      cfg.StreamPrefix,
+		MaxLen:      int64(cfg.ReplayMaxLen),
+		MaxAge:      cfg.ReplayMaxAge,
+		Logger:      log,
+		OnBadEntry:  bm.BadEntry,
+		OnReadError: bm.ReadError,
 	})
 	return r, "redis", err
 }
