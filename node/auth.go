@@ -288,9 +288,8 @@ type jwks struct {
 	refresh time.Duration
 	log     *slog.Logger
 
-	mu      sync.RWMutex
-	keys    map[string]any // by kid
-	fetched time.Time      // guarded by mu
+	mu   sync.RWMutex
+	keys map[string]any // by kid
 
 	kick chan struct{} // a token named an unknown kid; never closed
 	ctx  context.Context
@@ -338,19 +337,20 @@ func (j *jwks) loop() {
 	defer close(j.done)
 	t := time.NewTicker(j.refresh)
 	defer t.Stop()
+	// The last attempt, failed or not: while the IdP fails, unknown kids
+	// must not turn into one fetch after another either.
+	tried := time.Now() // newJWKS has just fetched
 	for {
 		select {
 		case <-j.ctx.Done():
 			return
 		case <-t.C:
 		case <-j.kick:
-			j.mu.RLock()
-			recent := time.Since(j.fetched) < jwksMinInterval
-			j.mu.RUnlock()
-			if recent {
+			if time.Since(tried) < jwksMinInterval {
 				continue
 			}
 		}
+		tried = time.Now()
 		if err := j.fetch(); err != nil && j.ctx.Err() == nil {
 			// Keep the keys we have: a token signed with them stays valid.
 			j.log.Warn("jwt: JWKS refresh failed", "url", j.url, "err", err)
@@ -384,7 +384,7 @@ func (j *jwks) fetch() error {
 		return err
 	}
 	j.mu.Lock()
-	j.keys, j.fetched = keys, time.Now()
+	j.keys = keys
 	j.mu.Unlock()
 	return nil
 }

@@ -32,6 +32,7 @@ type testNode struct {
 
 type testOpts struct {
 	cfg    Config
+	lean   bool // hijack HTTP/1.1 streams even in the SSE_TEST_NETHTTP pass
 	mem    pubsub.MemoryConfig
 	window replay.Config
 }
@@ -48,7 +49,7 @@ func newTestNode(t testing.TB, o testOpts) *testNode {
 	}
 	reg := prometheus.NewRegistry()
 	o.cfg.Registerer = reg
-	o.cfg.NoHijack = o.cfg.NoHijack || netHTTPPath
+	o.cfg.NoHijack = o.cfg.NoHijack || (netHTTPPath && !o.lean)
 	n, err := New(o.cfg, b, w)
 	if err != nil {
 		t.Fatal(err)

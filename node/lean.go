@@ -159,10 +159,7 @@ func (lc *leanConn) open(r *http.Request) {
 		lc.close(reasonWriteError)
 		return
 	}
-	lc.sched.Store(false)
-	if lc.c.q.pending() || n.draining.Load() {
-		lc.schedule()
-	}
+	lc.release() // frames, a heartbeat or a drain may have come meanwhile
 }
 
 func appendResponseHeader(b []byte, h http.Header) []byte {
@@ -380,6 +377,13 @@ func (lc *leanConn) wrote(start time.Time, sent int) {
 func (l *lean) finishWrite(lc *leanConn, rest []byte, start time.Time, sent int) {
 	defer l.wg.Done()
 	_ = lc.conn.SetWriteDeadline(start.Add(lc.n.cfg.WriteTimeout))
+	// An overflow that cut the pool writer's write must not wait out the
+	// deadline just set; one after this check cuts this write (schedule).
+	if why, ok := lc.c.q.overflow(); ok {
+		lc.n.m.slowDisconnects.WithLabelValues(why.reason()).Inc()
+		lc.close(reasonSlowClient)
+		return
+	}
 	if _, err := lc.conn.Write(rest); err != nil {
 		if why, ok := lc.c.q.overflow(); ok {
 			lc.n.m.slowDisconnects.WithLabelValues(why.reason()).Inc()

@@ -123,7 +123,9 @@ func (q *queue) take(dst []*Frame) (out []*Frame, closed bool, why overflow) {
 		q.n--
 	}
 	q.bytes = 0
-	closed, why = q.closed, q.why
+	// Closed by overflow only: a queue closed because its stream ended
+	// (close) is not the client's slowness.
+	closed, why = q.why != accepted, q.why
 	q.mu.Unlock()
 	return dst, closed, why
 }

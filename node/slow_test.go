@@ -162,3 +162,30 @@ func TestQueueBounds(t *testing.T) {
 		})
 	}
 }
+
+// TestOverflowCutsStuckWrite: on the lean path a client whose queue
+// overflows while a write to it is stuck is cut off at the overflow, not at
+// the write deadline (a minute here). The net/http path waits out its
+// deadline (README), so this test always hijacks.
+func TestOverflowCutsStuckWrite(t *testing.T) {
+	tn := newTestNode(t, testOpts{lean: true, cfg: Config{
+		SlowClient:       PolicyDisconnect,
+		ClientBuffer:     16,
+		WriteTimeout:     time.Minute,
+		SocketSendBuffer: 16 << 10,
+	}})
+	addr := strings.TrimPrefix(tn.srv.URL, "http://")
+	_, _, _ = rawStream(t, addr, "/events?topic=s") // then reads nothing
+	eventually(t, 5*time.Second, "stream open", func() bool { return tn.Connections() == 1 })
+	payload := strings.Repeat("x", 16<<10)
+	for i := 0; i < 400 && tn.Connections() == 1; i++ {
+		tn.publish(t, "s", "", fmt.Sprintf("%d:%s", i, payload))
+		time.Sleep(time.Millisecond) // let the writer get stuck between events
+	}
+	eventually(t, 10*time.Second, "slow client cut off at the overflow", func() bool { return tn.Connections() == 0 })
+	over := testutil.ToFloat64(tn.m.slowDisconnects.WithLabelValues("queue_frames")) +
+		testutil.ToFloat64(tn.m.slowDisconnects.WithLabelValues("queue_bytes"))
+	if over != 1 {
+		t.Fatalf("overflow disconnects = %v, want 1", over)
+	}
+}

@@ -63,8 +63,14 @@ func (c *pageCache) put(k rangeKey, entries []pubsub.Entry, now time.Time) {
 	if c.pages == nil {
 		c.pages = make(map[rangeKey]*cachedPage)
 	}
-	if _, ok := c.pages[k]; ok {
-		return
+	if old, ok := c.pages[k]; ok {
+		if !now.After(old.expires) {
+			return
+		}
+		// Expired: replace it. Its key stays in fifo; eviction then finds
+		// the new page under it, or nothing.
+		c.bytes -= old.bytes
+		delete(c.pages, k)
 	}
 	// Evict expired pages and then the oldest until the new one fits.
 	for len(c.fifo) > 0 {

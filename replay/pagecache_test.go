@@ -62,3 +62,28 @@ func TestPageCacheBound(t *testing.T) {
 		t.Fatal("oldest page kept past the bound")
 	}
 }
+
+// TestPageCacheReplacesExpired: a page read again after its entry expired
+// is cached again, and the byte count stays exact.
+func TestPageCacheReplacesExpired(t *testing.T) {
+	c := pageCache{ttl: time.Second, maxBytes: 1 << 20}
+	k := rangeKey{topic: "t", count: 10}
+	page := make([]pubsub.Entry, 10)
+	now := time.Unix(0, 0)
+	for round := range 3 {
+		c.put(k, page, now)
+		if _, ok := c.get(k, now); !ok {
+			t.Fatalf("round %d: page not cached", round)
+		}
+		if c.bytes != 640 || len(c.pages) != 1 {
+			t.Fatalf("round %d: %d bytes in %d pages, want 640 in 1", round, c.bytes, len(c.pages))
+		}
+		now = now.Add(2 * time.Second) // expired
+		if _, ok := c.get(k, now); ok {
+			t.Fatalf("round %d: expired page served", round)
+		}
+	}
+	if len(c.fifo) > 1 {
+		t.Fatalf("fifo holds %d keys for one page", len(c.fifo))
+	}
+}

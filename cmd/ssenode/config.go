@@ -25,8 +25,8 @@ type config struct {
 	RedisURL        string   `env:"REDIS_URL" help:"redis:// or rediss:// URL; empty runs the embedded in-memory broker"`
 	RedisAddrs      []string `env:"REDIS_ADDRS" envSeparator:"," help:"comma-separated Sentinel or Cluster addresses (used when SSE_REDIS_URL is empty)"`
 	RedisMasterName string   `env:"REDIS_MASTER_NAME" help:"Sentinel master name (with SSE_REDIS_ADDRS)"`
-	RedisUsername   string   `env:"REDIS_USERNAME" help:"Redis ACL user (with SSE_REDIS_ADDRS)"`
-	RedisPassword   string   `env:"REDIS_PASSWORD" help:"Redis password (with SSE_REDIS_ADDRS)"`
+	RedisUsername   string   `env:"REDIS_USERNAME" help:"Redis ACL user; overrides the one in SSE_REDIS_URL, also used with SSE_REDIS_ADDRS"`
+	RedisPassword   string   `env:"REDIS_PASSWORD" help:"Redis password; overrides the one in SSE_REDIS_URL, also used with SSE_REDIS_ADDRS"`
 	StreamPrefix    string   `env:"STREAM_PREFIX" envDefault:"sse:" help:"Redis key prefix of topic streams"`
 
 	ReplayMaxLen int           `env:"REPLAY_MAXLEN" envDefault:"10000" help:"entries kept per topic (XADD MAXLEN ~)"`
