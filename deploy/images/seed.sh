@@ -97,7 +97,7 @@ base_root() {
   mkdir -p "$root"/{bin,etc,tmp,data,run,var/log,var/run}
   chmod 1777 "$root/tmp"
   install -m 0755 /bin/busybox "$root/bin/busybox"
-  for applet in sh cat grep nc ls ps sleep echo env wget; do
+  for applet in sh awk cat grep nc ls ps sleep echo env wget; do
     ln -sf busybox "$root/bin/$applet"
   done
   cat > "$root/etc/passwd" <<'EOF'
