@@ -39,8 +39,10 @@ fuzz:
 bench-smoke:
 	$(GO) test -run '^$$' -bench . -benchtime 1x ./pubsub/... ./replay/... ./node/...
 
-# Needs a Docker engine; images come from integration/seed-images.sh, or set
-# SSE_TEST_REDIS_ADDR to use a running Redis instead.
+# Needs a Docker engine. `seed` pulls redis:7, haproxy:2.6 and nginx:1.22
+# where a registry answers and builds them from Debian packages where none
+# does (deploy/images/seed.sh); set SSE_TEST_REDIS_ADDR to use a running
+# Redis instead.
 integration: seed
 	$(GO) test -count=1 -timeout 20m ./integration/...
 

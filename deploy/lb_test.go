@@ -60,13 +60,18 @@ func TestHAProxyConfig(t *testing.T) {
 			t.Errorf("timeout %s %q: want a duration of at least twice the heartbeat (%v), or idle streams are cut", name, v, hb)
 		}
 	}
+	// Without it HAProxy sends small chunks with MSG_MORE and each event
+	// waits ~200 ms in the kernel (integration/proxy_latency_test.go).
+	if !slices.Contains(defaults, "option http-no-delay") {
+		t.Error("defaults lack option http-no-delay: every event would be delayed ~200 ms")
+	}
 	if v, _ := directive(defaults, "timeout tunnel"); v == "" {
 		t.Error("no timeout tunnel")
 	}
 	for _, l := range append(defaults, backend...) {
-		for _, bad := range []string{"option http-server-close", "option httpclose", "cookie ", "stick ", "stick-table ", "balance source", "compression "} {
+		for _, bad := range []string{"option http-server-close", "option httpclose", "option http-buffer-request", "no option http-no-delay", "cookie ", "stick ", "stick-table ", "balance source", "compression "} {
 			if strings.HasPrefix(l, bad) {
-				t.Errorf("%q: SSE through HAProxy wants keep-alive, no stickiness and no compression", l)
+				t.Errorf("%q: SSE through HAProxy wants keep-alive, no stickiness, no compression, no request buffering and no send delay", l)
 			}
 		}
 	}
@@ -158,6 +163,8 @@ func TestNginxConfig(t *testing.T) {
 		"proxy_set_header Last-Event-ID $http_last_event_id;",
 		"proxy_buffering off;",
 		"proxy_cache off;",
+		"gzip off;",
+		"tcp_nodelay on;",
 	} {
 		if !strings.Contains(loc[1], want) {
 			t.Errorf("location /events lacks %q", want)

@@ -5,6 +5,7 @@
 package redistest
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -30,9 +31,13 @@ import (
 // instead of starting a container.
 const EnvAddr = "SSE_TEST_REDIS_ADDR"
 
-// Image is the Redis image the tests run; integration/seed-images.sh builds
-// it where there is no registry.
-const Image = "redis:7"
+// EnvImage names another Redis image for the tests' containers (for
+// example one that deploy/images/seed.sh built under SEED_TAG_SUFFIX).
+const EnvImage = "SSE_TEST_REDIS_IMAGE"
+
+// Image is the Redis image the tests run, redis:7 unless SSE_TEST_REDIS_IMAGE
+// is set; integration/seed-images.sh pulls or builds it.
+var Image = cmp.Or(os.Getenv(EnvImage), "redis:7")
 
 // Server is a Redis for one test.
 type Server struct {
