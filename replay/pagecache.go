@@ -15,7 +15,11 @@ import (
 // change once the stream holds that many (new entries have larger IDs;
 // trimming only removes, and an entry trimmed since it was read still
 // existed). A short page is the stream's tail at read time and may have
-// grown, so it is never cached.
+// grown, so it is never cached. A page keeps the stream state it was read
+// with, so a Replay served from the cache applies the gap rule as of that
+// instant; the next page it reads is judged against the stream's state
+// then. Window.Reset drops a topic's pages (its stream was deleted or
+// recreated).
 //
 // Memory is bounded by maxBytes of payload plus the entries' headers: a
 // fixed amount per node, whatever the number of clients or topics.
@@ -30,7 +34,7 @@ type pageCache struct {
 }
 
 type cachedPage struct {
-	entries []pubsub.Entry // shared, read-only
+	page    *pubsub.Page // shared, read-only
 	bytes   int
 	expires time.Time
 }
@@ -40,20 +44,20 @@ const (
 	pageCacheBytes = 16 << 20
 )
 
-func (c *pageCache) get(k rangeKey, now time.Time) ([]pubsub.Entry, bool) {
+func (c *pageCache) get(k rangeKey, now time.Time) (*pubsub.Page, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	p := c.pages[k]
 	if p == nil || now.After(p.expires) {
 		return nil, false
 	}
-	return p.entries, true
+	return p.page, true
 }
 
-func (c *pageCache) put(k rangeKey, entries []pubsub.Entry, now time.Time) {
+func (c *pageCache) put(k rangeKey, page *pubsub.Page, now time.Time) {
 	size := 0
-	for i := range entries {
-		size += len(entries[i].Data) + len(entries[i].Event) + 64
+	for i := range page.Entries {
+		size += len(page.Entries[i].Data) + len(page.Entries[i].Event) + 64
 	}
 	if size > c.maxBytes/4 {
 		return // one page may not crowd out the rest
@@ -84,7 +88,20 @@ func (c *pageCache) put(k rangeKey, entries []pubsub.Entry, now time.Time) {
 		}
 		c.fifo = c.fifo[1:]
 	}
-	c.pages[k] = &cachedPage{entries: entries, bytes: size, expires: now.Add(c.ttl)}
+	c.pages[k] = &cachedPage{page: page, bytes: size, expires: now.Add(c.ttl)}
 	c.fifo = append(c.fifo, k)
 	c.bytes += size
+}
+
+// drop forgets the pages of topic. Their keys stay in fifo; eviction skips
+// keys with no page.
+func (c *pageCache) drop(topic string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for k, p := range c.pages {
+		if k.topic == topic {
+			c.bytes -= p.bytes
+			delete(c.pages, k)
+		}
+	}
 }

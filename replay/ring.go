@@ -22,7 +22,8 @@ type ring struct {
 	max  int            // capacity, >= 1
 
 	// floor is the coverage floor: every entry with an ID above floor that
-	// exists is held here or will be appended later.
+	// exists is held here or will be appended later. MaxID after clear:
+	// nothing is covered until the next push sets it.
 	floor pubsub.ID
 	// evicted reports whether floor was set by an eviction (as opposed to
 	// the initial load); finishLoad needs to know.
@@ -56,6 +57,11 @@ func (r *ring) reserve(want int) {
 // push appends e as the newest entry, evicting the oldest when full. The
 // caller guarantees e is newer than every held entry.
 func (r *ring) push(e pubsub.Entry) {
+	if r.floor == pubsub.MaxID {
+		// First entry after a clear: the entries after it are delivered
+		// in order, those before it are unknown.
+		r.floor = e.ID
+	}
 	if r.n == r.max {
 		r.evictOldest()
 	}
@@ -97,6 +103,26 @@ func (r *ring) evictOldest() {
 	r.floor = r.buf[r.head].ID
 	r.evicted = true
 	r.popFront()
+}
+
+// clear drops every entry; the ring covers nothing until the next push.
+func (r *ring) clear() {
+	for r.n > 0 {
+		r.popFront()
+	}
+	r.head, r.floor, r.evicted = 0, pubsub.MaxID, false
+}
+
+// raiseFloor evicts the entries at or below id and raises floor to id:
+// positions at or below it are no longer the ring's to answer.
+func (r *ring) raiseFloor(id pubsub.ID) {
+	if r.floor == pubsub.MaxID || !r.floor.Less(id) {
+		return
+	}
+	for r.n > 0 && !id.Less(r.buf[r.head].ID) {
+		r.evictOldest()
+	}
+	r.floor = id
 }
 
 // evictBefore evicts every entry added before cutoffMs (Unix milliseconds).
