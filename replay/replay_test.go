@@ -135,12 +135,12 @@ func TestReplayGaps(t *testing.T) {
 		return func(src *fakeSource) { src.add("t", 1, 100); src.trim("t", id(upTo)) }
 	}
 	tests := []struct {
-		name      string
-		setup     setup
-		after     pubsub.ID
-		wantGap   *Gap
-		want      []uint64
-		wantLast  pubsub.ID
+		name     string
+		setup    setup
+		after    pubsub.ID
+		wantGap  *Gap
+		want     []uint64
+		wantLast pubsub.ID
 	}{
 		{name: "intact", setup: trimmedTo(0), after: id(90), want: seq(91, 100), wantLast: id(100)},
 		{name: "trimmed past position", setup: trimmedTo(50), after: id(10),
