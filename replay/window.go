@@ -45,10 +45,12 @@
 // The ring answers like the source: before a Replay serves from it, the
 // ring is checked against the stream's state (one Info, shared by
 // concurrent Replays and reused for infoReuse): its floor is raised to
-// MaxDeleted (positions at or below it are served from source pages and
-// get the rule above), and when the stream is gone or its Last is below
-// what the ring holds, the ring is emptied and fills again from the next
-// live delivery. The broker's reset signal (pubsub.Handler called with no
+// MaxDeleted, and to First when below it (positions below the floor are
+// served from source pages and get the rule above); when the stream is
+// gone, its Last is below what the ring holds, or the ring holds entries
+// the stream lost without recording their removal (it was recreated with
+// higher IDs), the ring is emptied and fills again from the next live
+// delivery. The broker's reset signal (pubsub.Handler called with no
 // entries) does the same at once, through Reset.
 package replay
 
@@ -461,16 +463,31 @@ func (w *Window) checkRing(ctx context.Context, topic string, cursor pubsub.ID) 
 	return true, nil
 }
 
-// applyCheckLocked makes st's ring answer as the stream in c does. w.mu
-// must be held.
+// applyCheckLocked makes st's ring answer as the stream in c does: every
+// position it covers gets from it what a source page would give, with no
+// gap. w.mu must be held.
 func (st *topicState) applyCheckLocked(c ringCheck) {
-	if (!c.info.Exists && !c.last.IsZero()) || c.info.Last.Less(c.last) {
+	info := &c.info
+	if (!info.Exists && !c.last.IsZero()) || info.Last.Less(c.last) {
 		// The stream lost what the ring holds: a reset the broker has not
 		// (yet) signalled.
 		st.resetLocked()
 		return
 	}
-	st.ring.raiseFloor(c.info.MaxDeleted)
+	r := &st.ring
+	r.raiseFloor(info.MaxDeleted)
+	if info.Length > 0 {
+		if r.n > 0 && r.at(0).ID.Less(info.First) {
+			// Above everything removed, yet not in the stream: the stream
+			// was recreated (with higher IDs) under the ring.
+			st.resetLocked()
+			return
+		}
+		if r.floor != pubsub.MaxID && r.floor.Less(info.First) && r.floor != info.MaxDeleted {
+			// Below First, positions other than MaxDeleted are gaps.
+			r.floor = info.First
+		}
+	}
 	if st.checkedAt.Before(c.at) {
 		st.checkedAt = c.at
 	}
