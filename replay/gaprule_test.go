@@ -145,7 +145,7 @@ func TestReplayEveryNodeAnswersAlike(t *testing.T) {
 				clock := time.Unix(1e6, 0)
 				w := newWindow(t, src, Config{RingSize: 200, PageSize: 16, Now: func() time.Time { return clock }})
 				if ring {
-					acquire(t, w, "t") // ring 9001..9100
+					acquire(t, w, "t")          // ring 9001..9100
 					events(t, w, "t", id(9090)) // checked once before the change
 					clock = clock.Add(infoReuse)
 				}
