@@ -249,3 +249,40 @@ func TestRingCheckShared(t *testing.T) {
 		t.Fatalf("after infoReuse: %d Info calls, want 2", n)
 	}
 }
+
+// TestReplayRecreatedHigherUnderLiveRing: a topic watched from before its
+// stream existed (ring floor 0-0) fills its ring live; the stream is then
+// deleted and recreated with higher IDs, nothing removed in its new
+// history. The ring's entries are above MaxDeleted and below First: the
+// ring must not serve them.
+func TestReplayRecreatedHigherUnderLiveRing(t *testing.T) {
+	src := newFake()
+	clock := time.Unix(1e6, 0)
+	w := newWindow(t, src, Config{RingSize: 200, Now: func() time.Time { return clock }})
+	acquire(t, w, "t") // missing stream: empty ring, floor 0-0
+	w.Append("t", src.add("t", 1, 100))
+	src.lose("t")
+	src.add("t", 200, 210)
+	got, _ := events(t, w, "t", id(50))
+	if want := strs([]string{"gap 50-0..200-0"}, 200, 210); !slices.Equal(got, want) {
+		t.Fatalf("got %v\nwant %v", got, want)
+	}
+}
+
+// TestReplayRecreatedHigherAtRingFloor: a ring loaded from an emptied
+// stream covers only its floor (the stream's last ID); once the stream is
+// recreated with higher IDs, that position was never an entry of the new
+// history: a gap, as a node without the ring answers.
+func TestReplayRecreatedHigherAtRingFloor(t *testing.T) {
+	src := newFake()
+	src.add("t", 1, 100)
+	src.trim("t", id(100))
+	w := newWindow(t, src, Config{RingSize: 200})
+	acquire(t, w, "t") // empty ring, floor 100-0
+	src.lose("t")
+	src.add("t", 200, 210)
+	got, _ := events(t, w, "t", id(100))
+	if want := strs([]string{"gap 100-0..200-0"}, 200, 210); !slices.Equal(got, want) {
+		t.Fatalf("got %v\nwant %v", got, want)
+	}
+}

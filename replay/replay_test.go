@@ -311,13 +311,35 @@ func TestReplayCanceled(t *testing.T) {
 // TestReplayStormSharesSourceCalls replays one topic from one position in
 // 200 goroutines. The fake holds each source call until every other replay
 // waits for that same call, so the sharing is checked exactly and does not
-// depend on timing: one Info and one Range per page in all.
+// depend on timing: one Page per page in all, and one Info for the ring
+// check when the ring serves.
 func TestReplayStormSharesSourceCalls(t *testing.T) {
+	tests := []struct {
+		name                  string
+		ring                  bool
+		pos                   uint64
+		wantGaps              int
+		want                  []uint64
+		wantInfos, wantRanges int64
+	}{
+		// 480 entries: pages of 100 after 10, 120, 220, 320, 420 (the last short).
+		{name: "source", pos: 10, wantGaps: 1, want: seq(21, 500), wantRanges: 5},
+		{name: "ring", ring: true, pos: 300, want: seq(301, 500), wantInfos: 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) { replayStorm(t, tt.ring, tt.pos, tt.wantGaps, tt.want, tt.wantInfos, tt.wantRanges) })
+	}
+}
+
+func replayStorm(t *testing.T, ring bool, pos uint64, wantGaps int, want []uint64, wantInfos, wantRanges int64) {
 	const clients = 200
 	src := newFake()
 	src.add("t", 1, 500)
 	src.trim("t", id(20)) // a gap for a client at 10
-	w := newWindow(t, src, Config{PageSize: 100})
+	w := newWindow(t, src, Config{PageSize: 100, RingSize: 1000})
+	if ring {
+		acquire(t, w, "t")
+	}
 
 	gate := make(chan struct{}) // one token per released call
 	stop := make(chan struct{}) // closed when the test is over or gives up
@@ -371,7 +393,7 @@ func TestReplayStormSharesSourceCalls(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			<-start
-			_, errs[i] = w.Replay(context.Background(), "t", id(10),
+			_, errs[i] = w.Replay(context.Background(), "t", id(pos),
 				func(Gap) error { gaps[i]++; return nil },
 				func(e pubsub.Entry) error { results[i] = append(results[i], e.ID.Ms); return nil })
 		}()
@@ -387,14 +409,13 @@ func TestReplayStormSharesSourceCalls(t *testing.T) {
 	}
 
 	for i := range clients {
-		if errs[i] != nil || gaps[i] != 1 || !slices.Equal(results[i], seq(21, 500)) {
+		if errs[i] != nil || gaps[i] != wantGaps || !slices.Equal(results[i], want) {
 			t.Fatalf("client %d: err %v gaps %d entries %d", i, errs[i], gaps[i], len(results[i]))
 		}
 	}
-	// 480 entries: pages of 100 after 10, 120, 220, 320, 420 (the last short).
-	// Pages carry the stream's state: no Info.
-	if infos, ranges := src.infos.Load(), src.ranges.Load(); infos != 0 || ranges != 5 {
-		t.Errorf("%d clients cost %d Info and %d Page calls, want 0 and 5", clients, infos, ranges)
+	// Pages carry the stream's state: no Info for them.
+	if infos, ranges := src.infos.Load(), src.ranges.Load(); infos != wantInfos || ranges != wantRanges {
+		t.Errorf("%d clients cost %d Info and %d Page calls, want %d and %d", clients, infos, ranges, wantInfos, wantRanges)
 	}
 }
 
