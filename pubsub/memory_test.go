@@ -858,3 +858,49 @@ func BenchmarkMemoryPublish(b *testing.B) {
 		}
 	}
 }
+
+// TestMemoryPage: a page and the stream's state come from one instant, with
+// the same meaning as Redis' page read.
+func TestMemoryPage(t *testing.T) {
+	clock := newFakeClock(1000)
+	m := newTestMemory(t, MemoryConfig{MaxLen: 5, Now: clock.Now})
+	ctx := context.Background()
+	if p, err := m.Page(ctx, "t", ID{}, 10); err != nil || p.Info.Exists || p.Read != 0 || len(p.Entries) != 0 {
+		t.Fatalf("Page of a missing topic = %+v, %v; want empty, not existing", p, err)
+	}
+	var all []ID
+	for i := range 8 {
+		all = append(all, mustPublish(t, m, "t", fmt.Sprint(i)))
+	}
+	info := StreamInfo{Exists: true, Length: 5, First: all[3], Last: all[7], MaxDeleted: all[2]}
+	tests := []struct {
+		after ID
+		count int
+		want  []ID
+	}{
+		{ID{}, 10, all[3:]},
+		{ID{}, 2, all[3:5]},
+		{all[4], 2, all[5:7]},
+		{all[7], 2, nil},
+	}
+	for _, tt := range tests {
+		p, err := m.Page(ctx, "t", tt.after, tt.count)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var last ID
+		if len(tt.want) > 0 {
+			last = tt.want[len(tt.want)-1]
+		}
+		if !slices.Equal(ids(p.Entries), tt.want) || p.Info != info || p.Read != len(tt.want) || p.Last != last {
+			t.Errorf("Page(%v, %d) = %v %+v read %d last %v; want %v %+v read %d last %v",
+				tt.after, tt.count, ids(p.Entries), p.Info, p.Read, p.Last, tt.want, info, len(tt.want), last)
+		}
+	}
+	if _, err := m.Page(ctx, "t", ID{}, 0); err == nil {
+		t.Error("Page with count 0: no error")
+	}
+	if info2, err := m.Info(ctx, "t"); err != nil || info2 != info {
+		t.Errorf("Info = %+v, %v; want the Page's %+v", info2, err, info)
+	}
+}
