@@ -446,6 +446,8 @@ func TestGapJSON(t *testing.T) {
 		{Gap{Topic: "news/eu@x:1", Requested: pubsub.ID{Ms: 1, Seq: 2}, Oldest: pubsub.ID{Ms: 3}},
 			`{"topic":"news/eu@x:1","requested":"1-2","oldest":"3-0"}`},
 		{Gap{Topic: "t"}, `{"topic":"t","requested":"0-0","oldest":"0-0"}`},
+		{Gap{Topic: "t", Requested: pubsub.ID{Ms: 9}, Oldest: pubsub.ID{Ms: 5, Seq: 1}, Reset: true},
+			`{"topic":"t","requested":"9-0","oldest":"5-1","reset":true}`},
 		{Gap{Topic: "a\"b\\c\n<é>"}, `{"topic":"a\"b\\c\n\u003cé\u003e","requested":"0-0","oldest":"0-0"}`},
 	}
 	for _, tt := range tests {
@@ -453,9 +455,12 @@ func TestGapJSON(t *testing.T) {
 		if err != nil || string(got) != tt.want {
 			t.Errorf("Marshal(%+v) = %s, %v; want %s", tt.gap, got, err, tt.want)
 		}
-		var back struct{ Topic, Requested, Oldest string }
+		var back struct {
+			Topic, Requested, Oldest string
+			Reset                    bool
+		}
 		if err := json.Unmarshal(tt.gap.AppendJSON(nil), &back); err != nil || back.Topic != tt.gap.Topic ||
-			back.Requested != tt.gap.Requested.String() || back.Oldest != tt.gap.Oldest.String() {
+			back.Requested != tt.gap.Requested.String() || back.Oldest != tt.gap.Oldest.String() || back.Reset != tt.gap.Reset {
 			t.Errorf("AppendJSON(%+v) decodes to %+v, %v", tt.gap, back, err)
 		}
 	}
