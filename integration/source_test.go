@@ -13,6 +13,7 @@ import (
 
 	"github.com/ssecluster/ssecluster/integration/redistest"
 	"github.com/ssecluster/ssecluster/pubsub"
+	"github.com/ssecluster/ssecluster/replay"
 )
 
 // subscriberACL is the least privilege a node needs to serve subscribers
@@ -188,4 +189,89 @@ func toAny(s []string) []any {
 		out[i] = v
 	}
 	return out
+}
+
+// TestSourceWindowGapRule runs the replay window over the Redis broker:
+// the state each page is read with tells the window of trimming that
+// overtakes a slow replay between pages, and of a stream deleted and
+// recreated under a node whose ring holds the topic.
+func TestSourceWindowGapRule(t *testing.T) {
+	srv := redistest.Start(t)
+	ctx := ctxT(t)
+
+	t.Run("TrimBetweenPages", func(t *testing.T) {
+		t.Parallel()
+		b, _ := newBroker(t, srv, nil)
+		key := b.Prefix() + "slow"
+		ids := xaddN(t, srv, key, 100)
+		w, err := replay.New(b, replay.Config{PageSize: 10})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		_, err = w.Replay(ctx, "slow", ids[9],
+			func(g replay.Gap) error { got = append(got, "gap "+g.Requested.String()); return nil },
+			func(e pubsub.Entry) error {
+				got = append(got, e.ID.String())
+				if e.ID == ids[14] { // the client is slow; the publisher trims meanwhile
+					srv.MustDo(t, "XTRIM", key, "MAXLEN", "=", "50")
+				}
+				return nil
+			})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var want []string
+		for _, id := range ids[10:20] {
+			want = append(want, id.String())
+		}
+		want = append(want, "gap "+ids[19].String())
+		for _, id := range ids[50:] {
+			want = append(want, id.String())
+		}
+		if !slices.Equal(got, want) {
+			t.Fatalf("replay after %v:\n got %v\nwant %v", ids[9], got, want)
+		}
+	})
+
+	t.Run("RecreatedLowerUnderRing", func(t *testing.T) {
+		t.Parallel()
+		b, _ := newBroker(t, srv, nil)
+		key := b.Prefix() + "re"
+		for i := range 20 {
+			srv.MustDo(t, "XADD", key, fmt.Sprintf("9000000000000-%d", i+1), "data", "old")
+		}
+		w, err := replay.New(b, replay.Config{RingSize: 100})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := w.Acquire(ctx, "re"); err != nil {
+			t.Fatal(err)
+		}
+		defer w.Release("re")
+		srv.MustDo(t, "DEL", key)
+		srv.MustDo(t, "XADD", key, "5-1", "data", "new")
+		second := xadd(t, srv, key, "data", "new")
+		var got []string
+		_, err = w.Replay(ctx, "re", pubsub.ID{Ms: 9000000000000, Seq: 10},
+			func(g replay.Gap) error { got = append(got, string(g.AppendJSON(nil))); return nil },
+			func(e pubsub.Entry) error { got = append(got, e.ID.String()); return nil })
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := []string{`{"topic":"re","requested":"9000000000000-10","oldest":"5-1","reset":true}`, "5-1", second.String()}
+		if !slices.Equal(got, want) {
+			t.Fatalf("replay on the node with a ring:\n got %v\nwant %v", got, want)
+		}
+	})
+}
+
+// xaddN adds n entries to key and returns their IDs.
+func xaddN(t testing.TB, srv *redistest.Server, key string, n int) []pubsub.ID {
+	t.Helper()
+	ids := make([]pubsub.ID, n)
+	for i := range ids {
+		ids[i] = xadd(t, srv, key, "data", fmt.Sprint(i))
+	}
+	return ids
 }
