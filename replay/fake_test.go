@@ -34,6 +34,7 @@ type fakeSource struct {
 	onInfo    func(topic string)                      // runs inside Info before reading
 	rangeErr  error
 	infoErr   error
+	infoStall chan struct{} // Info waits for it to close, or for its ctx, as Redis stalled
 }
 
 type fakeStream struct {
@@ -167,6 +168,13 @@ func (f *fakeSource) Info(ctx context.Context, topic string) (pubsub.StreamInfo,
 	}
 	if f.infoErr != nil {
 		return pubsub.StreamInfo{}, f.infoErr
+	}
+	if f.infoStall != nil {
+		select {
+		case <-f.infoStall:
+		case <-ctx.Done():
+			return pubsub.StreamInfo{}, ctx.Err()
+		}
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()

@@ -286,3 +286,33 @@ func TestReplayRecreatedHigherAtRingFloor(t *testing.T) {
 		t.Fatalf("got %v\nwant %v", got, want)
 	}
 }
+
+// TestRingCheckStalledSource: a source that does not answer the ring check
+// (Redis stalled) does not hold a resume the ring can serve beyond
+// checkWait.
+func TestRingCheckStalledSource(t *testing.T) {
+	src := newFake()
+	src.add("t", 1, 100)
+	w := newWindow(t, src, Config{RingSize: 200})
+	acquire(t, w, "t")
+	src.infoStall = make(chan struct{})
+	defer close(src.infoStall)
+	done := make(chan []string, 1)
+	go func() {
+		var got []string
+		_, err := w.Replay(context.Background(), "t", id(90), nil,
+			func(e pubsub.Entry) error { got = append(got, fmt.Sprint(e.ID.Ms)); return nil })
+		if err != nil {
+			got = append(got, err.Error())
+		}
+		done <- got
+	}()
+	select {
+	case got := <-done:
+		if want := strs(nil, 91, 100); !slices.Equal(got, want) {
+			t.Fatalf("got %v, want %v", got, want)
+		}
+	case <-time.After(checkWait + 10*time.Second):
+		t.Fatal("the replay waits for a stalled ring check")
+	}
+}

@@ -94,7 +94,8 @@ type Result struct {
 //
 // It reads the ring when the ring covers the position (floor <= position <=
 // newest seen), after checking the ring against the stream's state (one
-// Info shared by concurrent Replays, reused for infoReuse), else the
+// Info shared by concurrent Replays, reused for infoReuse; if the source
+// fails it or takes longer than checkWait, the ring serves unchecked), else the
 // source in pages of PageSize: one page in flight per call, so memory does
 // not depend on how far behind the client is. It switches to the ring as
 // soon as the ring covers the position reached, and back to the source if
@@ -140,17 +141,23 @@ func (w *Window) Replay(ctx context.Context, topic string, after pubsub.ID,
 		if err := ctx.Err(); err != nil {
 			return res, err
 		}
-		if !checked {
-			var err error
-			if checked, err = w.checkRing(ctx, topic, cursor); err != nil {
-				return res, err
-			}
-		}
 		if bufp == nil {
 			bufp = w.pages.Get().(*[]pubsub.Entry)
 		}
-		page, covered := w.ringPage(topic, cursor, (*bufp)[:0])
+		page, covered, unchecked := w.ringPage(topic, cursor, (*bufp)[:0], !checked)
+		if unchecked {
+			// A failed check leaves the ring as it is: its entries are
+			// still every entry after its floor that the reader saw, and a
+			// Redis that is down or stalled must not hold resumes the
+			// ring can serve.
+			if err := w.checkRing(ctx, topic); err != nil && ctx.Err() != nil {
+				return res, err
+			}
+			checked = true
+			continue // the check may have moved the ring's floor
+		}
 		if covered {
+			checked = true
 			if res.From == "" {
 				res.From = FromRing
 			}
@@ -267,23 +274,28 @@ func (w *Window) sourcePage(ctx context.Context, topic string, from pubsub.ID) (
 
 // ringPage copies to buf up to PageSize ring entries of topic newer than
 // cursor, if the ring covers cursor; covered is false when the topic is not
-// active or the ring does not cover cursor.
-func (w *Window) ringPage(topic string, cursor pubsub.ID, buf []pubsub.Entry) (page []pubsub.Entry, covered bool) {
+// active or the ring does not cover cursor. With check, a ring that covers
+// cursor but was not checked against the stream within infoReuse is
+// reported unchecked, and nothing is copied.
+func (w *Window) ringPage(topic string, cursor pubsub.ID, buf []pubsub.Entry, check bool) (page []pubsub.Entry, covered, unchecked bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	st := w.topics[topic]
 	if st == nil || st.phase != active {
-		return nil, false
+		return nil, false, false
 	}
 	w.evictAgedLocked(st)
 	r := &st.ring
 	// Above last the ring knows nothing: the position may come from another
 	// node ahead of us, or be one this stream never had. The source decides.
 	if cursor.Less(r.floor) || st.last.Less(cursor) {
-		return nil, false
+		return nil, false, false
+	}
+	if check && (st.checkedAt.IsZero() || w.now().Sub(st.checkedAt) >= infoReuse) {
+		return nil, false, true
 	}
 	for i := r.after(cursor); i < r.n && len(buf) < w.pageSize; i++ {
 		buf = append(buf, *r.at(i))
 	}
-	return buf, true
+	return buf, true, false
 }

@@ -131,6 +131,11 @@ type Window struct {
 // invalidated: Reset clears the check).
 const infoReuse = 100 * time.Millisecond
 
+// checkWait bounds the wait for a ring check: a source that does not answer
+// within it (Redis down or stalled) leaves the ring to serve unchecked
+// rather than hold resumes the ring can serve.
+const checkWait = 500 * time.Millisecond
+
 // ringCheck is a stream's state read to check a topic's ring, with the
 // ring's state when the read started.
 type ringCheck struct {
@@ -420,26 +425,11 @@ func (st *topicState) resetLocked() {
 	st.checkedAt = time.Time{}
 }
 
-// checkRing checks topic's ring against the stream's state before a Replay
-// at cursor is served from it; see the package doc. done reports that no
-// check is needed any more for this Replay: the ring was checked, or was
-// checked less than infoReuse ago, or the topic is not active. It is false
-// when the ring does not cover cursor (yet).
-func (w *Window) checkRing(ctx context.Context, topic string, cursor pubsub.ID) (done bool, err error) {
-	w.mu.Lock()
-	st := w.topics[topic]
-	switch {
-	case st == nil || st.phase != active:
-		w.mu.Unlock()
-		return true, nil
-	case cursor.Less(st.ring.floor) || st.last.Less(cursor):
-		w.mu.Unlock()
-		return false, nil
-	case !st.checkedAt.IsZero() && w.now().Sub(st.checkedAt) < infoReuse:
-		w.mu.Unlock()
-		return true, nil
-	}
-	w.mu.Unlock()
+// checkRing checks topic's ring against the stream's state (see the
+// package doc), reading it once for concurrent callers, within checkWait.
+func (w *Window) checkRing(ctx context.Context, topic string) error {
+	ctx, cancel := context.WithTimeout(ctx, checkWait)
+	defer cancel()
 	c, err := w.infos.do(ctx, topic, func(ctx context.Context) (ringCheck, error) {
 		c := ringCheck{resets: w.resets.Load()}
 		w.mu.Lock()
@@ -453,14 +443,14 @@ func (w *Window) checkRing(ctx context.Context, topic string, cursor pubsub.ID) 
 		return c, err
 	})
 	if err != nil {
-		return false, fmt.Errorf("replay: stream info of %q: %w", topic, err)
+		return fmt.Errorf("replay: stream info of %q: %w", topic, err)
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if st := w.topics[topic]; st == c.st && st.phase == active && w.resets.Load() == c.resets {
+	if st := w.topics[topic]; st == c.st && st != nil && st.phase == active && w.resets.Load() == c.resets {
 		st.applyCheckLocked(c)
 	}
-	return true, nil
+	return nil
 }
 
 // applyCheckLocked makes st's ring answer as the stream in c does: every
