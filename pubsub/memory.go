@@ -416,7 +416,11 @@ func (m *Memory) run(h Handler) {
 				return
 			default:
 			}
-			if entries := s.take(); len(entries) > 0 {
+			entries, lost := s.take()
+			if lost {
+				h(s.topic, nil) // a reset: see Handler
+			}
+			if len(entries) > 0 {
 				h(s.topic, entries)
 			}
 		}
@@ -425,21 +429,28 @@ func (m *Memory) run(h Handler) {
 }
 
 // take returns a copy of the entries after the cursor and moves the cursor
-// to the last of them. Entries trimmed before the reader got to them are
-// simply missing: the replay window reports that gap, publishers never wait.
-func (s *stream) take() []Entry {
+// to the last of them. lost reports that entries after the cursor were
+// trimmed before the reader got to them (publishers never wait): the
+// reader then sends a reset before them, so that what holds the topic
+// (the replay window's ring, live clients) starts again from the stream
+// and the gap is announced.
+func (s *stream) take() (entries []Entry, lost bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.queued = false
 	if !s.watched {
-		return nil
+		return nil, false
+	}
+	lost = s.cursor.Less(s.maxDeleted)
+	if lost {
+		s.cursor = s.maxDeleted
 	}
 	ready := s.after(s.cursor)
 	if len(ready) == 0 {
-		return nil
+		return nil, lost
 	}
 	s.cursor = ready[len(ready)-1].ID
-	return append([]Entry(nil), ready...)
+	return append([]Entry(nil), ready...), lost
 }
 
 // after returns the held entries with ID > id, aliasing the log. Caller

@@ -653,7 +653,8 @@ func TestMemoryUnwatch(t *testing.T) {
 
 // TestMemoryTrimmedBeforeDelivery: a burst on a tiny MaxLen while the
 // handler is busy trims entries the reader had not delivered; publishers do
-// not wait and the reader delivers what remains.
+// not wait, and the reader sends a reset (no entries) before what remains,
+// so that the node's clients are told of the gap.
 func TestMemoryTrimmedBeforeDelivery(t *testing.T) {
 	m := newTestMemory(t, MemoryConfig{MaxLen: 2})
 	ctx := context.Background()
@@ -689,11 +690,11 @@ func TestMemoryTrimmedBeforeDelivery(t *testing.T) {
 	waitFor(t, "the rest", func() bool {
 		mu.Lock()
 		defer mu.Unlock()
-		return len(batches) == 2
+		return len(batches) == 3
 	})
 	mu.Lock()
 	defer mu.Unlock()
-	want := [][]ID{all[:1], all[4:]}
+	want := [][]ID{all[:1], nil, all[4:]}
 	if !slices.EqualFunc(batches, want, slices.Equal) {
 		t.Fatalf("batches = %v, want %v", batches, want)
 	}

@@ -82,10 +82,11 @@ type Page struct {
 //
 // A call with no entries (h(topic, nil)) is a reset: the topic's stream
 // moved under the reader (it was deleted, recreated, or its last ID went
-// backwards, as after a failover that lost writes), so anything the
-// receiver cached for the topic is stale. Entries delivered after a reset
-// belong to the stream's new history and may have lower IDs than those
-// before it.
+// backwards, as after a failover that lost writes), or entries after the
+// last one delivered were removed before the reader could deliver them
+// (trimming overtook it). Anything the receiver cached for the topic is
+// stale, and its clients must be told of a gap. Entries delivered after a
+// reset may have lower IDs than those before it.
 type Handler func(topic string, entries []Entry)
 
 // Tail is what Watch returns: where live delivery starts for a topic and the
