@@ -499,11 +499,18 @@ func (b *Redis) Info(ctx context.Context, topic string) (StreamInfo, error) {
 	if err := b.check(ctx, "info", topic); err != nil {
 		return StreamInfo{}, err
 	}
-	raw, err := b.readStream(ctx, b.key(topic), readInfo, ID{}, 0)
+	info, err := b.info(ctx, b.key(topic))
 	if err != nil {
 		return StreamInfo{}, fmt.Errorf("pubsub: info %q: %w", topic, err)
 	}
-	return raw.info, nil
+	return info, nil
+}
+
+// info reads the state of the stream at key in one read-only round trip;
+// a key of another type gives an error wrapping ErrWrongType.
+func (b *Redis) info(ctx context.Context, key string) (StreamInfo, error) {
+	raw, err := b.readStream(ctx, key, readInfo, ID{}, 0)
+	return raw.info, err
 }
 
 // prevID is the greatest ID before id (zero for the zero ID).
