@@ -19,12 +19,11 @@ import (
 // subscriberACL is the least privilege a node needs to serve subscribers
 // (README, "Redis ACL"): the read script and what it calls, the readers'
 // XREAD, PING for /readyz, CLIENT ID and CLIENT UNBLOCK to wake a blocked
-// reader, and the connection handshake go-redis sends (its CLIENT SETINFO
-// may be refused: go-redis ignores that).
+// reader. The handshake (HELLO, AUTH) needs no permission; go-redis
+// ignores a refused CLIENT SETINFO.
 var subscriberACL = []string{
 	"+evalsha_ro", "+eval_ro", "+type", "+xinfo|stream", "+xrange", "+xrevrange",
 	"+xread", "+ping", "+client|id", "+client|unblock",
-	"+hello", "+auth",
 }
 
 // countCommands counts the commands c sends from now on.
