@@ -95,9 +95,9 @@ type Result struct {
 // It reads the ring when the ring covers the position (floor <= position <=
 // newest seen), after checking the ring against the stream's state (one
 // Info shared by concurrent Replays, reused for infoReuse; if the source
-// fails it or takes longer than checkWait, the ring serves unchecked), else the
-// source in pages of PageSize: one page in flight per call, so memory does
-// not depend on how far behind the client is. It switches to the ring as
+// fails it or takes longer than checkWait, the ring serves unchecked),
+// else the source in pages of PageSize: one page in flight per call, so
+// memory does not depend on how far behind the client is. It switches to the ring as
 // soon as the ring covers the position reached, and back to the source if
 // the ring is evicted under it. Concurrent Replays needing the same source
 // page share one source call.
