@@ -77,11 +77,21 @@ func (f *fakeSource) trim(topic string, upTo pubsub.ID) {
 	defer f.mu.Unlock()
 	s := f.stream(topic)
 	k := sort.Search(len(s.entries), func(i int) bool { return upTo.Less(s.entries[i].ID) })
-	if k > 0 {
+	if k > 0 && s.maxDeleted.Less(s.entries[k-1].ID) {
 		s.maxDeleted = s.entries[k-1].ID
 	}
 	s.entries = append([]pubsub.Entry(nil), s.entries[k:]...)
 }
+
+// snapshot returns the entries held.
+func (f *fakeSource) snapshot(topic string) []pubsub.Entry {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.stream(topic).entries)
+}
+
+// t0ctx is the context of calls that a test does not cancel.
+var t0ctx = context.Background()
 
 // lose deletes the stream, as a Redis that lost its data.
 func (f *fakeSource) lose(topic string) {

@@ -15,11 +15,14 @@ import (
 // change once the stream holds that many (new entries have larger IDs;
 // trimming only removes, and an entry trimmed since it was read still
 // existed). A short page is the stream's tail at read time and may have
-// grown, so it is never cached. A page keeps the stream state it was read
-// with, so a Replay served from the cache applies the gap rule as of that
-// instant; the next page it reads is judged against the stream's state
-// then. Window.Reset drops a topic's pages (its stream was deleted or
-// recreated).
+// grown, so it is never cached. Unless the stream changed under it:
+// trimmed into it, an entry of it deleted, or the stream deleted and
+// recreated. So a cached page is served only if the stream's state, read
+// within infoReuse (kept here per topic, from page reads and Info), shows
+// it still holds the page's entries; the gap rule is then applied with
+// that state, so the answer is the one a fresh read would give (but for
+// what Redis cannot tell: see the package doc). Window.Reset drops a
+// topic's pages and state.
 //
 // Memory is bounded by maxBytes of payload plus the entries' headers: a
 // fixed amount per node, whatever the number of clients or topics.
@@ -31,6 +34,15 @@ type pageCache struct {
 	pages map[rangeKey]*cachedPage // guarded by mu
 	fifo  []rangeKey               // insertion order, for eviction; guarded by mu
 	bytes int                      // guarded by mu
+	// states is the newest stream state read per topic, to check cached
+	// pages against; at most maxStates topics. Guarded by mu.
+	states map[string]stateAt
+}
+
+// stateAt is a stream's state and when the read that got it started.
+type stateAt struct {
+	info pubsub.StreamInfo
+	at   time.Time
 }
 
 type cachedPage struct {
@@ -42,6 +54,7 @@ type cachedPage struct {
 const (
 	pageCacheTTL   = 5 * time.Second
 	pageCacheBytes = 16 << 20
+	maxStates      = 4096
 )
 
 func (c *pageCache) get(k rangeKey, now time.Time) (*pubsub.Page, bool) {
@@ -93,11 +106,37 @@ func (c *pageCache) put(k rangeKey, page *pubsub.Page, now time.Time) {
 	c.bytes += size
 }
 
-// drop forgets the pages of topic. Their keys stay in fifo; eviction skips
-// keys with no page.
+// noteState records info as topic's state, read by a call that started at
+// at, unless a newer one is known.
+func (c *pageCache) noteState(topic string, info pubsub.StreamInfo, at time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if old, ok := c.states[topic]; ok && old.at.After(at) {
+		return
+	}
+	if c.states == nil || len(c.states) >= maxStates {
+		c.states = make(map[string]stateAt) // a cache: forgetting costs reads
+	}
+	c.states[topic] = stateAt{info, at}
+}
+
+// state returns topic's newest state if it was read within infoReuse of now.
+func (c *pageCache) state(topic string, now time.Time) (pubsub.StreamInfo, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	s, ok := c.states[topic]
+	if !ok || now.Sub(s.at) >= infoReuse {
+		return pubsub.StreamInfo{}, false
+	}
+	return s.info, true
+}
+
+// drop forgets the pages and the state of topic. The pages' keys stay in
+// fifo; eviction skips keys with no page.
 func (c *pageCache) drop(topic string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	delete(c.states, topic)
 	for k, p := range c.pages {
 		if k.topic == topic {
 			c.bytes -= p.bytes

@@ -250,19 +250,22 @@ func startGap(topic string, cursor pubsub.ID, info *pubsub.StreamInfo) (g *Gap, 
 // pages and the flight that shares reads among concurrent Replays.
 func (w *Window) sourcePage(ctx context.Context, topic string, from pubsub.ID) (*pubsub.Page, error) {
 	key := rangeKey{topic, from, w.pageSize}
-	if p, ok := w.recent.get(key, w.now()); ok {
+	if p, ok := w.cachedPage(ctx, key); ok {
 		return p, nil
 	}
 	p, err := w.ranges.do(ctx, key, func(ctx context.Context) (*pubsub.Page, error) {
-		resets := w.resets.Load()
+		resets, at := w.resets.Load(), w.now()
 		p, err := w.src.Page(ctx, topic, from, w.pageSize)
 		if err != nil {
 			return nil, err
 		}
 		// A page read before a Reset of its topic ends may describe the
 		// old stream: never keep it.
-		if p.Read == w.pageSize && w.resets.Load() == resets {
-			w.recent.put(key, &p, w.now())
+		if w.resets.Load() == resets {
+			w.recent.noteState(topic, p.Info, at)
+			if p.Read == w.pageSize {
+				w.recent.put(key, &p, w.now())
+			}
 		}
 		return &p, nil
 	})
@@ -270,6 +273,59 @@ func (w *Window) sourcePage(ctx context.Context, topic string, from pubsub.ID) (
 		return nil, fmt.Errorf("replay: read %q after %s: %w", topic, from, err)
 	}
 	return p, nil
+}
+
+// cachedPage returns the cached page of key if the stream, in a state read
+// within infoReuse (one Info shared by concurrent callers if none is
+// known), still holds its entries; the page returned carries that state.
+func (w *Window) cachedPage(ctx context.Context, key rangeKey) (*pubsub.Page, bool) {
+	p, ok := w.recent.get(key, w.now())
+	if !ok {
+		return nil, false
+	}
+	info, ok := w.recent.state(key.topic, w.now())
+	if !ok {
+		var err error
+		info, err = w.states.do(ctx, key.topic, func(ctx context.Context) (pubsub.StreamInfo, error) {
+			resets, at := w.resets.Load(), w.now()
+			info, err := w.src.Info(ctx, key.topic)
+			if err == nil && w.resets.Load() == resets {
+				w.recent.noteState(key.topic, info, at)
+			}
+			return info, err
+		})
+		if err != nil {
+			return nil, false // the page read that follows reports it
+		}
+	}
+	if !holds(&info, key.after, p) {
+		return nil, false
+	}
+	q := *p
+	q.Info = info
+	return &q, true
+}
+
+// holds reports whether a stream in state s still holds the entries of p,
+// a full page read after c, and no other before them: none trimmed (First
+// at or below the first entry, and equal to it when c is below First), the
+// stream not moved below the last (Last), and no entry deleted since among
+// them (a new MaxDeleted in the page's range). An XDEL below a newer one
+// escapes it, as it escapes Redis; so does a stream recreated with entries
+// between c and the page's first above First.
+func holds(s *pubsub.StreamInfo, c pubsub.ID, p *pubsub.Page) bool {
+	if !s.Exists || s.Length == 0 || len(p.Entries) == 0 {
+		return false
+	}
+	first, last := p.Entries[0].ID, p.Entries[len(p.Entries)-1].ID
+	inPage := func(m pubsub.ID) bool { return c.Less(m) && !last.Less(m) }
+	switch {
+	case first.Less(s.First), s.Last.Less(last), c.Less(s.First) && first != s.First:
+		return false
+	case s.MaxDeleted != p.Info.MaxDeleted && (inPage(s.MaxDeleted) || inPage(p.Info.MaxDeleted)):
+		return false
+	}
+	return true
 }
 
 // ringPage copies to buf up to PageSize ring entries of topic newer than
@@ -288,7 +344,7 @@ func (w *Window) ringPage(topic string, cursor pubsub.ID, buf []pubsub.Entry, ch
 	r := &st.ring
 	// Above last the ring knows nothing: the position may come from another
 	// node ahead of us, or be one this stream never had. The source decides.
-	if cursor.Less(r.floor) || st.last.Less(cursor) {
+	if !r.covers(cursor, st.last) {
 		return nil, false, false
 	}
 	if check && (st.checkedAt.IsZero() || w.now().Sub(st.checkedAt) >= infoReuse) {

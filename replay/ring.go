@@ -28,6 +28,20 @@ type ring struct {
 	// evicted reports whether floor was set by an eviction (as opposed to
 	// the initial load); finishLoad needs to know.
 	evicted bool
+	// first and maxDeleted are the stream's First and MaxDeleted at the
+	// last check: a position below first is covered only if it is
+	// maxDeleted (any other is a gap the source must announce). Zero
+	// until checked.
+	first, maxDeleted pubsub.ID
+}
+
+// covers reports whether the ring answers position c, for a topic whose
+// newest seen ID is last.
+func (r *ring) covers(c, last pubsub.ID) bool {
+	if c.Less(r.floor) || last.Less(c) {
+		return false
+	}
+	return !c.Less(r.first) || c == r.maxDeleted
 }
 
 // at returns the i-th oldest entry, 0 <= i < n.
@@ -111,6 +125,7 @@ func (r *ring) clear() {
 		r.popFront()
 	}
 	r.head, r.floor, r.evicted = 0, pubsub.MaxID, false
+	r.first, r.maxDeleted = pubsub.ID{}, pubsub.ID{}
 }
 
 // raiseFloor evicts the entries at or below id and raises floor to id:

@@ -50,7 +50,8 @@
 // gone, its Last is below what the ring holds, or the ring holds entries
 // the stream lost without recording their removal (it was recreated with
 // higher IDs), the ring is emptied and fills again from the next live
-// delivery. The broker's reset signal (pubsub.Handler called with no
+// delivery. Positions below First other than MaxDeleted are left to the
+// source, which announces their gap. The broker's reset signal (pubsub.Handler called with no
 // entries) does the same at once, through Reset.
 package replay
 
@@ -116,6 +117,7 @@ type Window struct {
 	topics map[string]*topicState // guarded by mu
 
 	infos  flight[string, ringCheck]
+	states flight[string, pubsub.StreamInfo] // to check cached pages
 	ranges flight[rangeKey, *pubsub.Page]
 	recent pageCache // full source pages, shared for a few seconds
 	pages  sync.Pool // *[]pubsub.Entry with cap pageSize, for ring copies
@@ -294,6 +296,10 @@ func (w *Window) Acquire(ctx context.Context, topic string) error {
 
 // load runs Watch for a state that Acquire put in the map as loading.
 func (w *Window) load(ctx context.Context, topic string, st *topicState) (err error) {
+	// Pages cached while no reader watched the topic would not have been
+	// dropped by a reset: the stream may have been deleted and recreated
+	// since.
+	w.forget(topic)
 	var tail pubsub.Tail
 	err = errSourcePanicked
 	defer func() {
@@ -401,8 +407,7 @@ func (w *Window) Append(topic string, entries []pubsub.Entry) {
 // topic are dropped. The node calls it for the broker's reset signal
 // (pubsub.Handler with no entries), before closing the topic's streams.
 func (w *Window) Reset(topic string) {
-	w.resets.Add(1)
-	w.recent.drop(topic)
+	w.forget(topic)
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	st := w.topics[topic]
@@ -415,6 +420,13 @@ func (w *Window) Reset(topic string) {
 	case loading:
 		st.stale = true
 	}
+}
+
+// forget drops topic's cached pages and state, and keeps reads in flight
+// from caching theirs.
+func (w *Window) forget(topic string) {
+	w.resets.Add(1)
+	w.recent.drop(topic)
 }
 
 // resetLocked empties st's ring: it covers nothing until the next entry is
@@ -473,10 +485,11 @@ func (st *topicState) applyCheckLocked(c ringCheck) {
 			st.resetLocked()
 			return
 		}
-		if r.floor != pubsub.MaxID && r.floor.Less(info.First) && r.floor != info.MaxDeleted {
-			// Below First, positions other than MaxDeleted are gaps.
-			r.floor = info.First
-		}
+		// Below First, positions other than MaxDeleted are gaps: the
+		// source answers them.
+		r.first, r.maxDeleted = info.First, info.MaxDeleted
+	} else {
+		r.first, r.maxDeleted = pubsub.ID{}, pubsub.ID{}
 	}
 	if st.checkedAt.Before(c.at) {
 		st.checkedAt = c.at
