@@ -45,14 +45,17 @@
 // The ring answers like the source: before a Replay serves from it, the
 // ring is checked against the stream's state (one Info, shared by
 // concurrent Replays and reused for infoReuse): its floor is raised to
-// MaxDeleted, and to First when below it (positions below the floor are
-// served from source pages and get the rule above); when the stream is
+// MaxDeleted (positions below the floor are served from source pages and
+// get the rule above), and positions below First other than MaxDeleted
+// are left to the source, which announces their gap; when the stream is
 // gone, its Last is below what the ring holds, or the ring holds entries
 // the stream lost without recording their removal (it was recreated with
 // higher IDs), the ring is emptied and fills again from the next live
-// delivery. Positions below First other than MaxDeleted are left to the
-// source, which announces their gap. The broker's reset signal (pubsub.Handler called with no
-// entries) does the same at once, through Reset.
+// delivery. Full pages kept for reconnect storms are checked the same way
+// (see pageCache). A stream deleted and recreated with IDs among those a
+// ring or a kept page holds cannot be told from the state alone: the
+// broker's reset signal (pubsub.Handler called with no entries) covers it,
+// through Reset, which empties the ring and drops the kept pages at once.
 package replay
 
 import (
