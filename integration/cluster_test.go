@@ -619,7 +619,7 @@ func TestClusterReconnectStorm(t *testing.T) {
 	}
 }
 
-// slowRange is a replay source whose Range calls after the first wait
+// slowRange is a replay source whose Page calls after the first wait
 // delay: Redis answering slowly while a replay is under way.
 type slowRange struct {
 	replay.Source
@@ -627,15 +627,15 @@ type slowRange struct {
 	calls atomic.Int64
 }
 
-func (s *slowRange) Range(ctx context.Context, topic string, after pubsub.ID, count int) ([]pubsub.Entry, error) {
+func (s *slowRange) Page(ctx context.Context, topic string, after pubsub.ID, count int) (pubsub.Page, error) {
 	if s.calls.Add(1) > 1 {
 		select {
 		case <-time.After(s.delay):
 		case <-ctx.Done():
-			return nil, ctx.Err()
+			return pubsub.Page{}, ctx.Err()
 		}
 	}
-	return s.Source.Range(ctx, topic, after, count)
+	return s.Source.Page(ctx, topic, after, count)
 }
 
 // TestClusterSlowReplaySourceKeepsStream: while a client resumes from

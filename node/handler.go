@@ -499,10 +499,13 @@ func (n *Node) replay(ctx context.Context, s sink, c *client, i int, topic strin
 	res, err := n.window.Replay(ctx, topic, c.pos[i],
 		func(g replay.Gap) error {
 			n.m.replayRequests.WithLabelValues("gap").Inc()
-			// The requested position may be one this stream never had (it
-			// was lost and recreated): what follows the gap is new to the
-			// client whatever its ID, and arrives in order.
-			c.pos[i] = pubsub.ID{}
+			// After a reset the stream's history restarted: what follows
+			// is new to the client whatever its ID, and arrives in order.
+			// Any other gap leaves the position, so live frames at or
+			// below it are still discarded.
+			if g.Reset {
+				c.pos[i] = pubsub.ID{}
+			}
 			gapBuf = append(gapBuf[:0], "event: sse-gap\ndata: "...)
 			gapBuf = g.AppendJSON(gapBuf)
 			gapBuf = append(gapBuf, "\n\n"...)

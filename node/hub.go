@@ -113,3 +113,15 @@ func (h *hub) fanout(topic string, frames []*Frame, refused func(*client, overfl
 	}
 	return delivered / max(1, len(frames))
 }
+
+// endTopic ends the queue of every subscriber of topic for reason why.
+func (h *hub) endTopic(topic string, why overflow) {
+	s := h.shard(topic)
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if ts := s.topics[topic]; ts != nil {
+		for _, c := range ts.subs {
+			c.q.end(why)
+		}
+	}
+}

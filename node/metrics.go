@@ -100,7 +100,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	for _, r := range []string{reasonClientGone, reasonWriteError, reasonWriteTimeout, reasonSlowClient, reasonDrain} {
 		m.disconnects.WithLabelValues(r)
 	}
-	for _, r := range []string{"queue_frames", "queue_bytes", reasonWriteTimeout} {
+	for _, r := range []string{"queue_frames", "queue_bytes", reasonWriteTimeout, streamReset.reason()} {
 		m.slowDisconnects.WithLabelValues(r)
 	}
 	for _, r := range []string{"queue_frames", "queue_bytes"} {

@@ -243,8 +243,10 @@ func (n *Node) Close() error {
 
 // deliver is the broker's Handler: window first, so that a client that
 // registers after this point finds the entries in the ring, then fan-out.
+// No entries is the broker's reset signal (see pubsub.Handler).
 func (n *Node) deliver(topic string, entries []pubsub.Entry) {
 	if len(entries) == 0 {
+		n.reset(topic)
 		return
 	}
 	n.window.Append(topic, entries)
@@ -262,6 +264,16 @@ func (n *Node) deliver(topic string, entries []pubsub.Entry) {
 	for _, f := range frames {
 		f.Release()
 	}
+}
+
+// reset reacts to topic's stream moving under the broker's reader: the
+// window forgets the topic, then every local stream of it is ended as a
+// slow client is, so that clients resume with their Last-Event-ID and the
+// replay tells them of the gap (with reset) before the new history.
+func (n *Node) reset(topic string) {
+	n.log.Warn("node: stream reset under the reader; resuming its clients", "topic", topic)
+	n.window.Reset(topic)
+	n.hub.endTopic(topic, streamReset)
 }
 
 func (n *Node) refused(_ *client, o overflow) {

@@ -227,50 +227,59 @@ func (m *Memory) Publish(ctx context.Context, topic, event string, data []byte) 
 // Range returns up to count entries of topic with ID > after, ascending. The
 // result is empty past the end or for a topic that does not exist.
 func (m *Memory) Range(ctx context.Context, topic string, after ID, count int) ([]Entry, error) {
-	if err := m.check(ctx, "range", topic); err != nil {
-		return nil, err
-	}
+	p, err := m.Page(ctx, topic, after, count)
+	return p.Entries, err
+}
+
+// Page returns up to count entries of topic with ID > after, ascending,
+// with the stream's Info at the same instant (one critical section), as
+// Redis' page read does.
+func (m *Memory) Page(ctx context.Context, topic string, after ID, count int) (Page, error) {
 	if count <= 0 {
-		return nil, fmt.Errorf("pubsub: range %q: count %d is not positive", topic, count)
+		return Page{}, fmt.Errorf("pubsub: page %q: count %d is not positive", topic, count)
 	}
-	s, err := m.lockStream(topic, false)
-	if err != nil || s == nil {
-		return nil, err
-	}
-	defer s.mu.Unlock()
-	s.trimAgeLocked(m.cutoff())
-	held := s.after(after)
-	if len(held) == 0 {
-		return nil, nil
-	}
-	return append([]Entry(nil), held[:min(count, len(held))]...), nil
+	return m.read(ctx, "page", topic, after, count)
 }
 
 // Info describes topic's stream as Redis XINFO STREAM does: Exists is false
-// for a topic never published.
+// for a topic never published. MaxDeleted is the newest entry trimmed.
 func (m *Memory) Info(ctx context.Context, topic string) (StreamInfo, error) {
-	if err := m.check(ctx, "info", topic); err != nil {
-		return StreamInfo{}, err
+	p, err := m.read(ctx, "info", topic, ID{}, 0)
+	return p.Info, err
+}
+
+// read takes the stream's info and up to count entries after `after` in
+// one critical section.
+func (m *Memory) read(ctx context.Context, op, topic string, after ID, count int) (Page, error) {
+	if err := m.check(ctx, op, topic); err != nil {
+		return Page{}, err
 	}
 	s, err := m.lockStream(topic, false)
 	if err != nil || s == nil {
-		return StreamInfo{}, err
+		return Page{}, err
 	}
 	defer s.mu.Unlock()
 	if !s.exists {
-		return StreamInfo{}, nil
+		return Page{}, nil
 	}
 	s.trimAgeLocked(m.cutoff())
-	info := StreamInfo{
+	held := s.log[s.head:]
+	p := Page{Info: StreamInfo{
 		Exists:     true,
-		Length:     int64(len(s.log) - s.head),
+		Length:     int64(len(held)),
 		Last:       s.last,
 		MaxDeleted: s.maxDeleted,
+	}}
+	if len(held) > 0 {
+		p.Info.First = held[0].ID
 	}
-	if info.Length > 0 {
-		info.First = s.log[s.head].ID
+	if count > 0 {
+		if page := s.after(after); len(page) > 0 {
+			p.Entries = append([]Entry(nil), page[:min(count, len(page))]...)
+			p.Read, p.Last = len(p.Entries), p.Entries[len(p.Entries)-1].ID
+		}
 	}
-	return info, nil
+	return p, nil
 }
 
 // Ping reports ErrClosed after Close, else the context's error, else nil.
@@ -407,7 +416,11 @@ func (m *Memory) run(h Handler) {
 				return
 			default:
 			}
-			if entries := s.take(); len(entries) > 0 {
+			entries, lost := s.take()
+			if lost {
+				h(s.topic, nil) // a reset: see Handler
+			}
+			if len(entries) > 0 {
 				h(s.topic, entries)
 			}
 		}
@@ -416,21 +429,28 @@ func (m *Memory) run(h Handler) {
 }
 
 // take returns a copy of the entries after the cursor and moves the cursor
-// to the last of them. Entries trimmed before the reader got to them are
-// simply missing: the replay window reports that gap, publishers never wait.
-func (s *stream) take() []Entry {
+// to the last of them. lost reports that entries after the cursor were
+// trimmed before the reader got to them (publishers never wait): the
+// reader then sends a reset before them, so that what holds the topic
+// (the replay window's ring, live clients) starts again from the stream
+// and the gap is announced.
+func (s *stream) take() (entries []Entry, lost bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.queued = false
 	if !s.watched {
-		return nil
+		return nil, false
+	}
+	lost = s.cursor.Less(s.maxDeleted)
+	if lost {
+		s.cursor = s.maxDeleted
 	}
 	ready := s.after(s.cursor)
 	if len(ready) == 0 {
-		return nil
+		return nil, lost
 	}
 	s.cursor = ready[len(ready)-1].ID
-	return append([]Entry(nil), ready...)
+	return append([]Entry(nil), ready...), lost
 }
 
 // after returns the held entries with ID > id, aliasing the log. Caller

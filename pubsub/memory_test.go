@@ -653,7 +653,8 @@ func TestMemoryUnwatch(t *testing.T) {
 
 // TestMemoryTrimmedBeforeDelivery: a burst on a tiny MaxLen while the
 // handler is busy trims entries the reader had not delivered; publishers do
-// not wait and the reader delivers what remains.
+// not wait, and the reader sends a reset (no entries) before what remains,
+// so that the node's clients are told of the gap.
 func TestMemoryTrimmedBeforeDelivery(t *testing.T) {
 	m := newTestMemory(t, MemoryConfig{MaxLen: 2})
 	ctx := context.Background()
@@ -689,11 +690,11 @@ func TestMemoryTrimmedBeforeDelivery(t *testing.T) {
 	waitFor(t, "the rest", func() bool {
 		mu.Lock()
 		defer mu.Unlock()
-		return len(batches) == 2
+		return len(batches) == 3
 	})
 	mu.Lock()
 	defer mu.Unlock()
-	want := [][]ID{all[:1], all[4:]}
+	want := [][]ID{all[:1], nil, all[4:]}
 	if !slices.EqualFunc(batches, want, slices.Equal) {
 		t.Fatalf("batches = %v, want %v", batches, want)
 	}
@@ -856,5 +857,51 @@ func BenchmarkMemoryPublish(b *testing.B) {
 		if _, err := m.Publish(ctx, "t", "", data); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// TestMemoryPage: a page and the stream's state come from one instant, with
+// the same meaning as Redis' page read.
+func TestMemoryPage(t *testing.T) {
+	clock := newFakeClock(1000)
+	m := newTestMemory(t, MemoryConfig{MaxLen: 5, Now: clock.Now})
+	ctx := context.Background()
+	if p, err := m.Page(ctx, "t", ID{}, 10); err != nil || p.Info.Exists || p.Read != 0 || len(p.Entries) != 0 {
+		t.Fatalf("Page of a missing topic = %+v, %v; want empty, not existing", p, err)
+	}
+	var all []ID
+	for i := range 8 {
+		all = append(all, mustPublish(t, m, "t", fmt.Sprint(i)))
+	}
+	info := StreamInfo{Exists: true, Length: 5, First: all[3], Last: all[7], MaxDeleted: all[2]}
+	tests := []struct {
+		after ID
+		count int
+		want  []ID
+	}{
+		{ID{}, 10, all[3:]},
+		{ID{}, 2, all[3:5]},
+		{all[4], 2, all[5:7]},
+		{all[7], 2, nil},
+	}
+	for _, tt := range tests {
+		p, err := m.Page(ctx, "t", tt.after, tt.count)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var last ID
+		if len(tt.want) > 0 {
+			last = tt.want[len(tt.want)-1]
+		}
+		if !slices.Equal(ids(p.Entries), tt.want) || p.Info != info || p.Read != len(tt.want) || p.Last != last {
+			t.Errorf("Page(%v, %d) = %v %+v read %d last %v; want %v %+v read %d last %v",
+				tt.after, tt.count, ids(p.Entries), p.Info, p.Read, p.Last, tt.want, info, len(tt.want), last)
+		}
+	}
+	if _, err := m.Page(ctx, "t", ID{}, 0); err == nil {
+		t.Error("Page with count 0: no error")
+	}
+	if info2, err := m.Info(ctx, "t"); err != nil || info2 != info {
+		t.Errorf("Info = %+v, %v; want the Page's %+v", info2, err, info)
 	}
 }

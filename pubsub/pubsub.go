@@ -51,13 +51,42 @@ type StreamInfo struct {
 	First ID
 	// Last is the ID of the newest entry ever added, even if since trimmed.
 	Last ID
-	// MaxDeleted is the highest ID trimmed or deleted from the stream; zero if none.
+	// MaxDeleted is at or above every ID trimmed or deleted from the
+	// stream; zero if none was. It is either such an ID or, when the head
+	// was trimmed (Redis does not record trimmed IDs), the greatest ID
+	// before First (Last for an empty stream): no removed entry lies
+	// between MaxDeleted and First.
 	MaxDeleted ID
+}
+
+// Page is one read of a topic's stream: entries after a position and the
+// stream's state at the same instant, so that what is missing between the
+// position and the first entry can be told exactly.
+type Page struct {
+	// Entries are the deliverable entries read, ascending.
+	Entries []Entry
+	// Info is the stream's state when the entries were read.
+	Info StreamInfo
+	// Read is the number of entries read, including entries that could not
+	// be decoded and were skipped; Read below the count asked for means the
+	// page reached the end of the stream.
+	Read int
+	// Last is the ID of the last entry read, skipped or not; zero when Read
+	// is 0. The next page starts after it.
+	Last ID
 }
 
 // Handler receives the entries a broker reads for a watched topic. A broker
 // calls it from its reader goroutines, with each topic's entries in ID order
 // and never concurrently for the same topic. It must not block.
+//
+// A call with no entries (h(topic, nil)) is a reset: the topic's stream
+// moved under the reader (it was deleted, recreated, or its last ID went
+// backwards, as after a failover that lost writes), or entries after the
+// last one delivered were removed before the reader could deliver them
+// (trimming overtook it). Anything the receiver cached for the topic is
+// stale, and its clients must be told of a gap. Entries delivered after a
+// reset may have lower IDs than those before it.
 type Handler func(topic string, entries []Entry)
 
 // Tail is what Watch returns: where live delivery starts for a topic and the

@@ -439,37 +439,56 @@ func PublishTo(ctx context.Context, c redis.Cmdable, prefix, topic, event string
 // decoded are skipped (and reported), and more are read in their place, so
 // a short result always means the end.
 func (b *Redis) Range(ctx context.Context, topic string, after ID, count int) ([]Entry, error) {
-	if err := b.check(ctx, "range", topic); err != nil {
-		return nil, err
-	}
 	if count <= 0 {
 		return nil, fmt.Errorf("pubsub: range %q: count %d is not positive", topic, count)
 	}
-	key := b.key(topic)
 	var out []Entry
-	bad := b.badEntryFunc(topic)
-	for len(out) < count && after != MaxID {
+	for len(out) < count {
 		want := count - len(out)
-		// after.Next() rather than "(" keeps this working before Redis 6.2.
-		reply, err := b.client.Do(ctx, "XRANGE", key, after.Next().String(), "+", "COUNT", want).Result()
-		if err != nil && !errors.Is(err, redis.Nil) {
-			return nil, fmt.Errorf("pubsub: range %q after %v: %w", topic, after, redisErr(err))
+		p, err := b.Page(ctx, topic, after, want)
+		if err != nil {
+			return nil, err
 		}
-		entries, last, n, ok := decodeEntries(reply, bad)
-		if !ok {
-			return nil, fmt.Errorf("pubsub: range %q: reply of type %T", topic, reply)
-		}
-		out = append(out, entries...)
-		if n < want || !after.Less(last) {
+		out = append(out, p.Entries...)
+		if p.Read < want || p.Last == MaxID {
 			break
 		}
-		after = last
+		after = p.Last
 	}
 	return out, nil
 }
 
-// Info describes topic's stream from XINFO STREAM (Redis 7). A missing key
-// gives Exists false; a key of another type an error wrapping ErrWrongType.
+// Page returns up to count entries of topic with ID > after, ascending,
+// and the stream's Info at the same instant: one read-only script call
+// (see stream_read.lua). Entries that cannot be decoded are skipped and
+// reported; Read and Last count them. A missing stream gives an empty Page
+// (Info.Exists false), a key of another type an error wrapping
+// ErrWrongType.
+func (b *Redis) Page(ctx context.Context, topic string, after ID, count int) (Page, error) {
+	if err := b.check(ctx, "page", topic); err != nil {
+		return Page{}, err
+	}
+	if count <= 0 {
+		return Page{}, fmt.Errorf("pubsub: page %q: count %d is not positive", topic, count)
+	}
+	mode := readRange
+	if after == MaxID {
+		mode = readInfo // nothing sorts after it
+	}
+	raw, err := b.readStream(ctx, b.key(topic), mode, after.Next(), count)
+	if err != nil {
+		return Page{}, fmt.Errorf("pubsub: page %q after %v: %w", topic, after, err)
+	}
+	entries, last, n, ok := decodeEntries(raw.entries, b.badEntryFunc(topic))
+	if !ok {
+		return Page{}, fmt.Errorf("pubsub: page %q: entries of type %T", topic, raw.entries)
+	}
+	return Page{Entries: entries, Info: raw.info, Read: n, Last: last}, nil
+}
+
+// Info describes topic's stream from XINFO STREAM (Redis 7), read with the
+// same script as pages. A missing key gives Exists false; a key of another
+// type an error wrapping ErrWrongType.
 //
 // MaxDeleted is max-deleted-entry-id raised to cover trimming, which Redis
 // does not record there: when entries-added exceeds the length, it is at
@@ -487,58 +506,11 @@ func (b *Redis) Info(ctx context.Context, topic string) (StreamInfo, error) {
 	return info, nil
 }
 
-// info runs TYPE and XINFO STREAM in one MULTI, so that a missing key and a
-// wrong type are told apart by the type, not by an error message.
+// info reads the state of the stream at key in one read-only round trip;
+// a key of another type gives an error wrapping ErrWrongType.
 func (b *Redis) info(ctx context.Context, key string) (StreamInfo, error) {
-	var typ *redis.StatusCmd
-	var xi *redis.XInfoStreamCmd
-	_, err := b.client.TxPipelined(ctx, func(p redis.Pipeliner) error {
-		typ = p.Type(ctx, key)
-		xi = p.XInfoStream(ctx, key)
-		return nil
-	})
-	t, terr := typ.Result()
-	switch {
-	case terr != nil:
-		if err == nil {
-			err = terr
-		}
-		return StreamInfo{}, redisErr(err)
-	case t == "none":
-		return StreamInfo{}, nil
-	case t != "stream":
-		return StreamInfo{}, fmt.Errorf("%w: type %s", ErrWrongType, t)
-	}
-	v, err := xi.Result()
-	if err != nil {
-		return StreamInfo{}, redisErr(err)
-	}
-	info := StreamInfo{Exists: true, Length: v.Length}
-	for _, f := range []struct {
-		dst *ID
-		s   string
-	}{{&info.First, v.FirstEntry.ID}, {&info.Last, v.LastGeneratedID}, {&info.MaxDeleted, v.MaxDeletedEntryID}} {
-		if f.s == "" {
-			continue // empty stream, or a Redis before 7
-		}
-		if *f.dst, err = ParseID(f.s); err != nil {
-			return StreamInfo{}, fmt.Errorf("xinfo reply: %w", err)
-		}
-	}
-	if v.EntriesAdded > v.Length {
-		// Entries were removed. Redis (7.0 at least) moves
-		// max-deleted-entry-id only on XDEL, not when XTRIM or XADD MAXLEN
-		// trims the head. Everything trimmed sorts before First, and with
-		// nothing held the newest entry (Last) is gone too.
-		bound := info.Last
-		if info.Length > 0 {
-			bound = prevID(info.First)
-		}
-		if info.MaxDeleted.Less(bound) {
-			info.MaxDeleted = bound
-		}
-	}
-	return info, nil
+	raw, err := b.readStream(ctx, key, readInfo, ID{}, 0)
+	return raw.info, err
 }
 
 // prevID is the greatest ID before id (zero for the zero ID).
@@ -554,40 +526,29 @@ func prevID(id ID) ID {
 
 // tail reads the newest n entries of key (oldest first) and the ID after
 // which live delivery starts: the newest entry's ID, or for an empty stream
-// its last-generated-id, or 0-0 when the key is missing.
+// its last-generated-id, or 0-0 when the key is missing. Both come from one
+// atomic read, so no entry can slip between them.
 func (b *Redis) tail(ctx context.Context, topic, key string, n int) (Tail, error) {
-	bad := b.badEntryFunc(topic)
-	for range 5 {
-		reply, err := b.client.Do(ctx, "XREVRANGE", key, "+", "-", "COUNT", max(n, 1)).Result()
-		if err != nil && !errors.Is(err, redis.Nil) {
-			return Tail{}, redisErr(err)
-		}
-		entries, last, raw, ok := decodeEntries(reply, bad)
-		if !ok {
-			return Tail{}, fmt.Errorf("xrevrange reply of type %T", reply)
-		}
-		if raw > 0 {
-			t := Tail{Last: last}
-			if n > 0 && len(entries) > 0 {
-				for i, j := 0, len(entries)-1; i < j; i, j = i+1, j-1 {
-					entries[i], entries[j] = entries[j], entries[i]
-				}
-				t.Entries = entries
-			}
-			return t, nil
-		}
-		info, err := b.info(ctx, key)
-		if err != nil {
-			return Tail{}, err
-		}
-		if info.Length == 0 {
-			// Missing (Last zero) or empty: any later entry sorts after Last.
-			return Tail{Last: info.Last}, nil
-		}
-		// An entry arrived between the two reads; taking last-generated-id
-		// now could skip it, so read the tail again.
+	raw, err := b.readStream(ctx, key, readRev, MaxID, max(n, 1))
+	if err != nil {
+		return Tail{}, err
 	}
-	return Tail{}, errors.New("stream keeps changing between XREVRANGE and XINFO")
+	entries, last, read, ok := decodeEntries(raw.entries, b.badEntryFunc(topic))
+	if !ok {
+		return Tail{}, fmt.Errorf("xrevrange reply of type %T", raw.entries)
+	}
+	if read == 0 {
+		// Missing (Last zero) or empty: any later entry sorts after Last.
+		return Tail{Last: raw.info.Last}, nil
+	}
+	t := Tail{Last: last}
+	if n > 0 && len(entries) > 0 {
+		for i, j := 0, len(entries)-1; i < j; i, j = i+1, j-1 {
+			entries[i], entries[j] = entries[j], entries[i]
+		}
+		t.Entries = entries
+	}
+	return t, nil
 }
 
 // Ping sends PING within ctx: nil when Redis answers.

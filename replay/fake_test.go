@@ -3,6 +3,7 @@ package replay
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -33,6 +34,7 @@ type fakeSource struct {
 	onInfo    func(topic string)                      // runs inside Info before reading
 	rangeErr  error
 	infoErr   error
+	infoStall chan struct{} // Info waits for it to close, or for its ctx, as Redis stalled
 }
 
 type fakeStream struct {
@@ -75,11 +77,21 @@ func (f *fakeSource) trim(topic string, upTo pubsub.ID) {
 	defer f.mu.Unlock()
 	s := f.stream(topic)
 	k := sort.Search(len(s.entries), func(i int) bool { return upTo.Less(s.entries[i].ID) })
-	if k > 0 {
+	if k > 0 && s.maxDeleted.Less(s.entries[k-1].ID) {
 		s.maxDeleted = s.entries[k-1].ID
 	}
 	s.entries = append([]pubsub.Entry(nil), s.entries[k:]...)
 }
+
+// snapshot returns the entries held.
+func (f *fakeSource) snapshot(topic string) []pubsub.Entry {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.stream(topic).entries)
+}
+
+// t0ctx is the context of calls that a test does not cancel.
+var t0ctx = context.Background()
 
 // lose deletes the stream, as a Redis that lost its data.
 func (f *fakeSource) lose(topic string) {
@@ -129,7 +141,7 @@ func (f *fakeSource) Unwatch(topic string) {
 	}
 }
 
-func (f *fakeSource) Range(ctx context.Context, topic string, after pubsub.ID, count int) ([]pubsub.Entry, error) {
+func (f *fakeSource) Page(ctx context.Context, topic string, after pubsub.ID, count int) (pubsub.Page, error) {
 	f.ranges.Add(1)
 	for {
 		m := f.maxCount.Load()
@@ -141,17 +153,22 @@ func (f *fakeSource) Range(ctx context.Context, topic string, after pubsub.ID, c
 		f.onRange(topic, after)
 	}
 	if f.rangeErr != nil {
-		return nil, f.rangeErr
+		return pubsub.Page{}, f.rangeErr
 	}
 	if err := ctx.Err(); err != nil {
-		return nil, err
+		return pubsub.Page{}, err
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	s := f.stream(topic)
+	p := pubsub.Page{Info: s.infoLocked()}
 	k := sort.Search(len(s.entries), func(i int) bool { return after.Less(s.entries[i].ID) })
 	end := min(len(s.entries), k+count)
-	return append([]pubsub.Entry{}, s.entries[k:end]...), nil
+	p.Entries = append([]pubsub.Entry{}, s.entries[k:end]...)
+	if p.Read = len(p.Entries); p.Read > 0 {
+		p.Last = p.Entries[p.Read-1].ID
+	}
+	return p, nil
 }
 
 func (f *fakeSource) Info(ctx context.Context, topic string) (pubsub.StreamInfo, error) {
@@ -162,17 +179,39 @@ func (f *fakeSource) Info(ctx context.Context, topic string) (pubsub.StreamInfo,
 	if f.infoErr != nil {
 		return pubsub.StreamInfo{}, f.infoErr
 	}
+	if f.infoStall != nil {
+		select {
+		case <-f.infoStall:
+		case <-ctx.Done():
+			return pubsub.StreamInfo{}, ctx.Err()
+		}
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	s := f.stream(topic)
+	return f.stream(topic).infoLocked(), nil
+}
+
+// infoLocked is the stream's state as Redis reports it; f.mu is held.
+func (s *fakeStream) infoLocked() pubsub.StreamInfo {
 	if s.lost {
-		return pubsub.StreamInfo{}, nil
+		return pubsub.StreamInfo{}
 	}
 	info := pubsub.StreamInfo{Exists: true, Length: int64(len(s.entries)), Last: s.last, MaxDeleted: s.maxDeleted}
 	if len(s.entries) > 0 {
 		info.First = s.entries[0].ID
 	}
-	return info, nil
+	return info
+}
+
+// del removes the entry ms-0, as XDEL does.
+func (f *fakeSource) del(topic string, ms uint64) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	s := f.stream(topic)
+	s.entries = slices.DeleteFunc(s.entries, func(e pubsub.Entry) bool { return e.ID == id(ms) })
+	if s.maxDeleted.Less(id(ms)) {
+		s.maxDeleted = id(ms)
+	}
 }
 
 // entry builds the test entry with ID ms-0.

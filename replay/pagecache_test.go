@@ -48,7 +48,7 @@ func TestSequentialReplaysShareFullPages(t *testing.T) {
 func TestPageCacheBound(t *testing.T) {
 	c := pageCache{ttl: time.Minute, maxBytes: 64 * 10 * 4}
 	now := time.Unix(0, 0)
-	page := make([]pubsub.Entry, 10) // 640 bytes by the cache's count
+	page := &pubsub.Page{Entries: make([]pubsub.Entry, 10)} // 640 bytes by the cache's count
 	for i := range 10 {
 		c.put(rangeKey{topic: "t", after: pubsub.ID{Ms: uint64(i)}, count: 10}, page, now)
 		if c.bytes > c.maxBytes {
@@ -68,7 +68,7 @@ func TestPageCacheBound(t *testing.T) {
 func TestPageCacheReplacesExpired(t *testing.T) {
 	c := pageCache{ttl: time.Second, maxBytes: 1 << 20}
 	k := rangeKey{topic: "t", count: 10}
-	page := make([]pubsub.Entry, 10)
+	page := &pubsub.Page{Entries: make([]pubsub.Entry, 10)}
 	now := time.Unix(0, 0)
 	for round := range 3 {
 		c.put(k, page, now)

@@ -8,20 +8,26 @@ import (
 	"github.com/ssecluster/ssecluster/pubsub"
 )
 
-// Gap tells a client that entries after its position were lost: trimmed
-// from the window, or the stream itself was lost. It is the data of the
-// sse-gap event.
+// Gap tells a client that entries between its position and the next event
+// it gets were lost: trimmed from the window, deleted, or the stream itself
+// was lost or recreated. It is the data of the sse-gap event.
 type Gap struct {
 	// Topic is the topic concerned.
 	Topic string
-	// Requested is the position the client resumed from (or had reached
-	// from the ring when the ring was evicted under it).
+	// Requested is the position the client had reached: the one it resumed
+	// from, or the last entry it was sent.
 	Requested pubsub.ID
-	// Oldest is the oldest entry the source still holds; 0-0 if none.
+	// Oldest is the oldest entry the source held when the gap was found;
+	// 0-0 if none.
 	Oldest pubsub.ID
+	// Reset means the stream's history restarted (it was lost, recreated,
+	// or its last ID is below Requested): what follows starts from the
+	// stream's beginning and may have IDs lower than Requested.
+	Reset bool
 }
 
-// AppendJSON appends g as {"topic":"t","requested":"1-2","oldest":"3-0"}.
+// AppendJSON appends g as {"topic":"t","requested":"1-2","oldest":"3-0"},
+// with ,"reset":true before the closing brace when g.Reset is set.
 func (g Gap) AppendJSON(b []byte) []byte {
 	b = append(b, `{"topic":`...)
 	b = appendJSONString(b, g.Topic)
@@ -29,6 +35,9 @@ func (g Gap) AppendJSON(b []byte) []byte {
 	b = g.Requested.AppendTo(b)
 	b = append(b, `","oldest":"`...)
 	b = g.Oldest.AppendTo(b)
+	if g.Reset {
+		return append(b, `","reset":true}`...)
+	}
 	return append(b, `"}`...)
 }
 
@@ -65,33 +74,36 @@ const (
 type Result struct {
 	// From is FromRedis if the source was read at all, else FromRing.
 	From From
-	// Gap is the gap reported to the gap callback, nil if none.
+	// Gap is the first gap reported to the gap callback, nil if none.
 	Gap *Gap
+	// Gaps is the number of gaps reported.
+	Gaps int
 	// Count is the number of entries emitted.
 	Count int
 	// Last is where the client stands after the replay: the ID of the last
 	// entry emitted, else the position replay started from (after, or 0-0
-	// when a gap on a stream that never had `after` restarted it from the
-	// beginning). Live entries at or below Last are duplicates.
+	// when a gap with Reset restarted it from the beginning). Live entries
+	// at or below Last are duplicates.
 	Last pubsub.ID
 }
 
 // Replay emits, in ID order, every entry of topic with ID > after that the
-// window holds, calling gap first (if non-nil) when entries after `after`
-// are known to be lost.
+// window holds, calling gap (if non-nil) before the next entry whenever
+// entries between the client's position and that entry are known to be
+// lost (see the package doc for the rule, applied to every page).
 //
 // It reads the ring when the ring covers the position (floor <= position <=
-// newest seen), else the source in pages of PageSize: one page in flight
-// per call, so memory does not depend on how far behind the client is. It
-// switches to the ring as soon as the ring covers the position reached, and
-// back to the source if the ring is evicted under it. Concurrent Replays
-// needing the same source page or stream info share one source call.
+// newest seen), after checking the ring against the stream's state (one
+// Info shared by concurrent Replays, reused for infoReuse; if the source
+// fails it or takes longer than checkWait, the ring serves unchecked),
+// else the source in pages of PageSize: one page in flight per call, so
+// memory does not depend on how far behind the client is. It switches to the ring as
+// soon as the ring covers the position reached, and back to the source if
+// the ring is evicted under it. Concurrent Replays needing the same source
+// page share one source call.
 //
-// A replay served from the ring has no gap. When the source is read, Info
-// is read once: there is a gap when after is not 0-0 and the stream does not
-// exist, MaxDeleted > after, or after > Last (a position the stream never
-// had, e.g. the stream was lost and recreated); in that last case replay
-// restarts from 0-0, that is everything the source holds.
+// A gap with Reset restarts the replay from 0-0: everything the source
+// holds follows it.
 //
 // An error from emit or gap stops the replay and is returned as is; source
 // errors are wrapped. The Result is valid either way.
@@ -99,7 +111,24 @@ func (w *Window) Replay(ctx context.Context, topic string, after pubsub.ID,
 	gap func(Gap) error, emit func(pubsub.Entry) error) (Result, error) {
 	res := Result{Last: after}
 	cursor := after
-	infoRead := false
+	checked := false // the ring was checked against the stream's state
+	// gappedAt is the cursor a gap was last announced at: one gap per
+	// discontinuity, not one per rule that sees it.
+	gappedAt, gapped := pubsub.ID{}, false
+	announce := func(g Gap) error {
+		if gapped && gappedAt == g.Requested {
+			return nil
+		}
+		gappedAt, gapped = g.Requested, true
+		res.Gaps++
+		if res.Gap == nil {
+			res.Gap = &g
+		}
+		if gap == nil {
+			return nil
+		}
+		return gap(g)
+	}
 	var bufp *[]pubsub.Entry
 	defer func() {
 		if bufp != nil {
@@ -115,8 +144,20 @@ func (w *Window) Replay(ctx context.Context, topic string, after pubsub.ID,
 		if bufp == nil {
 			bufp = w.pages.Get().(*[]pubsub.Entry)
 		}
-		page, covered := w.ringPage(topic, cursor, (*bufp)[:0])
+		page, covered, unchecked := w.ringPage(topic, cursor, (*bufp)[:0], !checked)
+		if unchecked {
+			// A failed check leaves the ring as it is: its entries are
+			// still every entry after its floor that the reader saw, and a
+			// Redis that is down or stalled must not hold resumes the
+			// ring can serve.
+			if err := w.checkRing(ctx, topic); err != nil && ctx.Err() != nil {
+				return res, err
+			}
+			checked = true
+			continue // the check may have moved the ring's floor
+		}
 		if covered {
+			checked = true
 			if res.From == "" {
 				res.From = FromRing
 			}
@@ -134,54 +175,51 @@ func (w *Window) Replay(ctx context.Context, topic string, after pubsub.ID,
 		}
 
 		res.From = FromRedis
-		if !infoRead {
-			infoRead = true
-			g, restart, err := w.checkGap(ctx, topic, cursor)
-			if err != nil {
+		from := cursor
+		p, err := w.sourcePage(ctx, topic, from)
+		if err != nil {
+			return res, err
+		}
+		info := &p.Info
+		if g, restart := startGap(topic, cursor, info); g != nil {
+			if err := announce(*g); err != nil {
 				return res, err
-			}
-			if g != nil {
-				res.Gap = g
-				if gap != nil {
-					if err := gap(*g); err != nil {
-						return res, err
-					}
-				}
 			}
 			if restart {
 				cursor, res.Last = pubsub.ID{}, pubsub.ID{}
 				continue // the ring may cover 0-0
 			}
 		}
-		from := cursor
-		key := rangeKey{topic, from, w.pageSize}
-		entries, ok := w.recent.get(key, w.now())
-		if !ok {
-			var err error
-			entries, err = w.ranges.do(ctx, key, func(ctx context.Context) ([]pubsub.Entry, error) {
-				page, err := w.src.Range(ctx, topic, from, w.pageSize)
-				if err == nil && len(page) == w.pageSize {
-					w.recent.put(key, page, w.now())
-				}
-				return page, err
-			})
-			if err != nil {
-				return res, fmt.Errorf("replay: read %q after %s: %w", topic, from, err)
-			}
-		}
-		// entries is shared with other Replays: read only.
-		for i := range entries {
-			if !cursor.Less(entries[i].ID) {
+		// p is shared with other Replays: read only.
+		for i := range p.Entries {
+			e := &p.Entries[i]
+			if !cursor.Less(e.ID) {
 				continue // never emit out of order, whatever the source does
 			}
-			if err := emit(entries[i]); err != nil {
+			if !cursor.IsZero() && cursor.Less(info.MaxDeleted) && info.MaxDeleted.Less(e.ID) {
+				// An entry after the cursor and before e was deleted.
+				if err := announce(Gap{Topic: topic, Requested: cursor, Oldest: info.First}); err != nil {
+					return res, err
+				}
+			}
+			if err := emit(*e); err != nil {
 				return res, err
 			}
 			res.Count++
-			res.Last, cursor = entries[i].ID, entries[i].ID
+			res.Last, cursor = e.ID, e.ID
 		}
-		if len(entries) < w.pageSize {
-			// The source had nothing more when read; later entries come live.
+		if cursor.Less(p.Last) {
+			cursor = p.Last // entries skipped by the source were read too
+		}
+		if p.Read < w.pageSize {
+			// The source had nothing more when read; later entries come
+			// live. Something after the cursor was deleted: a gap, even
+			// with no entry after it to announce it before.
+			if !cursor.IsZero() && cursor.Less(info.MaxDeleted) {
+				if err := announce(Gap{Topic: topic, Requested: cursor, Oldest: info.First}); err != nil {
+					return res, err
+				}
+			}
 			return res, nil
 		}
 		if cursor == from {
@@ -190,48 +228,130 @@ func (w *Window) Replay(ctx context.Context, topic string, after pubsub.ID,
 	}
 }
 
+// startGap applies the gap rule to a page read after cursor, before its
+// first entry: the stream is gone or moved backwards (a reset: restart from
+// 0-0), or cursor is below the first entry held and not the newest removed
+// one, so entries after it may have been removed, or it was never an entry
+// of this stream. Position 0-0 is never a gap.
+func startGap(topic string, cursor pubsub.ID, info *pubsub.StreamInfo) (g *Gap, restart bool) {
+	if cursor.IsZero() {
+		return nil, false
+	}
+	switch {
+	case !info.Exists || info.Last.Less(cursor):
+		return &Gap{Topic: topic, Requested: cursor, Oldest: info.First, Reset: true}, true
+	case info.Length > 0 && cursor.Less(info.First) && cursor != info.MaxDeleted:
+		return &Gap{Topic: topic, Requested: cursor, Oldest: info.First}, false
+	}
+	return nil, false
+}
+
+// sourcePage reads the page of topic after from, through the cache of full
+// pages and the flight that shares reads among concurrent Replays.
+func (w *Window) sourcePage(ctx context.Context, topic string, from pubsub.ID) (*pubsub.Page, error) {
+	key := rangeKey{topic, from, w.pageSize}
+	if p, ok := w.cachedPage(ctx, key); ok {
+		return p, nil
+	}
+	p, err := w.ranges.do(ctx, key, func(ctx context.Context) (*pubsub.Page, error) {
+		resets, at := w.resets.Load(), w.now()
+		p, err := w.src.Page(ctx, topic, from, w.pageSize)
+		if err != nil {
+			return nil, err
+		}
+		// A page read before a Reset of its topic ends may describe the
+		// old stream: never keep it.
+		if w.resets.Load() == resets {
+			w.recent.noteState(topic, p.Info, at)
+			if p.Read == w.pageSize {
+				w.recent.put(key, &p, w.now())
+			}
+		}
+		return &p, nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("replay: read %q after %s: %w", topic, from, err)
+	}
+	return p, nil
+}
+
+// cachedPage returns the cached page of key if the stream, in a state read
+// within infoReuse (one Info shared by concurrent callers if none is
+// known), still holds its entries; the page returned carries that state.
+func (w *Window) cachedPage(ctx context.Context, key rangeKey) (*pubsub.Page, bool) {
+	p, ok := w.recent.get(key, w.now())
+	if !ok {
+		return nil, false
+	}
+	info, ok := w.recent.state(key.topic, w.now())
+	if !ok {
+		var err error
+		info, err = w.states.do(ctx, key.topic, func(ctx context.Context) (pubsub.StreamInfo, error) {
+			resets, at := w.resets.Load(), w.now()
+			info, err := w.src.Info(ctx, key.topic)
+			if err == nil && w.resets.Load() == resets {
+				w.recent.noteState(key.topic, info, at)
+			}
+			return info, err
+		})
+		if err != nil {
+			return nil, false // the page read that follows reports it
+		}
+	}
+	if !holds(&info, key.after, p) {
+		return nil, false
+	}
+	q := *p
+	q.Info = info
+	return &q, true
+}
+
+// holds reports whether a stream in state s still holds the entries of p,
+// a full page read after c, and no other before them: none trimmed (First
+// at or below the first entry, and equal to it when c is below First), the
+// stream not moved below the last (Last), and no entry deleted since among
+// them (a new MaxDeleted in the page's range). An XDEL below a newer one
+// escapes it, as it escapes Redis; so does a stream recreated with entries
+// between c and the page's first above First.
+func holds(s *pubsub.StreamInfo, c pubsub.ID, p *pubsub.Page) bool {
+	if !s.Exists || s.Length == 0 || len(p.Entries) == 0 {
+		return false
+	}
+	first, last := p.Entries[0].ID, p.Entries[len(p.Entries)-1].ID
+	inPage := func(m pubsub.ID) bool { return c.Less(m) && !last.Less(m) }
+	switch {
+	case first.Less(s.First), s.Last.Less(last), c.Less(s.First) && first != s.First:
+		return false
+	case s.MaxDeleted != p.Info.MaxDeleted && (inPage(s.MaxDeleted) || inPage(p.Info.MaxDeleted)):
+		return false
+	}
+	return true
+}
+
 // ringPage copies to buf up to PageSize ring entries of topic newer than
 // cursor, if the ring covers cursor; covered is false when the topic is not
-// active or the ring does not cover cursor.
-func (w *Window) ringPage(topic string, cursor pubsub.ID, buf []pubsub.Entry) (page []pubsub.Entry, covered bool) {
+// active or the ring does not cover cursor. With check, a ring that covers
+// cursor but was not checked against the stream within infoReuse is
+// reported unchecked, and nothing is copied.
+func (w *Window) ringPage(topic string, cursor pubsub.ID, buf []pubsub.Entry, check bool) (page []pubsub.Entry, covered, unchecked bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	st := w.topics[topic]
 	if st == nil || st.phase != active {
-		return nil, false
+		return nil, false, false
 	}
 	w.evictAgedLocked(st)
 	r := &st.ring
 	// Above last the ring knows nothing: the position may come from another
 	// node ahead of us, or be one this stream never had. The source decides.
-	if cursor.Less(r.floor) || st.last.Less(cursor) {
-		return nil, false
+	if !r.covers(cursor, st.last) {
+		return nil, false, false
+	}
+	if check && (st.checkedAt.IsZero() || w.now().Sub(st.checkedAt) >= infoReuse) {
+		return nil, false, true
 	}
 	for i := r.after(cursor); i < r.n && len(buf) < w.pageSize; i++ {
 		buf = append(buf, *r.at(i))
 	}
-	return buf, true
-}
-
-// checkGap reads the stream info (shared among concurrent callers) and
-// applies the gap rule to position pos. restart asks to replay from 0-0.
-func (w *Window) checkGap(ctx context.Context, topic string, pos pubsub.ID) (g *Gap, restart bool, err error) {
-	if pos.IsZero() {
-		return nil, false, nil // "everything in the window": never a gap
-	}
-	info, err := w.infos.do(ctx, topic, func(ctx context.Context) (pubsub.StreamInfo, error) {
-		return w.src.Info(ctx, topic)
-	})
-	if err != nil {
-		return nil, false, fmt.Errorf("replay: stream info of %q: %w", topic, err)
-	}
-	restart = info.Last.Less(pos)
-	if !info.Exists || pos.Less(info.MaxDeleted) || restart {
-		var oldest pubsub.ID
-		if info.Exists {
-			oldest = info.First
-		}
-		g = &Gap{Topic: topic, Requested: pos, Oldest: oldest}
-	}
-	return g, restart, nil
+	return buf, true, false
 }

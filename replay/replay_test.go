@@ -16,7 +16,8 @@ import (
 func TestReplayFromRing(t *testing.T) {
 	src := newFake()
 	src.add("t", 1, 50)
-	w := newWindow(t, src, Config{RingSize: 100, PageSize: 7})
+	now := time.Unix(1e6, 0) // still: one ring check serves every replay
+	w := newWindow(t, src, Config{RingSize: 100, PageSize: 7, Now: func() time.Time { return now }})
 	acquire(t, w, "t")
 	w.Append("t", src.add("t", 51, 60))
 	tests := []struct {
@@ -41,8 +42,10 @@ func TestReplayFromRing(t *testing.T) {
 			t.Errorf("after %d: result %+v", tt.after, res)
 		}
 	}
-	if n := src.ranges.Load() + src.infos.Load(); n != 0 {
-		t.Errorf("ring replays made %d source calls", n)
+	// The ring is checked against the stream once; the check stands for
+	// the replays that follow within infoReuse (the clock does not move).
+	if r, i := src.ranges.Load(), src.infos.Load(); r != 0 || i != 1 {
+		t.Errorf("ring replays made %d Page and %d Info calls, want 0 and 1", r, i)
 	}
 }
 
@@ -132,35 +135,36 @@ func TestReplayGaps(t *testing.T) {
 		return func(src *fakeSource) { src.add("t", 1, 100); src.trim("t", id(upTo)) }
 	}
 	tests := []struct {
-		name      string
-		setup     setup
-		after     pubsub.ID
-		wantGap   *Gap
-		want      []uint64
-		wantLast  pubsub.ID
-		wantInfos int64
+		name     string
+		setup    setup
+		after    pubsub.ID
+		wantGap  *Gap
+		want     []uint64
+		wantLast pubsub.ID
 	}{
-		{name: "intact", setup: trimmedTo(0), after: id(90), want: seq(91, 100), wantLast: id(100), wantInfos: 1},
+		{name: "intact", setup: trimmedTo(0), after: id(90), want: seq(91, 100), wantLast: id(100)},
 		{name: "trimmed past position", setup: trimmedTo(50), after: id(10),
-			wantGap: &Gap{Topic: "t", Requested: id(10), Oldest: id(51)}, want: seq(51, 100), wantLast: id(100), wantInfos: 1},
+			wantGap: &Gap{Topic: "t", Requested: id(10), Oldest: id(51)}, want: seq(51, 100), wantLast: id(100)},
 		{name: "trimmed exactly to position", setup: trimmedTo(50), after: id(50),
-			want: seq(51, 100), wantLast: id(100), wantInfos: 1},
-		{name: "trimmed to a seq below position", setup: trimmedTo(50), after: pubsub.ID{Ms: 50, Seq: 1},
-			want: seq(51, 100), wantLast: id(100), wantInfos: 1},
+			want: seq(51, 100), wantLast: id(100)},
+		// 50-1 was never an entry: entries up to 50-0 were removed, 51-0
+		// is the first held.
+		{name: "position never an entry, below first", setup: trimmedTo(50), after: pubsub.ID{Ms: 50, Seq: 1},
+			wantGap: &Gap{Topic: "t", Requested: pubsub.ID{Ms: 50, Seq: 1}, Oldest: id(51)}, want: seq(51, 100), wantLast: id(100)},
 		{name: "zero never a gap", setup: trimmedTo(50), after: pubsub.ID{},
-			want: seq(51, 100), wantLast: id(100), wantInfos: 0},
+			want: seq(51, 100), wantLast: id(100)},
 		{name: "everything trimmed", setup: trimmedTo(100), after: id(10),
-			wantGap: &Gap{Topic: "t", Requested: id(10), Oldest: pubsub.ID{}}, want: nil, wantLast: id(10), wantInfos: 1},
+			wantGap: &Gap{Topic: "t", Requested: id(10), Oldest: pubsub.ID{}}, want: nil, wantLast: id(10)},
 		{name: "lost stream", setup: func(src *fakeSource) {}, after: id(10),
-			wantGap: &Gap{Topic: "t", Requested: id(10)}, want: nil, wantLast: pubsub.ID{}, wantInfos: 1},
+			wantGap: &Gap{Topic: "t", Requested: id(10), Reset: true}, want: nil, wantLast: pubsub.ID{}},
 		{name: "lost stream zero", setup: func(src *fakeSource) {}, after: pubsub.ID{},
-			want: nil, wantLast: pubsub.ID{}, wantInfos: 0},
+			want: nil, wantLast: pubsub.ID{}},
 		{name: "future position", setup: trimmedTo(0), after: id(500),
-			wantGap: &Gap{Topic: "t", Requested: id(500), Oldest: id(1)}, want: seq(1, 100), wantLast: id(100), wantInfos: 1},
+			wantGap: &Gap{Topic: "t", Requested: id(500), Oldest: id(1), Reset: true}, want: seq(1, 100), wantLast: id(100)},
 		{name: "recreated stream", setup: func(src *fakeSource) { src.add("t", 1, 100); src.lose("t"); src.add("t", 7, 9) },
-			after: id(100), wantGap: &Gap{Topic: "t", Requested: id(100), Oldest: id(7)}, want: seq(7, 9), wantLast: id(9), wantInfos: 1},
+			after: id(100), wantGap: &Gap{Topic: "t", Requested: id(100), Oldest: id(7), Reset: true}, want: seq(7, 9), wantLast: id(9)},
 		{name: "future position, empty stream", setup: func(src *fakeSource) { src.add("t", 1, 3); src.trim("t", id(3)) },
-			after: id(500), wantGap: &Gap{Topic: "t", Requested: id(500)}, want: nil, wantLast: pubsub.ID{}, wantInfos: 1},
+			after: id(500), wantGap: &Gap{Topic: "t", Requested: id(500), Reset: true}, want: nil, wantLast: pubsub.ID{}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -193,26 +197,36 @@ func TestReplayGaps(t *testing.T) {
 			if res.Last != tt.wantLast || res.From != FromRedis || res.Count != len(tt.want) {
 				t.Errorf("result %+v, want Last %s From redis Count %d", res, tt.wantLast, len(tt.want))
 			}
-			if n := src.infos.Load(); n != tt.wantInfos {
-				t.Errorf("%d Info calls, want %d", n, tt.wantInfos)
+			// Each page carries the stream's state: no Info call.
+			if n := src.infos.Load(); n != 0 {
+				t.Errorf("%d Info calls, want 0", n)
 			}
 		})
 	}
 }
 
-func TestReplayRingNeverGaps(t *testing.T) {
+// TestReplayRingAnswersLikeSource: a ring does not serve what the source
+// no longer holds; positions at or below what was removed get the source's
+// answer, gap included.
+func TestReplayRingAnswersLikeSource(t *testing.T) {
 	src := newFake()
 	src.add("t", 1, 100)
 	w := newWindow(t, src, Config{RingSize: 50})
 	acquire(t, w, "t") // ring 51..100
 	src.trim("t", id(80))
 	got, gaps, res := collect(t, w, "t", id(60))
-	if !slices.Equal(got, seq(61, 100)) || len(gaps) != 0 || res.From != FromRing {
-		t.Fatalf("got %v gaps %v from %s", got, gaps, res.From)
+	wantGap := Gap{Topic: "t", Requested: id(60), Oldest: id(81)}
+	if !slices.Equal(got, seq(81, 100)) || len(gaps) != 1 || gaps[0] != wantGap || res.From != FromRedis {
+		t.Fatalf("trimmed into the ring: got %v gaps %v from %s; want 81..100 after %+v", got, gaps, res.From, wantGap)
+	}
+	// At or above what was removed, the ring serves.
+	got, gaps, res = collect(t, w, "t", id(85))
+	if !slices.Equal(got, seq(86, 100)) || len(gaps) != 0 || res.From != FromRing {
+		t.Fatalf("above the trim: got %v gaps %v from %s", got, gaps, res.From)
 	}
 	// A position above everything the ring has seen is for the source.
 	got, gaps, res = collect(t, w, "t", id(200))
-	if !slices.Equal(got, seq(81, 100)) || len(gaps) != 1 || res.From != FromRedis {
+	if !slices.Equal(got, seq(81, 100)) || len(gaps) != 1 || !gaps[0].Reset || res.From != FromRedis {
 		t.Fatalf("future position: got %v gaps %v from %s", got, gaps, res.From)
 	}
 }
@@ -235,7 +249,8 @@ func TestReplayStopsOnErrors(t *testing.T) {
 		{name: "emit from source", after: 5, stopAt: 30, wantErr: errStop, wantCount: 24},
 		{name: "gap callback", after: 500, gapErr: true, wantErr: errStop},
 		{name: "range error", after: 5, rangeErr: errSrc, wantErr: errSrc},
-		{name: "info error", after: 5, infoErr: errSrc, wantErr: errSrc},
+		// The ring check failing leaves the ring to serve.
+		{name: "info error", ring: true, after: 50, infoErr: errSrc, stopAt: 71, wantErr: errStop, wantCount: 20},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -297,13 +312,35 @@ func TestReplayCanceled(t *testing.T) {
 // TestReplayStormSharesSourceCalls replays one topic from one position in
 // 200 goroutines. The fake holds each source call until every other replay
 // waits for that same call, so the sharing is checked exactly and does not
-// depend on timing: one Info and one Range per page in all.
+// depend on timing: one Page per page in all, and one Info for the ring
+// check when the ring serves.
 func TestReplayStormSharesSourceCalls(t *testing.T) {
+	tests := []struct {
+		name                  string
+		ring                  bool
+		pos                   uint64
+		wantGaps              int
+		want                  []uint64
+		wantInfos, wantRanges int64
+	}{
+		// 480 entries: pages of 100 after 10, 120, 220, 320, 420 (the last short).
+		{name: "source", pos: 10, wantGaps: 1, want: seq(21, 500), wantRanges: 5},
+		{name: "ring", ring: true, pos: 300, want: seq(301, 500), wantInfos: 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) { replayStorm(t, tt.ring, tt.pos, tt.wantGaps, tt.want, tt.wantInfos, tt.wantRanges) })
+	}
+}
+
+func replayStorm(t *testing.T, ring bool, pos uint64, wantGaps int, want []uint64, wantInfos, wantRanges int64) {
 	const clients = 200
 	src := newFake()
 	src.add("t", 1, 500)
 	src.trim("t", id(20)) // a gap for a client at 10
-	w := newWindow(t, src, Config{PageSize: 100})
+	w := newWindow(t, src, Config{PageSize: 100, RingSize: 1000})
+	if ring {
+		acquire(t, w, "t")
+	}
 
 	gate := make(chan struct{}) // one token per released call
 	stop := make(chan struct{}) // closed when the test is over or gives up
@@ -357,7 +394,7 @@ func TestReplayStormSharesSourceCalls(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			<-start
-			_, errs[i] = w.Replay(context.Background(), "t", id(10),
+			_, errs[i] = w.Replay(context.Background(), "t", id(pos),
 				func(Gap) error { gaps[i]++; return nil },
 				func(e pubsub.Entry) error { results[i] = append(results[i], e.ID.Ms); return nil })
 		}()
@@ -373,13 +410,13 @@ func TestReplayStormSharesSourceCalls(t *testing.T) {
 	}
 
 	for i := range clients {
-		if errs[i] != nil || gaps[i] != 1 || !slices.Equal(results[i], seq(21, 500)) {
+		if errs[i] != nil || gaps[i] != wantGaps || !slices.Equal(results[i], want) {
 			t.Fatalf("client %d: err %v gaps %d entries %d", i, errs[i], gaps[i], len(results[i]))
 		}
 	}
-	// 480 entries: pages of 100 after 10, 120, 220, 320, 420 (the last short).
-	if infos, ranges := src.infos.Load(), src.ranges.Load(); infos != 1 || ranges != 5 {
-		t.Errorf("%d clients cost %d Info and %d Range calls, want 1 and 5", clients, infos, ranges)
+	// Pages carry the stream's state: no Info for them.
+	if infos, ranges := src.infos.Load(), src.ranges.Load(); infos != wantInfos || ranges != wantRanges {
+		t.Errorf("%d clients cost %d Info and %d Page calls, want %d and %d", clients, infos, ranges, wantInfos, wantRanges)
 	}
 }
 
@@ -410,6 +447,8 @@ func TestGapJSON(t *testing.T) {
 		{Gap{Topic: "news/eu@x:1", Requested: pubsub.ID{Ms: 1, Seq: 2}, Oldest: pubsub.ID{Ms: 3}},
 			`{"topic":"news/eu@x:1","requested":"1-2","oldest":"3-0"}`},
 		{Gap{Topic: "t"}, `{"topic":"t","requested":"0-0","oldest":"0-0"}`},
+		{Gap{Topic: "t", Requested: pubsub.ID{Ms: 9}, Oldest: pubsub.ID{Ms: 5, Seq: 1}, Reset: true},
+			`{"topic":"t","requested":"9-0","oldest":"5-1","reset":true}`},
 		{Gap{Topic: "a\"b\\c\n<é>"}, `{"topic":"a\"b\\c\n\u003cé\u003e","requested":"0-0","oldest":"0-0"}`},
 	}
 	for _, tt := range tests {
@@ -417,9 +456,12 @@ func TestGapJSON(t *testing.T) {
 		if err != nil || string(got) != tt.want {
 			t.Errorf("Marshal(%+v) = %s, %v; want %s", tt.gap, got, err, tt.want)
 		}
-		var back struct{ Topic, Requested, Oldest string }
+		var back struct {
+			Topic, Requested, Oldest string
+			Reset                    bool
+		}
 		if err := json.Unmarshal(tt.gap.AppendJSON(nil), &back); err != nil || back.Topic != tt.gap.Topic ||
-			back.Requested != tt.gap.Requested.String() || back.Oldest != tt.gap.Oldest.String() {
+			back.Requested != tt.gap.Requested.String() || back.Oldest != tt.gap.Oldest.String() || back.Reset != tt.gap.Reset {
 			t.Errorf("AppendJSON(%+v) decodes to %+v, %v", tt.gap, back, err)
 		}
 	}

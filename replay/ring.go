@@ -22,11 +22,26 @@ type ring struct {
 	max  int            // capacity, >= 1
 
 	// floor is the coverage floor: every entry with an ID above floor that
-	// exists is held here or will be appended later.
+	// exists is held here or will be appended later. MaxID after clear:
+	// nothing is covered until the next push sets it.
 	floor pubsub.ID
 	// evicted reports whether floor was set by an eviction (as opposed to
 	// the initial load); finishLoad needs to know.
 	evicted bool
+	// first and maxDeleted are the stream's First and MaxDeleted at the
+	// last check: a position below first is covered only if it is
+	// maxDeleted (any other is a gap the source must announce). Zero
+	// until checked.
+	first, maxDeleted pubsub.ID
+}
+
+// covers reports whether the ring answers position c, for a topic whose
+// newest seen ID is last.
+func (r *ring) covers(c, last pubsub.ID) bool {
+	if c.Less(r.floor) || last.Less(c) {
+		return false
+	}
+	return !c.Less(r.first) || c == r.maxDeleted
 }
 
 // at returns the i-th oldest entry, 0 <= i < n.
@@ -56,6 +71,11 @@ func (r *ring) reserve(want int) {
 // push appends e as the newest entry, evicting the oldest when full. The
 // caller guarantees e is newer than every held entry.
 func (r *ring) push(e pubsub.Entry) {
+	if r.floor == pubsub.MaxID {
+		// First entry after a clear: the entries after it are delivered
+		// in order, those before it are unknown.
+		r.floor = e.ID
+	}
 	if r.n == r.max {
 		r.evictOldest()
 	}
@@ -97,6 +117,27 @@ func (r *ring) evictOldest() {
 	r.floor = r.buf[r.head].ID
 	r.evicted = true
 	r.popFront()
+}
+
+// clear drops every entry; the ring covers nothing until the next push.
+func (r *ring) clear() {
+	for r.n > 0 {
+		r.popFront()
+	}
+	r.head, r.floor, r.evicted = 0, pubsub.MaxID, false
+	r.first, r.maxDeleted = pubsub.ID{}, pubsub.ID{}
+}
+
+// raiseFloor evicts the entries at or below id and raises floor to id:
+// positions at or below it are no longer the ring's to answer.
+func (r *ring) raiseFloor(id pubsub.ID) {
+	if r.floor == pubsub.MaxID || !r.floor.Less(id) {
+		return
+	}
+	for r.n > 0 && !id.Less(r.buf[r.head].ID) {
+		r.evictOldest()
+	}
+	r.floor = id
 }
 
 // evictBefore evicts every entry added before cutoffMs (Unix milliseconds).

@@ -8,6 +8,54 @@
 // far behind a client is. Concurrent Replays that need the same page of the
 // same topic share one source read, so a reconnect storm costs the source a
 // number of reads that grows with topics and pages, not with clients.
+//
+// # The gap rule
+//
+// Between two events a client receives, either every entry the stream held
+// in between was delivered, or an sse-gap was sent first. Every page read
+// from the source comes with the stream's state at the same instant
+// (pubsub.Page): exists, First (oldest held), Last (last generated),
+// MaxDeleted (at or above every removed ID) and the page's entries
+// P1..Pn. For a client at cursor c other than 0-0 (which asks for
+// everything held and is never a gap), each page is judged on its own:
+//
+//   - the stream does not exist, or Last < c (deleted and recreated lower,
+//     a failover that lost writes, a position from the future): gap with
+//     Reset, and the replay restarts from 0-0;
+//   - c < First, unless c is MaxDeleted itself: the entries after c up to
+//     First were removed (trimmed or deleted), or c was never an entry of
+//     the stream's current history (recreated with higher IDs, or an
+//     invented position): gap;
+//   - c < MaxDeleted < Pi for the next entry Pi: an entry between the
+//     client's position and Pi was deleted: gap before Pi, even in the
+//     middle of a page;
+//   - at the end of the stream (a short page), c < MaxDeleted: the newest
+//     entries were deleted: gap.
+//
+// A gap is announced at most once per position reached. What Redis cannot
+// tell: it records only the newest deleted ID, so an XDEL of an entry
+// below a later XDEL'd one (that is, XDEL of an entry between c and Pi
+// while MaxDeleted is above Pi) goes unannounced. Trimming removes from
+// the head, so it is always seen. The guarantee is thus: no entry is
+// skipped without a gap, except entries removed by XDEL below the newest
+// XDEL'd entry; and a position below First is a gap unless it is exactly
+// MaxDeleted (Redis bounds trimmed IDs by the ID just before First, so a
+// client whose last entry was trimmed may get a gap of zero entries).
+//
+// The ring answers like the source: before a Replay serves from it, the
+// ring is checked against the stream's state (one Info, shared by
+// concurrent Replays and reused for infoReuse): its floor is raised to
+// MaxDeleted (positions below the floor are served from source pages and
+// get the rule above), and positions below First other than MaxDeleted
+// are left to the source, which announces their gap; when the stream is
+// gone, its Last is below what the ring holds, or the ring holds entries
+// the stream lost without recording their removal (it was recreated with
+// higher IDs), the ring is emptied and fills again from the next live
+// delivery. Full pages kept for reconnect storms are checked the same way
+// (see pageCache). A stream deleted and recreated with IDs among those a
+// ring or a kept page holds cannot be told from the state alone: the
+// broker's reset signal (pubsub.Handler called with no entries) covers it,
+// through Reset, which empties the ring and drops the kept pages at once.
 package replay
 
 import (
@@ -15,6 +63,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ssecluster/ssecluster/pubsub"
@@ -27,9 +76,10 @@ type Source interface {
 	Watch(ctx context.Context, topic string, tail int) (pubsub.Tail, error)
 	// Unwatch stops delivering topic; it must not block.
 	Unwatch(topic string)
-	// Range returns up to count entries with ID > after, ascending.
-	Range(ctx context.Context, topic string, after pubsub.ID, count int) ([]pubsub.Entry, error)
-	// Info describes topic's stream, for gap detection.
+	// Page returns up to count entries with ID > after, ascending, and the
+	// stream's state at the same instant, for the gap rule.
+	Page(ctx context.Context, topic string, after pubsub.ID, count int) (pubsub.Page, error)
+	// Info describes topic's stream, to check a ring against it.
 	Info(ctx context.Context, topic string) (pubsub.StreamInfo, error)
 }
 
@@ -69,10 +119,37 @@ type Window struct {
 	mu     sync.Mutex
 	topics map[string]*topicState // guarded by mu
 
-	infos  flight[string, pubsub.StreamInfo]
-	ranges flight[rangeKey, []pubsub.Entry]
+	infos  flight[string, ringCheck]
+	states flight[string, pubsub.StreamInfo] // to check cached pages
+	ranges flight[rangeKey, *pubsub.Page]
 	recent pageCache // full source pages, shared for a few seconds
 	pages  sync.Pool // *[]pubsub.Entry with cap pageSize, for ring copies
+	// resets counts Reset calls, so that a read that overlapped one is not
+	// kept for later Replays.
+	resets atomic.Uint64
+}
+
+// infoReuse is how long a ring check stands for later Replays of the topic:
+// a reconnect storm whose clients arrive one after another costs a few
+// Info reads, not one per client. A deleted or trimmed entry may thus be
+// served from a ring for up to infoReuse (never one that a reset
+// invalidated: Reset clears the check).
+const infoReuse = 100 * time.Millisecond
+
+// checkWait bounds the wait for a ring check: a source that does not answer
+// within it (Redis down or stalled) leaves the ring to serve unchecked
+// rather than hold resumes the ring can serve.
+const checkWait = 500 * time.Millisecond
+
+// ringCheck is a stream's state read to check a topic's ring, with the
+// ring's state when the read started.
+type ringCheck struct {
+	st   *topicState // the topic state whose ring was checked
+	last pubsub.ID   // st.last when the read started
+	at   time.Time   // when the read started
+	// resets is Window.resets when the read started.
+	resets uint64
+	info   pubsub.StreamInfo
 }
 
 type rangeKey struct {
@@ -107,9 +184,17 @@ type topicState struct {
 	// retry means the loader's context ended, so waiters should try again.
 	loadErr error
 	retry   bool
-	// last is the newest ID seen: the ring's newest or Tail.Last.
+	// last is the newest ID seen: the ring's newest or Tail.Last; zero
+	// after a reset, so that the stream's new entries are taken whatever
+	// their IDs.
 	last pubsub.ID
 	ring ring
+	// checkedAt is when the read that last checked the ring against the
+	// stream started; zero if never, or since a reset.
+	checkedAt time.Time
+	// stale means a reset arrived while loading: the tail may be from the
+	// stream's old history.
+	stale bool
 }
 
 // New returns a Window over src.
@@ -214,6 +299,10 @@ func (w *Window) Acquire(ctx context.Context, topic string) error {
 
 // load runs Watch for a state that Acquire put in the map as loading.
 func (w *Window) load(ctx context.Context, topic string, st *topicState) (err error) {
+	// Pages cached while no reader watched the topic would not have been
+	// dropped by a reset: the stream may have been deleted and recreated
+	// since.
+	w.forget(topic)
 	var tail pubsub.Tail
 	err = errSourcePanicked
 	defer func() {
@@ -224,6 +313,10 @@ func (w *Window) load(ctx context.Context, topic string, st *topicState) (err er
 			st.ring = ring{}
 			delete(w.topics, topic)
 			err = fmt.Errorf("replay: watch %q: %w", topic, err)
+		} else if st.stale {
+			st.stale = false
+			st.resetLocked()
+			st.phase = active
 		} else {
 			st.ring.finishLoad(tail)
 			if tail.Last.Less(st.last) {
@@ -307,6 +400,102 @@ func (w *Window) Append(topic string, entries []pubsub.Entry) {
 	}
 	if st.phase == active {
 		w.evictAgedLocked(st)
+	}
+}
+
+// Reset forgets what the window holds of topic because its stream moved
+// under the broker's reader (deleted, recreated, or its last ID went
+// backwards): the ring is emptied and covers positions again from the next
+// entry delivered, whatever its ID, and cached pages and ring checks of the
+// topic are dropped. The node calls it for the broker's reset signal
+// (pubsub.Handler with no entries), before closing the topic's streams.
+func (w *Window) Reset(topic string) {
+	w.forget(topic)
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	st := w.topics[topic]
+	if st == nil {
+		return
+	}
+	switch st.phase {
+	case active:
+		st.resetLocked()
+	case loading:
+		st.stale = true
+	}
+}
+
+// forget drops topic's cached pages and state, and keeps reads in flight
+// from caching theirs.
+func (w *Window) forget(topic string) {
+	w.resets.Add(1)
+	w.recent.drop(topic)
+}
+
+// resetLocked empties st's ring: it covers nothing until the next entry is
+// pushed. w.mu must be held.
+func (st *topicState) resetLocked() {
+	st.ring.clear()
+	st.last = pubsub.ID{}
+	st.checkedAt = time.Time{}
+}
+
+// checkRing checks topic's ring against the stream's state (see the
+// package doc), reading it once for concurrent callers, within checkWait.
+func (w *Window) checkRing(ctx context.Context, topic string) error {
+	ctx, cancel := context.WithTimeout(ctx, checkWait)
+	defer cancel()
+	c, err := w.infos.do(ctx, topic, func(ctx context.Context) (ringCheck, error) {
+		c := ringCheck{resets: w.resets.Load()}
+		w.mu.Lock()
+		c.at = w.now()
+		if c.st = w.topics[topic]; c.st != nil {
+			c.last = c.st.last
+		}
+		w.mu.Unlock()
+		var err error
+		c.info, err = w.src.Info(ctx, topic)
+		return c, err
+	})
+	if err != nil {
+		return fmt.Errorf("replay: stream info of %q: %w", topic, err)
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if st := w.topics[topic]; st == c.st && st != nil && st.phase == active && w.resets.Load() == c.resets {
+		st.applyCheckLocked(c)
+	}
+	return nil
+}
+
+// applyCheckLocked makes st's ring answer as the stream in c does: every
+// position it covers gets from it what a source page would give, with no
+// gap. w.mu must be held.
+func (st *topicState) applyCheckLocked(c ringCheck) {
+	info := &c.info
+	if (!info.Exists && !c.last.IsZero()) || info.Last.Less(c.last) {
+		// The stream lost what the ring holds: a reset the broker has not
+		// (yet) signalled.
+		st.resetLocked()
+		return
+	}
+	r := &st.ring
+	r.raiseFloor(info.MaxDeleted)
+	if info.Length > 0 {
+		if r.n > 0 && r.at(0).ID.Less(info.First) {
+			// Above everything removed, yet not in the stream: the stream
+			// was recreated (with higher IDs) under the ring.
+			st.resetLocked()
+			return
+		}
+		// Below First, positions other than MaxDeleted are gaps: the
+		// source answers them.
+		r.first, r.maxDeleted = info.First, info.MaxDeleted
+	} else {
+		r.first, r.maxDeleted = pubsub.ID{}, pubsub.ID{}
+	}
+	if st.checkedAt.Before(c.at) {
+		st.checkedAt = c.at
 	}
 }
 

@@ -1,0 +1,276 @@
+package integration
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/ssecluster/ssecluster/integration/redistest"
+	"github.com/ssecluster/ssecluster/pubsub"
+	"github.com/ssecluster/ssecluster/replay"
+)
+
+// subscriberACL is the least privilege a node needs to serve subscribers
+// (README, "Redis ACL"): the read script and what it calls, the readers'
+// XREAD, PING for /readyz, CLIENT ID and CLIENT UNBLOCK to wake a blocked
+// reader. The handshake (HELLO, AUTH) needs no permission; go-redis
+// ignores a refused CLIENT SETINFO.
+var subscriberACL = []string{
+	"+evalsha_ro", "+eval_ro", "+type", "+xinfo|stream", "+xrange", "+xrevrange",
+	"+xread", "+ping", "+client|id", "+client|unblock",
+}
+
+// countCommands counts the commands c sends from now on.
+type countCommands struct{ n atomic.Int64 }
+
+func (h *countCommands) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (h *countCommands) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		h.n.Add(1)
+		return next(ctx, cmd)
+	}
+}
+
+func (h *countCommands) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		h.n.Add(int64(len(cmds)))
+		return next(ctx, cmds)
+	}
+}
+
+// TestSourceReads checks the broker's stream reads (Page, Info, Watch's
+// tail) on a Redis of the test's own: one round trip each, the state read
+// with the entries, read-only so that a Redis out of memory and a
+// least-privilege ACL user still serve subscribers.
+func TestSourceReads(t *testing.T) {
+	// Its own server: the test changes maxmemory and ACL users.
+	srv := redistest.Start(t, redistest.WithContainer())
+	ctx := ctxT(t)
+
+	t.Run("PageState", func(t *testing.T) {
+		b, _ := newBroker(t, srv, nil)
+		key := b.Prefix() + "s"
+		if p, err := b.Page(ctx, "s", pubsub.ID{}, 10); err != nil || p.Info.Exists || p.Read != 0 {
+			t.Fatalf("page of a missing stream = %+v, %v", p, err)
+		}
+		var ids []pubsub.ID
+		for i := range 10 {
+			ids = append(ids, xadd(t, srv, key, "data", fmt.Sprint(i)))
+		}
+		srv.MustDo(t, "XTRIM", key, "MAXLEN", "=", "7") // ids[0..2] trimmed
+		srv.MustDo(t, "XDEL", key, ids[5].String())
+		xadd(t, srv, key, "event", "a\nb", "data", "x") // a bad event: skipped, counted in Read
+		p, err := b.Page(ctx, "s", ids[3], 10)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := pubsub.StreamInfo{Exists: true, Length: 7, First: ids[3], Last: p.Last, MaxDeleted: ids[5]}
+		if p.Info != want || !slices.Equal(idsOf(p.Entries), []pubsub.ID{ids[4], ids[6], ids[7], ids[8], ids[9]}) ||
+			p.Read != 6 || !ids[9].Less(p.Last) {
+			t.Fatalf("page = entries %v read %d last %v info %+v; want 5 entries, read 6, info %+v",
+				idsOf(p.Entries), p.Read, p.Last, p.Info, want)
+		}
+		// Trimmed only: MaxDeleted bounds the trimmed IDs (Redis records
+		// none for trimming).
+		srv.MustDo(t, "XTRIM", key, "MAXLEN", "=", "2")
+		p, err = b.Page(ctx, "s", pubsub.ID{}, 1)
+		if err != nil || p.Info.First != ids[9] || p.Info.MaxDeleted.Less(ids[8]) || !p.Info.MaxDeleted.Less(ids[9]) || p.Read != 1 {
+			t.Fatalf("after trim: %+v, %v; want First %v and MaxDeleted in [%v, %v)", p, err, ids[9], ids[8], ids[9])
+		}
+	})
+
+	t.Run("WrongTypeOneRoundTrip", func(t *testing.T) {
+		b, _ := newBroker(t, srv, nil)
+		if _, err := b.Info(ctx, "warm"); err != nil { // loads the script
+			t.Fatal(err)
+		}
+		srv.MustDo(t, "SET", b.Prefix()+"str", "x")
+		var h countCommands
+		b.Client().AddHook(&h)
+		for name, read := range map[string]func() error{
+			"Page":  func() error { _, err := b.Page(ctx, "str", pubsub.ID{}, 10); return err },
+			"Info":  func() error { _, err := b.Info(ctx, "str"); return err },
+			"Watch": func() error { _, err := b.Watch(ctx, "str", 10); return err },
+		} {
+			before := h.n.Load()
+			if err := read(); !errors.Is(err, pubsub.ErrWrongType) || !strings.Contains(err.Error(), "type string") {
+				t.Errorf("%s of a string key: %v, want ErrWrongType naming the type", name, err)
+			}
+			if n := h.n.Load() - before; n != 1 {
+				t.Errorf("%s of a string key: %d commands, want 1", name, n)
+			}
+		}
+	})
+
+	t.Run("OutOfMemory", func(t *testing.T) {
+		b, _ := newBroker(t, srv, nil)
+		key := b.Prefix() + "m"
+		var ids []pubsub.ID
+		for i := range 5 {
+			ids = append(ids, xadd(t, srv, key, "data", fmt.Sprint(i)))
+		}
+		srv.MustDo(t, "CONFIG", "SET", "maxmemory-policy", "noeviction")
+		srv.MustDo(t, "CONFIG", "SET", "maxmemory", "1mb")
+		t.Cleanup(func() { srv.MustDo(t, "CONFIG", "SET", "maxmemory", "0") })
+		// Fill memory until Redis refuses writes.
+		full := false
+		for i := 0; i < 1000 && !full; i++ {
+			_, err := srv.Do(t, "SET", b.Prefix()+fmt.Sprint("fill", i), strings.Repeat("x", 10000))
+			full = err != nil && strings.HasPrefix(err.Error(), "OOM")
+		}
+		if _, err := srv.Do(t, "XADD", key, "*", "data", "x"); !full || err == nil || !strings.HasPrefix(err.Error(), "OOM") {
+			t.Fatalf("Redis still takes writes (full %v, XADD: %v)", full, err)
+		}
+		// What reads used to be: TYPE and XINFO in MULTI/EXEC, refused now.
+		_, txErr := b.Client().TxPipelined(ctx, func(p redis.Pipeliner) error {
+			p.Type(ctx, key)
+			p.XInfoStream(ctx, key)
+			return nil
+		})
+		t.Logf("MULTI/EXEC read out of memory: %v", txErr)
+		p, err := b.Page(ctx, "m", ids[1], 10)
+		if err != nil || !slices.Equal(idsOf(p.Entries), ids[2:]) || p.Info.Last != ids[4] {
+			t.Fatalf("page out of memory: %v %+v, %v", idsOf(p.Entries), p.Info, err)
+		}
+		if info, err := b.Info(ctx, "m"); err != nil || info.Length != 5 {
+			t.Fatalf("info out of memory: %+v, %v", info, err)
+		}
+		if tail, err := b.Watch(ctx, "m", 3); err != nil || tail.Last != ids[4] || !slices.Equal(idsOf(tail.Entries), ids[2:]) {
+			t.Fatalf("watch out of memory: %+v, %v", tail, err)
+		}
+	})
+
+	t.Run("LeastPrivilegeACL", func(t *testing.T) {
+		prefix := redistest.Prefix(t)
+		user := "sub" + strings.Trim(prefix, ":")
+		args := append([]any{"ACL", "SETUSER", user, "reset", "on", ">pw", "~" + prefix + "*", "-@all"}, toAny(subscriberACL)...)
+		srv.MustDo(t, args...)
+		t.Cleanup(func() { srv.MustDo(t, "ACL", "DELUSER", user) })
+		b, col := newBroker(t, srv, func(c *pubsub.RedisConfig) {
+			c.Prefix, c.Username, c.Password = prefix, user, "pw"
+		})
+		key := prefix + "acl"
+		first := xadd(t, srv, key, "data", "0")
+		if err := b.Ping(ctx); err != nil {
+			t.Fatalf("ping: %v", err)
+		}
+		tail, err := b.Watch(ctx, "acl", 10)
+		if err != nil || tail.Last != first {
+			t.Fatalf("watch: %+v, %v", tail, err)
+		}
+		second := xadd(t, srv, key, "data", "1")
+		if got := col.waitEntries(t, "acl", 1, deliverWithin); got[0].ID != second {
+			t.Fatalf("delivered %v, want %v", idsOf(got), second)
+		}
+		if p, err := b.Page(ctx, "acl", pubsub.ID{}, 10); err != nil || len(p.Entries) != 2 {
+			t.Fatalf("page: %+v, %v", p, err)
+		}
+		if _, err := b.Info(ctx, "acl"); err != nil {
+			t.Fatalf("info: %v", err)
+		}
+		// The user may not write: least privilege indeed.
+		if _, err := b.Publish(ctx, "acl", "", []byte("x")); err == nil || !strings.Contains(err.Error(), "NOPERM") {
+			t.Fatalf("publish as the subscriber user: %v, want NOPERM", err)
+		}
+	})
+}
+
+func toAny(s []string) []any {
+	out := make([]any, len(s))
+	for i, v := range s {
+		out[i] = v
+	}
+	return out
+}
+
+// TestSourceWindowGapRule runs the replay window over the Redis broker:
+// the state each page is read with tells the window of trimming that
+// overtakes a slow replay between pages, and of a stream deleted and
+// recreated under a node whose ring holds the topic.
+func TestSourceWindowGapRule(t *testing.T) {
+	srv := redistest.Start(t)
+	ctx := ctxT(t)
+
+	t.Run("TrimBetweenPages", func(t *testing.T) {
+		t.Parallel()
+		b, _ := newBroker(t, srv, nil)
+		key := b.Prefix() + "slow"
+		ids := xaddN(t, srv, key, 100)
+		w, err := replay.New(b, replay.Config{PageSize: 10})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		_, err = w.Replay(ctx, "slow", ids[9],
+			func(g replay.Gap) error { got = append(got, "gap "+g.Requested.String()); return nil },
+			func(e pubsub.Entry) error {
+				got = append(got, e.ID.String())
+				if e.ID == ids[14] { // the client is slow; the publisher trims meanwhile
+					srv.MustDo(t, "XTRIM", key, "MAXLEN", "=", "50")
+				}
+				return nil
+			})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var want []string
+		for _, id := range ids[10:20] {
+			want = append(want, id.String())
+		}
+		want = append(want, "gap "+ids[19].String())
+		for _, id := range ids[50:] {
+			want = append(want, id.String())
+		}
+		if !slices.Equal(got, want) {
+			t.Fatalf("replay after %v:\n got %v\nwant %v", ids[9], got, want)
+		}
+	})
+
+	t.Run("RecreatedLowerUnderRing", func(t *testing.T) {
+		t.Parallel()
+		b, _ := newBroker(t, srv, nil)
+		key := b.Prefix() + "re"
+		for i := range 20 {
+			srv.MustDo(t, "XADD", key, fmt.Sprintf("9000000000000-%d", i+1), "data", "old")
+		}
+		w, err := replay.New(b, replay.Config{RingSize: 100})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := w.Acquire(ctx, "re"); err != nil {
+			t.Fatal(err)
+		}
+		defer w.Release("re")
+		srv.MustDo(t, "DEL", key)
+		srv.MustDo(t, "XADD", key, "5-1", "data", "new")
+		second := xadd(t, srv, key, "data", "new")
+		var got []string
+		_, err = w.Replay(ctx, "re", pubsub.ID{Ms: 9000000000000, Seq: 10},
+			func(g replay.Gap) error { got = append(got, string(g.AppendJSON(nil))); return nil },
+			func(e pubsub.Entry) error { got = append(got, e.ID.String()); return nil })
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := []string{`{"topic":"re","requested":"9000000000000-10","oldest":"5-1","reset":true}`, "5-1", second.String()}
+		if !slices.Equal(got, want) {
+			t.Fatalf("replay on the node with a ring:\n got %v\nwant %v", got, want)
+		}
+	})
+}
+
+// xaddN adds n entries to key and returns their IDs.
+func xaddN(t testing.TB, srv *redistest.Server, key string, n int) []pubsub.ID {
+	t.Helper()
+	ids := make([]pubsub.ID, n)
+	for i := range ids {
+		ids[i] = xadd(t, srv, key, "data", fmt.Sprint(i))
+	}
+	return ids
+}

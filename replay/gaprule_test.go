@@ -1,0 +1,318 @@
+package replay
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/ssecluster/ssecluster/pubsub"
+)
+
+// events replays topic after pos and returns what a client would see: "gap
+// R..O" (requested..oldest, "!" when reset) and entry IDs' ms, in order.
+func events(t *testing.T, w *Window, topic string, pos pubsub.ID) ([]string, Result) {
+	t.Helper()
+	var got []string
+	res, err := w.Replay(context.Background(), topic, pos,
+		func(g Gap) error {
+			s := fmt.Sprintf("gap %s..%s", g.Requested, g.Oldest)
+			if g.Reset {
+				s += "!"
+			}
+			got = append(got, s)
+			return nil
+		},
+		func(e pubsub.Entry) error { got = append(got, fmt.Sprint(e.ID.Ms)); return nil })
+	if err != nil {
+		t.Fatalf("Replay(%s, %s): %v", topic, pos, err)
+	}
+	return got, res
+}
+
+// strs is seq as strings, after a prefix of other events.
+func strs(prefix []string, from, to uint64) []string {
+	out := slices.Clone(prefix)
+	for _, ms := range seq(from, to) {
+		out = append(out, fmt.Sprint(ms))
+	}
+	return out
+}
+
+// TestReplayTrimOvertakesSlowReplay: trimming that passes a replay between
+// two source pages is a gap before the next entry (the bug: the check ran
+// once, before the first page, and the replay jumped silently).
+func TestReplayTrimOvertakesSlowReplay(t *testing.T) {
+	tests := []struct {
+		name string
+		trim uint64 // trimmed up to this after the first page is read
+		want []string
+	}{
+		// First page 11..20; then 1..60 go: 21..60 are lost.
+		{"past the cursor", 60, strs(append(strs(nil, 11, 20), "gap 20-0..61-0"), 61, 100)},
+		// Trimmed exactly to the cursor: nothing lost, no gap.
+		{"to the cursor", 20, strs(nil, 11, 100)},
+		// Trimmed below the cursor: nothing lost.
+		{"below the cursor", 15, strs(nil, 11, 100)},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			src := newFake()
+			src.add("t", 1, 100)
+			pages := 0
+			src.onRange = func(string, pubsub.ID) {
+				if pages++; pages == 2 {
+					src.trim("t", id(tt.trim))
+				}
+			}
+			w := newWindow(t, src, Config{PageSize: 10})
+			got, _ := events(t, w, "t", id(10))
+			if !slices.Equal(got, tt.want) {
+				t.Fatalf("got %v\nwant %v", got, tt.want)
+			}
+		})
+	}
+}
+
+// TestReplayDeletedEntries: an XDEL'd entry after the client's position is
+// a gap before the next entry, at the start, in the middle or at the end of
+// a page; an XDEL below the newest XDEL'd entry is what Redis cannot tell.
+func TestReplayDeletedEntries(t *testing.T) {
+	tests := []struct {
+		name string
+		del  []uint64
+		pos  uint64
+		want []string
+	}{
+		{"first after position", []uint64{11}, 10, strs([]string{"gap 10-0..1-0"}, 12, 30)},
+		{"middle of a page", []uint64{15}, 10, strs(append(strs(nil, 11, 14), "gap 14-0..1-0"), 16, 30)},
+		{"across pages", []uint64{21}, 10, strs(append(strs(nil, 11, 20), "gap 20-0..1-0"), 22, 30)},
+		{"newest entry", []uint64{30}, 10, append(strs(nil, 11, 29), "gap 29-0..1-0")},
+		{"below position", []uint64{5}, 10, strs(nil, 11, 30)},
+		{"position itself", []uint64{10}, 10, strs(nil, 11, 30)},
+		// Redis records only the newest deleted ID (25): 15 goes unseen.
+		{"below a newer deletion", []uint64{15, 25}, 10,
+			strs(append(strs(strs(nil, 11, 14), 16, 24), "gap 24-0..1-0"), 26, 30)},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			src := newFake()
+			src.add("t", 1, 30)
+			for _, ms := range tt.del {
+				src.del("t", ms)
+			}
+			w := newWindow(t, src, Config{PageSize: 10})
+			got, _ := events(t, w, "t", id(tt.pos))
+			if !slices.Equal(got, tt.want) {
+				t.Fatalf("got %v\nwant %v", got, tt.want)
+			}
+		})
+	}
+}
+
+// TestReplayEveryNodeAnswersAlike changes the stream under a node whose
+// ring holds the topic and checks that it answers every position as a node
+// without the topic does (issue cases 2 and 3), before any reset signal.
+func TestReplayEveryNodeAnswersAlike(t *testing.T) {
+	tests := []struct {
+		name   string
+		change func(src *fakeSource)
+		pos    uint64
+		want   []string
+	}{
+		{"deleted and recreated lower", func(src *fakeSource) { src.lose("t"); src.add("t", 5, 8) },
+			9050, strs([]string{"gap 9050-0..5-0!"}, 5, 8)},
+		{"deleted and recreated lower, position at the ring's newest", func(src *fakeSource) { src.lose("t"); src.add("t", 5, 8) },
+			9100, strs([]string{"gap 9100-0..5-0!"}, 5, 8)},
+		{"recreated higher", func(src *fakeSource) { src.lose("t"); src.add("t", 9500, 9502) },
+			9050, strs([]string{"gap 9050-0..9500-0"}, 9500, 9502)},
+		{"deleted", func(src *fakeSource) { src.lose("t") }, 9050, []string{"gap 9050-0..0-0!"}},
+		{"entry of the ring deleted", func(src *fakeSource) { src.del("t", 9060) },
+			9050, strs(append(strs(nil, 9051, 9059), "gap 9059-0..9001-0"), 9061, 9100)},
+		{"trimmed into the ring", func(src *fakeSource) { src.trim("t", id(9070)) },
+			9050, strs([]string{"gap 9050-0..9071-0"}, 9071, 9100)},
+		{"trimmed into the ring, position above", func(src *fakeSource) { src.trim("t", id(9070)) },
+			9080, strs(nil, 9081, 9100)},
+		{"future position", func(*fakeSource) {}, 9999, strs([]string{"gap 9999-0..9001-0!"}, 9001, 9100)},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var answers [2][]string
+			for i, ring := range []bool{false, true} {
+				src := newFake()
+				src.add("t", 9001, 9100)
+				clock := time.Unix(1e6, 0)
+				w := newWindow(t, src, Config{RingSize: 200, PageSize: 16, Now: func() time.Time { return clock }})
+				if ring {
+					acquire(t, w, "t")          // ring 9001..9100
+					events(t, w, "t", id(9090)) // checked once before the change
+					clock = clock.Add(infoReuse)
+				}
+				tt.change(src)
+				answers[i], _ = events(t, w, "t", id(tt.pos))
+			}
+			if !slices.Equal(answers[0], tt.want) {
+				t.Errorf("node without the topic: %v\nwant %v", answers[0], tt.want)
+			}
+			if !slices.Equal(answers[1], tt.want) {
+				t.Errorf("node with the topic in its ring: %v\nwant %v", answers[1], tt.want)
+			}
+		})
+	}
+}
+
+// TestWindowReset: the broker's reset signal empties the ring at once (no
+// Info, no waiting for infoReuse), drops the topic's cached pages, and the
+// ring takes the stream's new entries whatever their IDs.
+func TestWindowReset(t *testing.T) {
+	src := newFake()
+	src.add("t", 9001, 9100)
+	clock := time.Unix(1e6, 0) // still: the ring check would stand forever
+	w := newWindow(t, src, Config{RingSize: 200, PageSize: 10, Now: func() time.Time { return clock }})
+	acquire(t, w, "t")
+	events(t, w, "t", id(0)) // caches full pages, checks the ring
+	src.lose("t")
+	src.add("t", 5, 8)
+	w.Reset("t")
+	if last, ok := w.Last("t"); !ok || !last.IsZero() {
+		t.Fatalf("after Reset: Last = %v, %v; want 0-0, true", last, ok)
+	}
+	infos := src.infos.Load()
+	got, res := events(t, w, "t", id(9050))
+	if want := strs([]string{"gap 9050-0..5-0!"}, 5, 8); !slices.Equal(got, want) || res.From != FromRedis {
+		t.Fatalf("after Reset: %v from %s, want %v from the source", got, res.From, want)
+	}
+	if src.infos.Load() != infos {
+		t.Error("the reset ring was checked against the source: it should cover nothing")
+	}
+	got, _ = events(t, w, "t", id(0))
+	if want := strs(nil, 5, 8); !slices.Equal(got, want) {
+		t.Fatalf("after Reset from 0: %v, want %v (a page cached before the reset was served?)", got, want)
+	}
+	// Live entries of the new history, lower than anything seen before.
+	w.Append("t", src.add("t", 9, 12))
+	if last, _ := w.Last("t"); last != id(12) {
+		t.Fatalf("Last after new entries = %v, want 12-0", last)
+	}
+	clock = clock.Add(infoReuse)
+	ranges := src.ranges.Load()
+	got, res = events(t, w, "t", id(9))
+	if want := strs(nil, 10, 12); !slices.Equal(got, want) || res.From != FromRing || src.ranges.Load() != ranges {
+		t.Fatalf("ring after Reset: %v from %s, want %v from the ring", got, res.From, want)
+	}
+	// Below the first entry the ring took, the source answers.
+	got, res = events(t, w, "t", id(6))
+	if want := strs(nil, 7, 12); !slices.Equal(got, want) || res.From != FromRedis {
+		t.Fatalf("below the ring after Reset: %v from %s, want %v", got, res.From, want)
+	}
+	w.Reset("never acquired") // no-op
+}
+
+// TestWindowResetDuringLoad: a reset that arrives while the topic's tail is
+// being read leaves a ring that covers nothing, since the tail may be the
+// old history's.
+func TestWindowResetDuringLoad(t *testing.T) {
+	src := newFake()
+	src.add("t", 9001, 9100)
+	w := newWindow(t, src, Config{RingSize: 200})
+	src.afterTail = func(topic string) {
+		src.lose(topic)
+		src.add(topic, 5, 8)
+		w.Reset(topic)
+	}
+	acquire(t, w, "t")
+	got, res := events(t, w, "t", id(9050))
+	if want := strs([]string{"gap 9050-0..5-0!"}, 5, 8); !slices.Equal(got, want) || res.From != FromRedis {
+		t.Fatalf("%v from %s, want %v from the source", got, res.From, want)
+	}
+}
+
+// TestRingCheckShared: replays arriving one after another within infoReuse
+// share one Info; after it, the next replay reads again.
+func TestRingCheckShared(t *testing.T) {
+	src := newFake()
+	src.add("t", 1, 100)
+	clock := time.Unix(1e6, 0)
+	w := newWindow(t, src, Config{RingSize: 200, Now: func() time.Time { return clock }})
+	acquire(t, w, "t")
+	for range 50 {
+		events(t, w, "t", id(50))
+		clock = clock.Add(infoReuse / 100)
+	}
+	if n := src.infos.Load(); n != 1 {
+		t.Fatalf("50 replays within infoReuse: %d Info calls, want 1", n)
+	}
+	clock = clock.Add(infoReuse)
+	events(t, w, "t", id(50))
+	if n := src.infos.Load(); n != 2 {
+		t.Fatalf("after infoReuse: %d Info calls, want 2", n)
+	}
+}
+
+// TestReplayRecreatedHigherUnderLiveRing: a topic watched from before its
+// stream existed (ring floor 0-0) fills its ring live; the stream is then
+// deleted and recreated with higher IDs, nothing removed in its new
+// history. The ring's entries are above MaxDeleted and below First: the
+// ring must not serve them.
+func TestReplayRecreatedHigherUnderLiveRing(t *testing.T) {
+	src := newFake()
+	clock := time.Unix(1e6, 0)
+	w := newWindow(t, src, Config{RingSize: 200, Now: func() time.Time { return clock }})
+	acquire(t, w, "t") // missing stream: empty ring, floor 0-0
+	w.Append("t", src.add("t", 1, 100))
+	src.lose("t")
+	src.add("t", 200, 210)
+	got, _ := events(t, w, "t", id(50))
+	if want := strs([]string{"gap 50-0..200-0"}, 200, 210); !slices.Equal(got, want) {
+		t.Fatalf("got %v\nwant %v", got, want)
+	}
+}
+
+// TestReplayRecreatedHigherAtRingFloor: a ring loaded from an emptied
+// stream covers only its floor (the stream's last ID); once the stream is
+// recreated with higher IDs, that position was never an entry of the new
+// history: a gap, as a node without the ring answers.
+func TestReplayRecreatedHigherAtRingFloor(t *testing.T) {
+	src := newFake()
+	src.add("t", 1, 100)
+	src.trim("t", id(100))
+	w := newWindow(t, src, Config{RingSize: 200})
+	acquire(t, w, "t") // empty ring, floor 100-0
+	src.lose("t")
+	src.add("t", 200, 210)
+	got, _ := events(t, w, "t", id(100))
+	if want := strs([]string{"gap 100-0..200-0"}, 200, 210); !slices.Equal(got, want) {
+		t.Fatalf("got %v\nwant %v", got, want)
+	}
+}
+
+// TestRingCheckStalledSource: a source that does not answer the ring check
+// (Redis stalled) does not hold a resume the ring can serve beyond
+// checkWait.
+func TestRingCheckStalledSource(t *testing.T) {
+	src := newFake()
+	src.add("t", 1, 100)
+	w := newWindow(t, src, Config{RingSize: 200})
+	acquire(t, w, "t")
+	src.infoStall = make(chan struct{})
+	defer close(src.infoStall)
+	done := make(chan []string, 1)
+	go func() {
+		var got []string
+		_, err := w.Replay(context.Background(), "t", id(90), nil,
+			func(e pubsub.Entry) error { got = append(got, fmt.Sprint(e.ID.Ms)); return nil })
+		if err != nil {
+			got = append(got, err.Error())
+		}
+		done <- got
+	}()
+	select {
+	case got := <-done:
+		if want := strs(nil, 91, 100); !slices.Equal(got, want) {
+			t.Fatalf("got %v, want %v", got, want)
+		}
+	case <-time.After(checkWait + 10*time.Second):
+		t.Fatal("the replay waits for a stalled ring check")
+	}
+}
