@@ -320,17 +320,20 @@ func (n *Node) start(ctx context.Context, s sink, c *client) (reason string) {
 	// would be dispatched as an empty event by client libraries that take
 	// any block (r3labs/sse, and the bytes left after the last blank line
 	// of a broken connection) as an event; retry: rides the first event.
-	b := append(make([]byte, 0, 64), opening...)
+	b := make([]byte, 0, 64)
 	if c.announce {
-		// Opt-in (Config.AnnouncePosition): a client that came without a
-		// position learns where it starts. An id: field with no data sets
-		// EventSource's last event ID without dispatching an event, so a
-		// stream that ends before its first event still resumes without
-		// loss; literal client libraries dispatch it as an empty event.
+		// Opt-in (Config.AnnouncePosition): the opening tells a client
+		// that came without a position where it starts. An id: field with
+		// no data sets EventSource's last event ID without dispatching an
+		// event, so a stream that ends before its first event still
+		// resumes without loss; literal client libraries dispatch it as
+		// an empty event.
 		b = c.appendRetry(b)
 		b = append(b, "id: "...)
 		b = replay.AppendLastEventID(b, c.pos)
 		b = append(b, "\n\n"...)
+	} else {
+		b = append(b, opening...)
 	}
 	if err := n.writeFlush(s, b); err != nil {
 		return n.writeFailed(err)
