@@ -301,6 +301,7 @@ type confSub struct {
 	connects []time.Time // each request the library made (Go libraries)
 	retry    string      // the retry: as the library reported it, "" if not
 	ended    string      // set when the library gave up for good
+	endedAt  time.Time
 }
 
 func (s *confSub) add(e confEvent) {
@@ -326,7 +327,7 @@ func (s *confSub) setRetry(v string) {
 func (s *confSub) setEnded(v string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.ended = v
+	s.ended, s.endedAt = v, time.Now()
 }
 
 func (s *confSub) snapshot() (got []confEvent, connects []time.Time, retry, ended string) {
