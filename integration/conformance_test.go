@@ -101,12 +101,24 @@ func TestConformance(t *testing.T) {
 			}
 		}
 	}
+	// settle polls (syncing the browser's view first) until cond holds or
+	// catchUp passes; then it logs what cond last said, and the checks
+	// below tell what went wrong.
+	settle := func(what string, cond func() (bool, string)) {
+		var status string
+		if !pollUntil(catchUp, 50*time.Millisecond, nil, func() bool {
+			syncBrowser()
+			var ok bool
+			ok, status = cond()
+			return ok
+		}) {
+			t.Logf("%s: after %v, %s", what, catchUp, status)
+		}
+	}
 	// allConnected waits until every subscription that has not given up
 	// holds a stream.
 	allConnected := func(what string) {
-		deadline := time.Now().Add(catchUp)
-		for {
-			syncBrowser()
+		settle(what, func() (bool, string) {
 			want := 0
 			for _, s := range subs {
 				if _, _, _, ended := s.snapshot(); ended == "" {
@@ -114,22 +126,13 @@ func TestConformance(t *testing.T) {
 				}
 			}
 			got := cl.connections()
-			if got == want {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Logf("%s: %d streams open after %v, want %d", what, got, catchUp, want)
-				return
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
+			return got == want, fmt.Sprintf("%d streams open, want %d", got, want)
+		})
 	}
 	// caughtUp waits until every subscription has as many events as it
 	// should (the checks below say whether they are the right ones).
 	caughtUp := func(what string) {
-		deadline := time.Now().Add(catchUp)
-		for {
-			syncBrowser()
+		settle(what, func() (bool, string) {
 			behind := 0
 			for _, s := range subs {
 				got, _, _, _ := s.snapshot()
@@ -137,15 +140,8 @@ func TestConformance(t *testing.T) {
 					behind++
 				}
 			}
-			if behind == 0 {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Logf("%s: %d subscriptions still behind after %v", what, behind, catchUp)
-				return
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
+			return behind == 0, fmt.Sprintf("%d subscriptions still behind", behind)
+		})
 	}
 	idle := func() { time.Sleep(5 * heartbeat) } // heartbeats only
 

@@ -71,19 +71,25 @@ func startConfCluster(t *testing.T, srv *redistest.Server, prefix string, edit f
 			}
 			cn.admin.ServeHTTP(w, r)
 		})}
-		done := make(chan struct{})
-		go func() {
-			defer close(done)
-			_ = adm.Serve(ln)
-		}()
-		t.Cleanup(func() {
-			_ = adm.Close()
-			<-done
-		})
+		confServe(t, adm, ln)
 		cl.slots = append(cl.slots, s)
 		cl.start(i)
 	}
 	return cl
+}
+
+// confServe serves srv on ln until the test's cleanup closes it and waits
+// for Serve to return.
+func confServe(t *testing.T, srv *http.Server, ln net.Listener) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = srv.Serve(ln)
+	}()
+	t.Cleanup(func() {
+		_ = srv.Close()
+		<-done
+	})
 }
 
 // start runs a new node in slot i.
@@ -446,15 +452,7 @@ func startConfBrowser(t *testing.T) *confBrowser {
 	if err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		_ = page.Serve(ln)
-	}()
-	t.Cleanup(func() {
-		_ = page.Close()
-		<-done
-	})
+	confServe(t, page, ln)
 	b := e2eStartBrowser(t)
 	if err := b.navigate(60*time.Second, "http://"+ln.Addr().String()+"/"); err != nil {
 		t.Fatalf("open the conformance page: %v", err)
