@@ -250,6 +250,9 @@ func startConfProxy(t *testing.T, name string, cl *confCluster) *confProxy {
 	default:
 		t.Fatalf("proxy %q", name)
 	}
+	if _, err := exec.LookPath(check[0]); err != nil {
+		t.Fatalf("the conformance suite runs the shipped %s config: install Debian's %s package (apt-get install haproxy nginx): %v", name, name, err)
+	}
 	if out, err := exec.Command(check[0], check[1:]...).CombinedOutput(); err != nil {
 		t.Fatalf("%s rejects the rewritten %s: %v\n%s", name, file, err, out)
 	}
