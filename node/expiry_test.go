@@ -21,8 +21,10 @@ func TestTokenExpiryClosesStream(t *testing.T) {
 	auth := newAuth(t, JWTConfig{HS256Secret: testSecret, Leeway: leeway})
 	tn := newTestNode(t, testOpts{cfg: Config{Auth: auth, Heartbeat: 50 * time.Millisecond}})
 	token := func(life time.Duration) (string, time.Time) {
-		exp := time.Now().Add(life).Truncate(time.Second)
-		return hs256(t, jwt.MapClaims{SubscribeClaim: []string{"x"}, "exp": exp.Unix()}), exp
+		// A lifetime of life, from a whole second (JWT times are seconds).
+		iat := time.Now().Truncate(time.Second)
+		exp := iat.Add(life)
+		return hs256(t, jwt.MapClaims{SubscribeClaim: []string{"x"}, "iat": iat.Unix(), "exp": exp.Unix()}), exp
 	}
 	base := tn.srv.URL + "/events?topic=x&access_token="
 	tok, exp := token(5 * time.Second)
@@ -51,6 +53,7 @@ func TestTokenExpiryClosesStream(t *testing.T) {
 	if early, late := exp.Add(leeway-100*time.Millisecond), exp.Add(leeway+3*time.Second); ended.Before(early) || ended.After(late) {
 		t.Fatalf("stream ended at %v, want at exp %v + leeway %v", ended.Format(time.StampMilli), exp.Format(time.StampMilli), leeway)
 	}
+	t.Logf("token exp %s, leeway %v: stream aborted %v after exp", exp.Format(time.StampMilli), leeway, ended.Sub(exp).Round(time.Millisecond))
 	// Counted when the node has released the stream, just after the close.
 	eventually(t, 5*time.Second, "sse_disconnects_total{reason=token_expired} 1", func() bool {
 		return testutil.ToFloat64(tn.m.disconnects.WithLabelValues(reasonTokenExpired)) == 1
@@ -70,6 +73,7 @@ func TestTokenExpiryClosesStream(t *testing.T) {
 	if last != want[4] || strings.Join(resumed, " ") != strings.Join(want[5:], " ") {
 		t.Fatalf("resumed after %s with %v, want after %s %v (0 lost)", last, resumed, want[4], want[5:])
 	}
+	t.Logf("resumed with a fresh token: %d of %d events published meanwhile and after, 0 lost", len(resumed), len(want)-5)
 }
 
 // SSE_JWT_ISSUER and SSE_JWT_AUDIENCE: checked when set, a 401 that names
