@@ -33,7 +33,10 @@ import (
 // "sse.subscribe" lists the topics it grants: exact names, or prefixes
 // ending in "*" ("news.*" grants "news.eu"; "*" grants every topic). A
 // single string is read as a list of one. exp and nbf are honoured when
-// present, with JWTLeeway of clock skew; tokens without exp do not expire.
+// present, with JWTConfig.Leeway of clock skew; tokens without exp do not
+// expire. A stream whose token has exp is closed at exp plus the leeway
+// (as a drain closes it), so its client reconnects with a fresh token and
+// resumes. iss and aud are checked when JWTConfig.Issuer or Audience is set.
 // Only the algorithms of the configured key are accepted: "none", and an
 // HS256 token where a public key is configured, are refused.
 //
@@ -45,7 +48,7 @@ import (
 // SubscribeClaim is the JWT claim listing the topics a token grants.
 const SubscribeClaim = "sse.subscribe"
 
-// JWTLeeway is the clock skew allowed when checking exp and nbf.
+// JWTLeeway is the default clock skew allowed when checking exp and nbf.
 const JWTLeeway = 30 * time.Second
 
 // maxTokenLen bounds the tokens the node parses at all.
@@ -70,6 +73,13 @@ type JWTConfig struct {
 	HTTPClient *http.Client
 	// Cookie is the cookie a token may come in; "" means "sse_token".
 	Cookie string
+	// Leeway is the clock skew allowed when checking exp and nbf, and how
+	// long after exp an open stream is closed; 0 means JWTLeeway (30s).
+	Leeway time.Duration
+	// Issuer, when set, is the iss claim a token must carry.
+	Issuer string
+	// Audience, when set, must be one of the token's aud values.
+	Audience string
 	// Logger receives JWKS refresh failures; nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -80,15 +90,25 @@ type JWTAuth struct {
 	parser *jwt.Parser
 	keys   jwt.Keyfunc // immutable after NewJWTAuth
 	cookie string
-	jwks   *jwks // nil unless JWKSURL
+	leeway time.Duration
+	// issuer and audience are the iss and aud a token must carry; "" is
+	// not checked.
+	issuer, audience string
+	jwks             *jwks // nil unless JWKSURL
 }
 
 // NewJWTAuth validates cfg, loads the key (fetching the JWKS when given) and
 // returns a verifier.
 func NewJWTAuth(cfg JWTConfig) (*JWTAuth, error) {
-	a := &JWTAuth{cookie: cfg.Cookie}
+	a := &JWTAuth{cookie: cfg.Cookie, leeway: cfg.Leeway, issuer: cfg.Issuer, audience: cfg.Audience}
 	if a.cookie == "" {
 		a.cookie = "sse_token"
+	}
+	switch {
+	case a.leeway < 0:
+		return nil, fmt.Errorf("node: jwt: leeway %v: must not be negative", a.leeway)
+	case a.leeway == 0:
+		a.leeway = JWTLeeway
 	}
 	set := 0
 	for _, ok := range []bool{len(cfg.HS256Secret) > 0, len(cfg.PublicKeyPEM) > 0, cfg.JWKSURL != ""} {
@@ -124,7 +144,14 @@ func NewJWTAuth(cfg JWTConfig) (*JWTAuth, error) {
 		methods = []string{jwt.SigningMethodRS256.Alg(), jwt.SigningMethodES256.Alg()}
 		a.keys = j.key
 	}
-	a.parser = jwt.NewParser(jwt.WithValidMethods(methods), jwt.WithLeeway(JWTLeeway))
+	opts := []jwt.ParserOption{jwt.WithValidMethods(methods), jwt.WithLeeway(a.leeway)}
+	if cfg.Issuer != "" {
+		opts = append(opts, jwt.WithIssuer(cfg.Issuer))
+	}
+	if cfg.Audience != "" {
+		opts = append(opts, jwt.WithAudience(cfg.Audience))
+	}
+	a.parser = jwt.NewParser(opts...)
 	return a, nil
 }
 
@@ -185,22 +212,34 @@ func unauthorized(format string, args ...any) *authError {
 	return &authError{status: http.StatusUnauthorized, msg: "unauthorized: " + fmt.Sprintf(format, args...)}
 }
 
-// authorize checks r's token and that it grants every topic.
-func (a *JWTAuth) authorize(r *http.Request, topics []string) *authError {
+// authorize checks r's token and that it grants every topic. It returns
+// the token's expiry, zero when it has none.
+func (a *JWTAuth) authorize(r *http.Request, topics []string) (time.Time, *authError) {
 	raw, err := a.token(r)
 	if err != nil {
-		return err
+		return time.Time{}, err
 	}
 	var claims subscribeClaims
 	if _, err := a.parser.ParseWithClaims(raw, &claims, a.keys); err != nil {
-		return unauthorized("invalid token: %v", err)
+		// Name the claim that failed, so that a misconfigured issuer or
+		// audience is told apart from a bad signature.
+		switch {
+		case errors.Is(err, jwt.ErrTokenInvalidIssuer):
+			return time.Time{}, unauthorized("invalid token: claim iss %q: want %q", truncate(claims.Issuer, 64), a.issuer)
+		case errors.Is(err, jwt.ErrTokenInvalidAudience):
+			return time.Time{}, unauthorized("invalid token: claim aud %q: want %q", truncate(strings.Join(claims.Audience, ","), 64), a.audience)
+		}
+		return time.Time{}, unauthorized("invalid token: %v", err)
 	}
 	for _, t := range topics {
 		if !claims.Subscribe.allows(t) {
-			return &authError{status: http.StatusForbidden, msg: fmt.Sprintf("forbidden: the token does not grant topic %q", t)}
+			return time.Time{}, &authError{status: http.StatusForbidden, msg: fmt.Sprintf("forbidden: the token does not grant topic %q", t)}
 		}
 	}
-	return nil
+	if claims.ExpiresAt == nil {
+		return time.Time{}, nil
+	}
+	return claims.ExpiresAt.Time, nil
 }
 
 // token finds the request's bearer token.

@@ -260,7 +260,7 @@ func TestAuthorize(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			r := httptest.NewRequest(http.MethodGet, "/events", nil)
 			tt.token(r)
-			err := tt.auth.authorize(r, tt.topics)
+			_, err := tt.auth.authorize(r, tt.topics)
 			switch {
 			case err == nil && tt.want != 0:
 				t.Fatalf("allowed, want %d", tt.want)
@@ -347,7 +347,8 @@ func TestJWKSRefresh(t *testing.T) {
 	check := func(tok string) *authError {
 		r := httptest.NewRequest(http.MethodGet, "/events", nil)
 		r.Header.Set("Authorization", "Bearer "+tok)
-		return a.authorize(r, []string{"a"})
+		_, err := a.authorize(r, []string{"a"})
+		return err
 	}
 	newTok := sign(t, jwt.SigningMethodES256, ecKey, claims("a"), "new")
 	if err := check(newTok); err == nil {

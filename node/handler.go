@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -31,6 +32,14 @@ type client struct {
 	q        *queue
 	scratch  []byte     // composite id line for several topics
 	ip       netip.Addr // counted by the per-IP limit, if any
+	// retry is this stream's jittered retry: line, sent with its first
+	// event (see retryLine); nil once sent. It belongs to the writer.
+	retry []byte
+	// end is why the stream must close (closeStream), nil while it may
+	// run on.
+	end atomic.Pointer[string]
+	// expiry closes the stream when its token expires; nil without one.
+	expiry *time.Timer
 }
 
 func (c *client) topicIndex(t string) int {
@@ -117,8 +126,13 @@ func truncate(s string, n int) string {
 // replay from the requested position, then write live frames until the
 // client leaves, falls behind, or the node drains.
 func (n *Node) ServeEvents(w http.ResponseWriter, r *http.Request) {
-	if n.cors != nil && !n.cors.handle(w, r) {
-		return // preflight answered, or origin refused
+	if n.cors != nil {
+		if next, refused := n.cors.handle(w, r); !next {
+			if refused {
+				n.m.connTotal.WithLabelValues(outcomeCORS).Inc()
+			}
+			return // preflight answered, or origin refused
+		}
 	}
 	if r.Method != http.MethodGet {
 		w.Header().Set("Allow", "GET")
@@ -131,9 +145,11 @@ func (n *Node) ServeEvents(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
+	var expires time.Time // zero: the stream does not expire
 	if n.cfg.Auth != nil {
-		if err := n.cfg.Auth.authorize(r, req.topics); err != nil {
-			n.denied(w, err)
+		var aerr *authError
+		if expires, aerr = n.cfg.Auth.authorize(r, req.topics); aerr != nil {
+			n.denied(w, aerr)
 			return
 		}
 	}
@@ -184,7 +200,8 @@ func (n *Node) ServeEvents(w http.ResponseWriter, r *http.Request) {
 		slots:    make([]int, len(req.topics)),
 		pos:      req.pos,
 		ip:       ip,
-		announce: !req.resume,
+		announce: !req.resume && n.cfg.AnnouncePosition,
+		retry:    n.retryLine(),
 	}
 	drop := n.cfg.SlowClient == PolicyDrop
 	h := w.Header()
@@ -202,6 +219,7 @@ func (n *Node) ServeEvents(w http.ResponseWriter, r *http.Request) {
 	if !n.cfg.NoHijack && r.ProtoMajor == 1 && r.ProtoMinor >= 1 && r.TLS == nil {
 		if lc := n.hijack(w, c, drop); lc != nil {
 			n.hub.subscribe(c)
+			n.expireAt(c, expires)
 			lc.open(r)
 			return
 		}
@@ -209,15 +227,62 @@ func (n *Node) ServeEvents(w http.ResponseWriter, r *http.Request) {
 	signal, notify := signalNotify()
 	c.q = newQueue(n.cfg.ClientBuffer, n.cfg.ClientBufferBytes, drop, notify)
 	n.hub.subscribe(c)
+	n.expireAt(c, expires)
 	w.WriteHeader(http.StatusOK)
 	reason := n.stream(r, newHTTPSink(w), c, signal)
 	n.finish(c, reason)
+	if reason != reasonClientGone {
+		// The server ends this stream: abort it rather than end the body
+		// cleanly. http.ErrAbortHandler is net/http's documented way to
+		// abort a response: HTTP/1.1 closes the connection without the
+		// terminating chunk, HTTP/2 resets the stream. Every client
+		// library reads that as a broken connection and reconnects,
+		// whereas some (r3labs/sse) take a clean end of the body as the
+		// end of the subscription and never come back.
+		panic(http.ErrAbortHandler)
+	}
+}
+
+// closeStream ends c's stream so that every client library reconnects
+// (and resumes with its Last-Event-ID): the connection is aborted, never
+// ended cleanly, and nothing follows the last complete event, so no
+// library dispatches a phantom event. Reconnects are spread over time by
+// the jittered retry: each stream received with its first event
+// (retryLine). It returns at once; the stream's writer closes it. Only
+// the first reason given counts.
+func (n *Node) closeStream(c *client, reason string) {
+	if c.end.CompareAndSwap(nil, &reason) {
+		c.q.notify()
+	}
+}
+
+// ending returns why c must close, or "".
+func (c *client) ending() string {
+	if r := c.end.Load(); r != nil {
+		return *r
+	}
+	return ""
+}
+
+// expireAt closes c's stream when its token expires (at expires plus the
+// verifier's leeway), so that the client reconnects with a fresh token.
+// A zero expires never expires.
+func (n *Node) expireAt(c *client, expires time.Time) {
+	if expires.IsZero() {
+		return
+	}
+	c.expiry = time.AfterFunc(time.Until(expires.Add(n.cfg.Auth.leeway)), func() {
+		n.closeStream(c, reasonTokenExpired)
+	})
 }
 
 // finish releases everything an ended stream held, in order: unregister
 // from the hub first, so no fan-out pushes after the queue lets go of its
 // frames; then the window's topics; then the counts.
 func (n *Node) finish(c *client, reason string) {
+	if c.expiry != nil {
+		c.expiry.Stop()
+	}
 	n.hub.unsubscribe(c)
 	c.q.close()
 	for _, t := range c.topics {
@@ -250,20 +315,26 @@ func (n *Node) start(ctx context.Context, s sink, c *client) (reason string) {
 		}
 		span.End()
 	}()
-	b := make([]byte, 0, 32)
-	b = append(b, "retry: "...)
-	b = strconv.AppendInt(b, n.cfg.Retry.Milliseconds(), 10)
-	b = append(b, "\n: ok\n"...)
+	// The opening is a lone blank line, which no parser dispatches: it
+	// gets bytes through proxies at once. A comment or a retry: line here
+	// would be dispatched as an empty event by client libraries that take
+	// any block (r3labs/sse, and the bytes left after the last blank line
+	// of a broken connection) as an event; retry: rides the first event.
+	b := make([]byte, 0, 64)
 	if c.announce {
-		// A client that came without a position learns where it starts:
-		// an id: field with no data sets EventSource's last event ID
-		// without dispatching an event, so a stream that ends before its
-		// first event still resumes without loss.
+		// Opt-in (Config.AnnouncePosition): the opening tells a client
+		// that came without a position where it starts. An id: field with
+		// no data sets EventSource's last event ID without dispatching an
+		// event, so a stream that ends before its first event still
+		// resumes without loss; literal client libraries dispatch it as
+		// an empty event.
+		b = c.appendRetry(b)
 		b = append(b, "id: "...)
 		b = replay.AppendLastEventID(b, c.pos)
-		b = append(b, '\n')
+		b = append(b, "\n\n"...)
+	} else {
+		b = append(b, opening...)
 	}
-	b = append(b, '\n')
 	if err := n.writeFlush(s, b); err != nil {
 		return n.writeFailed(err)
 	}
@@ -285,14 +356,28 @@ func (n *Node) start(ctx context.Context, s sink, c *client) (reason string) {
 	return ""
 }
 
-// drainRetry is the retry: line a drained stream ends with: spread over
-// [Retry, 2*Retry) so the reconnects of a drained node do not all land at
-// once.
-func (n *Node) drainRetry(b []byte) []byte {
+// retryLine is a stream's retry: line: spread over [Retry, 2*Retry) so
+// that the reconnects of streams closed together (a drain, a rebalance,
+// tokens that expire at once) do not all land at the same moment. It is
+// sent with the stream's first event, the only place no client library
+// turns it into an event of its own, and a parser applies it as soon as it
+// reads the line.
+func (n *Node) retryLine() []byte {
 	retry := n.cfg.Retry + rand.N(n.cfg.Retry+time.Millisecond)
+	b := make([]byte, 0, 24)
 	b = append(b, "retry: "...)
 	b = strconv.AppendInt(b, retry.Milliseconds(), 10)
-	return append(b, "\n: draining\n\n"...)
+	return append(b, '\n')
+}
+
+// appendRetry appends the stream's retry: line if it has not been sent,
+// ahead of the first event.
+func (c *client) appendRetry(b []byte) []byte {
+	if c.retry != nil {
+		b = append(b, c.retry...)
+		c.retry = nil
+	}
+	return b
 }
 
 // stream runs a net/http stream to its end and returns why it ended. The
@@ -310,7 +395,6 @@ func (n *Node) stream(r *http.Request, s sink, c *client, signal <-chan struct{}
 		case <-ctx.Done():
 			return reasonClientGone
 		case <-n.drainCh:
-			_ = n.writeFlush(s, n.drainRetry(nil))
 			return reasonDrain
 		case <-hb.C:
 			if err := n.writeFlush(s, heartbeat); err != nil {
@@ -318,6 +402,9 @@ func (n *Node) stream(r *http.Request, s sink, c *client, signal <-chan struct{}
 			}
 			hb.Reset(n.cfg.Heartbeat)
 		case <-signal:
+			if reason := c.ending(); reason != "" {
+				return reason
+			}
 			var closed bool
 			var why overflow
 			batch, closed, why = c.q.take(batch[:0])
@@ -342,7 +429,14 @@ func (n *Node) stream(r *http.Request, s sink, c *client, signal <-chan struct{}
 	}
 }
 
-var heartbeat = []byte(":\n\n")
+// opening and heartbeat are blank lines, the only bytes between events
+// that no client library dispatches as an event, even when a connection
+// breaks right after them (a comment would do for browsers, not for
+// r3labs/sse once it knows an event ID).
+var (
+	opening   = []byte("\n\n")
+	heartbeat = []byte("\n\n")
+)
 
 // errWrite marks errors from writing to the client, as opposed to reading
 // the replay window.
@@ -439,6 +533,7 @@ func (c *client) appendFrame(b []byte, f *Frame) ([]byte, int) {
 	if k == len(f.events) {
 		return b, 0
 	}
+	b = c.appendRetry(b)
 	if len(c.topics) == 1 {
 		c.pos[0] = f.ID()
 		return append(b, f.buf[f.events[k].start:]...), len(f.events) - k
@@ -462,6 +557,11 @@ func (c *client) write(s sink, f *Frame) (int, error) {
 			return 0, nil
 		}
 		c.pos[0] = f.ID()
+		if c.retry != nil {
+			if _, err := s.Write(c.appendRetry(nil)); err != nil {
+				return 0, fmt.Errorf("%w: %w", errWrite, err)
+			}
+		}
 		if _, err := s.Write(f.buf[f.events[k].start:]); err != nil {
 			return 0, fmt.Errorf("%w: %w", errWrite, err)
 		}
@@ -475,7 +575,8 @@ func (c *client) write(s sink, f *Frame) (int, error) {
 	for j := f.after(c.pos[i]); j < len(f.events); j++ {
 		c.pos[i] = f.events[j].id
 		// Only the id line goes through scratch, so it stays small.
-		c.scratch = append(c.scratch[:0], "id: "...)
+		c.scratch = c.appendRetry(c.scratch[:0])
+		c.scratch = append(c.scratch, "id: "...)
 		c.scratch = replay.AppendLastEventID(c.scratch, c.pos)
 		c.scratch = append(c.scratch, '\n')
 		if _, err := s.Write(c.scratch); err != nil {
@@ -506,7 +607,8 @@ func (n *Node) replay(ctx context.Context, s sink, c *client, i int, topic strin
 			if g.Reset {
 				c.pos[i] = pubsub.ID{}
 			}
-			gapBuf = append(gapBuf[:0], "event: sse-gap\ndata: "...)
+			gapBuf = c.appendRetry(gapBuf[:0])
+			gapBuf = append(gapBuf, "event: sse-gap\ndata: "...)
 			gapBuf = g.AppendJSON(gapBuf)
 			gapBuf = append(gapBuf, "\n\n"...)
 			return n.writeFlush(s, gapBuf)

@@ -207,7 +207,7 @@ func (lc *leanConn) schedule() {
 // so that no notify is lost between the two.
 func (lc *leanConn) release() {
 	lc.sched.Store(false)
-	if lc.c.q.pending() || lc.hbDue.Load() || lc.n.draining.Load() {
+	if lc.c.q.pending() || lc.hbDue.Load() || lc.n.draining.Load() || lc.c.end.Load() != nil {
 		lc.schedule()
 	}
 }
@@ -244,7 +244,7 @@ func (l *lean) remove(lc *leanConn) {
 	l.mu.Unlock()
 }
 
-// drain asks every stream's writer to send the drain retry: and close.
+// drain asks every stream's writer to close its stream.
 func (l *lean) drain() {
 	l.mu.Lock()
 	open := append([]*leanConn(nil), l.conns...)
@@ -303,14 +303,14 @@ func (w *leanWriter) serve(lc *leanConn) {
 	if lc.done.Load() {
 		return
 	}
+	// A server-side end closes the connection without the terminating
+	// chunk (see closeStream), so every client library reconnects.
 	if n.draining.Load() {
-		w.buf = append(w.buf[:0], make([]byte, chunkHead)...)
-		w.buf = n.drainRetry(w.buf)
-		chunk := frameChunk(w.buf)
-		chunk = append(chunk, "0\r\n\r\n"...)
-		_ = lc.conn.SetWriteDeadline(time.Now().Add(poolWriteTimeout))
-		_, _ = lc.conn.Write(chunk)
 		lc.close(reasonDrain)
+		return
+	}
+	if reason := lc.c.ending(); reason != "" {
+		lc.close(reason)
 		return
 	}
 	var closed bool

@@ -53,19 +53,20 @@ func (c *cors) allowed(origin string) bool {
 }
 
 // handle sets the CORS headers of a request from an allowed origin and
-// answers its preflight. It returns false when it has answered: a preflight,
-// or a 403 for an origin not allowed. A request without Origin is not a
-// browser's cross-origin request and passes untouched.
-func (c *cors) handle(w http.ResponseWriter, r *http.Request) (next bool) {
+// answers its preflight. It returns next false when it has answered: a
+// preflight, or a 403 for an origin not allowed (refused true). A request
+// without Origin is not a browser's cross-origin request and passes
+// untouched.
+func (c *cors) handle(w http.ResponseWriter, r *http.Request) (next, refused bool) {
 	h := w.Header()
 	h.Add("Vary", "Origin")
 	origin := r.Header.Get("Origin")
 	if origin == "" {
-		return true
+		return true, false
 	}
 	if !c.allowed(origin) {
 		http.Error(w, fmt.Sprintf("forbidden: origin %q is not allowed (SSE_CORS_ORIGINS)", truncate(origin, 128)), http.StatusForbidden)
-		return false
+		return false, true
 	}
 	h.Set("Access-Control-Allow-Origin", origin)
 	if !c.any {
@@ -77,9 +78,9 @@ func (c *cors) handle(w http.ResponseWriter, r *http.Request) (next bool) {
 		h.Set("Access-Control-Allow-Headers", "Authorization, Last-Event-ID, Cache-Control")
 		h.Set("Access-Control-Max-Age", "600")
 		w.WriteHeader(http.StatusNoContent)
-		return false
+		return false, false
 	}
-	return true
+	return true, false
 }
 
 // ipLimiter counts open streams per client address. An IPv6 client is

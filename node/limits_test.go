@@ -74,6 +74,13 @@ func TestCORS(t *testing.T) {
 					t.Errorf("body %q does not name the origin", l)
 				}
 			}
+			refusals := 0.0
+			if tt.want == 403 {
+				refusals = 1
+			}
+			if got := testutil.ToFloat64(tn.m.connTotal.WithLabelValues(outcomeCORS)); got != refusals {
+				t.Errorf("sse_connections_total{outcome=%q} = %v, want %v", outcomeCORS, got, refusals)
+			}
 		})
 	}
 	if _, err := newCORS([]string{"app.example"}); err == nil {

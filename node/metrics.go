@@ -32,12 +32,14 @@ const (
 	outcomeUnauthorized = "unauthorized"
 	outcomeForbidden    = "forbidden"
 	outcomeIPLimit      = "rejected_ip_limit"
+	outcomeCORS         = "cors_refused"
 
 	reasonClientGone   = "client_gone"
 	reasonWriteError   = "write_error"
 	reasonWriteTimeout = "write_timeout"
 	reasonSlowClient   = "slow_client"
 	reasonDrain        = "drain"
+	reasonTokenExpired = "token_expired"
 )
 
 func newMetrics(reg prometheus.Registerer) *metrics {

@@ -68,6 +68,14 @@ type Config struct {
 	MaxConnections int
 	// MaxTopics caps topics per stream; 0 means 16.
 	MaxTopics int
+	// AnnouncePosition sends a stream that came without a position its
+	// starting position, as an id: line in a block of its own, so that a
+	// stream cut before its first event resumes without loss. Browsers
+	// ignore such a block, as the SSE specification says, but client
+	// libraries that dispatch every block (go-sse, launchdarkly, r3labs)
+	// deliver it as an empty event; so false, the default, sends none
+	// (see README "Position announcement").
+	AnnouncePosition bool
 	// NoHijack keeps HTTP/1.1 streams on the net/http path (a goroutine and
 	// net/http's buffers per stream) instead of taking the connection over.
 	NoHijack bool
@@ -302,8 +310,9 @@ func (n *Node) Ready(ctx context.Context) error {
 	return nil
 }
 
-// Drain fails readiness, refuses new streams, tells every open stream to
-// reconnect elsewhere (a jittered retry:) and closes it, then waits until
+// Drain fails readiness, refuses new streams and closes every open stream
+// as closeStream does, so its client reconnects elsewhere (after the
+// jittered retry: it had with its first event), then waits until
 // all streams are gone or ctx ends. It is safe to call more than once.
 func (n *Node) Drain(ctx context.Context) (err error) {
 	_, span := n.startSpan(ctx, "sse.drain", func() []attribute.KeyValue {

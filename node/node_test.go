@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -88,20 +89,11 @@ func TestPayloadsThroughGoSSE(t *testing.T) {
 		ids = append(ids, tn.publish(t, "p", p.event, p.data).String())
 	}
 	i := 0
-	opening := true
+	// Every event this library yields is one that was published: the
+	// opening, the retry: line and heartbeats yield none.
 	for ev, err := range sse.Read(resp.Body, &sse.ReadConfig{MaxEventSize: 1 << 20}) {
 		if err != nil {
 			t.Fatalf("go-sse read: %v", err)
-		}
-		if opening {
-			// The id-only block that tells a client without a position
-			// where it starts. EventSource dispatches nothing for it; this
-			// library yields it as an empty event.
-			opening = false
-			if ev.Data != "" || ev.Type != "" || ev.LastEventID == "" {
-				t.Fatalf("opening block = %+v, want only an id", ev)
-			}
-			continue
 		}
 		p := payloads[i]
 		want := strings.NewReplacer("\r\n", "\n", "\r", "\n").Replace(p.data)
@@ -262,24 +254,60 @@ func TestBadRequests(t *testing.T) {
 	}
 }
 
-func TestOpenSendsRetryAndHeartbeats(t *testing.T) {
-	tn := newTestNode(t, testOpts{cfg: Config{Heartbeat: 20 * time.Millisecond, Retry: 1500 * time.Millisecond}})
-	c := dial(t, tn.srv.URL+"/events?topic=h", "")
-	var lines []string
-	for len(lines) < 7 {
-		l, err := c.r.ReadString('\n')
-		if err != nil {
-			t.Fatal(err)
-		}
-		lines = append(lines, strings.TrimSuffix(l, "\n"))
+// The wire between events: the opening and every heartbeat are blank
+// lines, and the jittered retry: rides the first event. With
+// AnnouncePosition, a client without a position gets an id-only block.
+func TestOpeningRetryAndHeartbeats(t *testing.T) {
+	tests := []struct {
+		name       string
+		announce   bool
+		lastID     string
+		idle, next []string // non-blank lines before the publish, and up to its event's id
+	}{
+		{name: "first connect", next: []string{"retry: R", "id: ID"}},
+		{name: "resume", lastID: "0-0", next: []string{"retry: R", "id: ID"}},
+		{name: "announce", announce: true, idle: []string{"retry: R", "id: 0-0"}, next: []string{"id: ID"}},
+		{name: "announce, resume", announce: true, lastID: "0-0", next: []string{"retry: R", "id: ID"}},
 	}
-	// No position given: the opening says where the client starts (0-0 on
-	// a topic never written), as an id without data.
-	if lines[0] != "retry: 1500" || !strings.HasPrefix(lines[1], ":") || lines[2] != "id: 0-0" || lines[3] != "" {
-		t.Fatalf("stream opened with %q", lines[:4])
-	}
-	if lines[4] != ":" || lines[6] != ":" {
-		t.Fatalf("no heartbeat comments: %q", lines[4:])
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tn := newTestNode(t, testOpts{cfg: Config{Heartbeat: 20 * time.Millisecond, Retry: 1500 * time.Millisecond, AnnouncePosition: tt.announce}})
+			c := dial(t, tn.srv.URL+"/events?topic=h", tt.lastID)
+			var id string
+			// read collects the non-blank lines until stop says so.
+			read := func(stop func(line string, blanks int) bool) []string {
+				var got []string
+				for blanks := 0; ; {
+					l, err := c.r.ReadString('\n')
+					if err != nil {
+						t.Fatal(err)
+					}
+					l = strings.TrimSuffix(l, "\n")
+					if l == "" {
+						blanks++
+					} else if v, ok := strings.CutPrefix(l, "retry: "); ok {
+						if ms, err := strconv.Atoi(v); err != nil || ms < 1500 || ms > 3000 {
+							t.Fatalf("retry: %q, want 1500 to 3000 ms", v)
+						}
+						got = append(got, "retry: R")
+					} else if id != "" && l == "id: "+id {
+						got = append(got, "id: ID")
+					} else {
+						got = append(got, l)
+					}
+					if stop(l, blanks) {
+						return got
+					}
+				}
+			}
+			// The opening and two heartbeats at least.
+			idle := read(func(_ string, blanks int) bool { return blanks == 6 })
+			id = tn.publish(t, "h", "", "x").String()
+			next := read(func(l string, _ int) bool { return l == "id: "+id })
+			if !slices.Equal(idle, tt.idle) || !slices.Equal(next, tt.next) {
+				t.Fatalf("lines before the event %q then %q, want %q then %q", idle, next, tt.idle, tt.next)
+			}
+		})
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -54,13 +55,15 @@ func TestChunkedWire(t *testing.T) {
 	if !strings.Contains(strings.ToLower(c.header), "transfer-encoding: chunked") {
 		t.Fatalf("response header lacks chunked coding:\n%s", c.header)
 	}
-	if got := readChunk(t, c.br); !strings.HasPrefix(got, "retry: ") || !strings.HasSuffix(got, "\n\n") {
-		t.Fatalf("opening chunk = %q", got)
+	if got := readChunk(t, c.br); got != "\n\n" {
+		t.Fatalf("opening chunk = %q, want a blank line", got)
 	}
-	// One event: exactly one whole frame arrives, without waiting for more.
+	// One event: exactly one whole frame arrives, without waiting for
+	// more, after the stream's retry: line.
 	id := tn.publish(t, "w", "", "one")
-	if got, want := readChunk(t, c.br), "id: "+id.String()+"\ndata: one\n\n"; got != want {
-		t.Fatalf("chunk = %q, want %q", got, want)
+	got1 := readChunk(t, c.br)
+	if retry, ev, _ := strings.Cut(got1, "\n"); !strings.HasPrefix(retry, "retry: ") || ev != "id: "+id.String()+"\ndata: one\n\n" {
+		t.Fatalf("chunk = %q, want the retry: line and the event", got1)
 	}
 	// A burst: chunks hold whole events only, and all of them arrive.
 	const burst = 200
@@ -113,7 +116,7 @@ func rawHTTP(t *testing.T, base, path string) rawConn {
 }
 
 // SIGTERM's drain: readiness fails at once, new streams get 503, each open
-// stream gets a retry: and is closed.
+// stream is aborted (see TestServerCloseAborts).
 func TestDrain(t *testing.T) {
 	tn := newTestNode(t, testOpts{cfg: Config{Retry: time.Second, Heartbeat: time.Hour}})
 	admin := httptest.NewServer(tn.AdminHandler(tn.reg))
@@ -121,10 +124,7 @@ func TestDrain(t *testing.T) {
 	if code, _ := get(t, admin.URL+"/readyz"); code != 200 {
 		t.Fatalf("readyz before drain: %d", code)
 	}
-	var streams []*sseClient
-	for range 20 {
-		streams = append(streams, dial(t, tn.srv.URL+"/events?topic=d", ""))
-	}
+	s := dial(t, tn.srv.URL+"/events?topic=d", "")
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := tn.Drain(ctx); err != nil {
@@ -136,27 +136,107 @@ func TestDrain(t *testing.T) {
 	if code, _ := get(t, admin.URL+"/healthz"); code != 200 {
 		t.Fatalf("healthz while draining: %d", code)
 	}
-	for i, s := range streams {
-		rest, err := io.ReadAll(s.r)
-		if err != nil {
-			t.Fatalf("stream %d: %v", i, err)
-		}
-		// After the opening: a jittered retry between 1s and 2s, then EOF.
-		lines := strings.Split(string(rest), "\n")
-		var retry string
-		for _, l := range lines {
-			if v, ok := strings.CutPrefix(l, "retry: "); ok {
-				retry = v
-			}
-		}
-		ms, err := strconv.Atoi(retry)
-		if err != nil || ms < 1000 || ms > 2001 {
-			t.Fatalf("stream %d: drain retry %q in %q", i, retry, rest)
-		}
+	if _, err := io.ReadAll(s.r); !errors.Is(err, io.ErrUnexpectedEOF) {
+		t.Fatalf("drained stream ended with %v, want an abort (unexpected EOF)", err)
 	}
 	c, code, _ := tryDial(t, tn.srv.URL+"/events?topic=d", "")
 	if c != nil || code != 503 {
 		t.Fatalf("new stream while draining: %d", code)
+	}
+}
+
+// Every server-side end of a stream (drain, closeStream for rebalancing
+// or token expiry) aborts it: HTTP/1.1 without the terminating chunk, so
+// that a library that takes a clean end as "done" (r3labs/sse) reconnects,
+// with nothing after the last event that a library could dispatch. Each
+// stream had its jittered retry: with its first event, so the reconnects
+// spread over [Retry, 2*Retry).
+func TestServerCloseAborts(t *testing.T) {
+	const streams = 20
+	for _, how := range []string{"drain", "closeStream"} {
+		t.Run(how, func(t *testing.T) {
+			tn := newTestNode(t, testOpts{cfg: Config{Retry: time.Second, Heartbeat: 10 * time.Millisecond}})
+			var cs []*sseClient
+			for range streams {
+				cs = append(cs, dial(t, tn.srv.URL+"/events?topic=d", ""))
+			}
+			eventually(t, 5*time.Second, "streams registered", func() bool { return len(tn.subscribers("d")) == streams })
+			id := tn.publish(t, "d", "", "last")
+			retries := make(map[string]bool)
+			for i, c := range cs {
+				// The event, with the retry: ahead of it.
+				var retry string
+				for {
+					l, err := c.r.ReadString('\n')
+					if err != nil {
+						t.Fatalf("stream %d: %v", i, err)
+					}
+					if v, ok := strings.CutPrefix(l, "retry: "); ok {
+						retry = strings.TrimSpace(v)
+					}
+					if l == "id: "+id.String()+"\n" {
+						break
+					}
+				}
+				if ms, err := strconv.Atoi(retry); err != nil || ms < 1000 || ms > 2001 {
+					t.Fatalf("stream %d: retry %q, want 1000 to 2000 ms", i, retry)
+				}
+				retries[retry] = true
+				if l, _ := c.r.ReadString('\n'); l != "data: last\n" {
+					t.Fatalf("stream %d: %q after the id", i, l)
+				}
+			}
+			if len(retries) < 2 {
+				t.Fatalf("%d streams all got retry %v: not spread", streams, retries)
+			}
+			time.Sleep(50 * time.Millisecond) // a few heartbeats
+			switch how {
+			case "drain":
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				defer cancel()
+				if err := tn.Drain(ctx); err != nil {
+					t.Fatal(err)
+				}
+			case "closeStream":
+				for _, c := range tn.subscribers("d") {
+					tn.closeStream(c, reasonTokenExpired)
+				}
+			}
+			for i, c := range cs {
+				rest, err := io.ReadAll(c.r)
+				if !errors.Is(err, io.ErrUnexpectedEOF) {
+					t.Fatalf("stream %d ended with %v, want an abort (unexpected EOF)", i, err)
+				}
+				// The event's blank line, then heartbeats: blank lines only.
+				if strings.Trim(string(rest), "\n") != "" {
+					t.Fatalf("stream %d: %q after the last event", i, rest)
+				}
+			}
+		})
+	}
+}
+
+// On HTTP/2 a server-side end resets the stream (http.ErrAbortHandler)
+// instead of ending it with END_STREAM.
+func TestServerCloseResetsHTTP2(t *testing.T) {
+	tn := newTestNode(t, testOpts{})
+	srv := httptest.NewUnstartedServer(tn.Handler())
+	srv.EnableHTTP2 = true
+	srv.StartTLS()
+	defer srv.Close()
+	resp, err := srv.Client().Get(srv.URL + "/events?topic=h2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.ProtoMajor != 2 {
+		t.Fatalf("proto %s, want HTTP/2", resp.Proto)
+	}
+	eventually(t, 5*time.Second, "stream registered", func() bool { return len(tn.subscribers("h2")) == 1 })
+	tn.closeStream(tn.subscribers("h2")[0], reasonTokenExpired)
+	_, err = io.ReadAll(resp.Body)
+	if err == nil || errors.Is(err, io.EOF) || !strings.Contains(err.Error(), "stream error") {
+		t.Fatalf("HTTP/2 stream ended with %v, want a stream reset", err)
 	}
 }
 

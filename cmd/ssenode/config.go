@@ -36,27 +36,31 @@ type config struct {
 	ClientBuffer      int           `env:"CLIENT_BUFFER" envDefault:"64" help:"frames queued per client before the slow-client policy applies"`
 	ClientBufferBytes int           `env:"CLIENT_BUFFER_BYTES" envDefault:"1048576" help:"bytes queued per client before the slow-client policy applies"`
 	SlowClient        string        `env:"SLOW_CLIENT" envDefault:"disconnect" help:"slow-client policy: disconnect (client resumes) or drop (frames lost, counted)"`
-	Heartbeat         time.Duration `env:"HEARTBEAT" envDefault:"15s" help:"idle time after which a comment line is sent"`
+	Heartbeat         time.Duration `env:"HEARTBEAT" envDefault:"15s" help:"idle time after which a keep-alive (a blank line) is sent"`
 	WriteTimeout      time.Duration `env:"WRITE_TIMEOUT" envDefault:"10s" help:"deadline of each write batch to a client"`
-	Retry             time.Duration `env:"RETRY" envDefault:"2s" help:"reconnection delay sent to clients in retry:"`
+	Retry             time.Duration `env:"RETRY" envDefault:"2s" help:"reconnection delay sent to clients in retry: (each stream gets a value in [RETRY, 2*RETRY), with its first event)"`
 	MaxConnections    int           `env:"MAX_CONNECTIONS" envDefault:"100000" help:"open streams beyond which new ones get 503"`
 	MaxTopics         int           `env:"MAX_TOPICS" envDefault:"16" help:"topics one stream may subscribe to"`
 	SocketSndbuf      int           `env:"SOCKET_SNDBUF" envDefault:"65536" help:"kernel send buffer per stream (SO_SNDBUF); a slow client's backlog then waits in its bounded queue (0: kernel default)"`
 	Hijack            bool          `env:"HIJACK" envDefault:"true" help:"take HTTP/1.1 streams over from net/http: no goroutine and no net/http buffers per idle stream"`
+	AnnouncePosition  bool          `env:"ANNOUNCE_POSITION" envDefault:"false" help:"send a stream opened without a position its starting position (an id-only block) so a stream cut before its first event resumes without loss; browsers ignore the block, client libraries deliver it as an empty event"`
 	ShutdownTimeout   time.Duration `env:"SHUTDOWN_TIMEOUT" envDefault:"10s" help:"time SIGTERM gives streams to move before the process exits"`
 
 	TLSCertFile    string `env:"TLS_CERT_FILE" help:"PEM certificate (chain) file: with SSE_TLS_KEY_FILE the public listener serves HTTPS and HTTP/2"`
 	TLSKeyFile     string `env:"TLS_KEY_FILE" help:"PEM private key file of SSE_TLS_CERT_FILE"`
 	MaxHeaderBytes int    `env:"MAX_HEADER_BYTES" envDefault:"16384" help:"largest request line and headers the public listener reads (beyond: 431)"`
 
-	JWTHS256Secret   string   `env:"JWT_HS256_SECRET" help:"HS256 secret (32 bytes or more) verifying subscribe JWTs; setting one of the SSE_JWT_ key sources requires a token to subscribe"`
-	JWTPublicKeyFile string   `env:"JWT_PUBLIC_KEY_FILE" help:"PEM public key or certificate (RSA: RS256, P-256: ES256) verifying subscribe JWTs"`
-	JWTJWKSURL       string   `env:"JWT_JWKS_URL" help:"JWKS URL whose RSA and P-256 keys verify subscribe JWTs (fetched at start, refreshed every 10m)"`
-	JWTCookie        string   `env:"JWT_COOKIE" envDefault:"sse_token" help:"cookie a subscribe token may come in (besides Authorization: Bearer and ?access_token=)"`
-	PublishToken     string   `env:"PUBLISH_TOKEN" help:"bearer token POST /publish requires (empty: none)"`
-	CORSOrigins      []string `env:"CORS_ORIGINS" envSeparator:"," help:"comma-separated origins (https://app.example, or *) whose pages may subscribe; others get 403 (empty: no CORS)"`
-	MaxConnsPerIP    int      `env:"MAX_CONNECTIONS_PER_IP" envDefault:"0" help:"open streams per client address (IPv6: per /64) beyond which new ones get 429 (0: no limit)"`
-	TrustedProxies   []string `env:"TRUSTED_PROXIES" envSeparator:"," help:"comma-separated CIDRs of load balancers whose X-Forwarded-For gives the client address for SSE_MAX_CONNECTIONS_PER_IP"`
+	JWTHS256Secret   string        `env:"JWT_HS256_SECRET" help:"HS256 secret (32 bytes or more) verifying subscribe JWTs; setting one of the SSE_JWT_ key sources requires a token to subscribe"`
+	JWTPublicKeyFile string        `env:"JWT_PUBLIC_KEY_FILE" help:"PEM public key or certificate (RSA: RS256, P-256: ES256) verifying subscribe JWTs"`
+	JWTJWKSURL       string        `env:"JWT_JWKS_URL" help:"JWKS URL whose RSA and P-256 keys verify subscribe JWTs (fetched at start, refreshed every 10m)"`
+	JWTCookie        string        `env:"JWT_COOKIE" envDefault:"sse_token" help:"cookie a subscribe token may come in (besides Authorization: Bearer and ?access_token=)"`
+	JWTIssuer        string        `env:"JWT_ISSUER" help:"iss claim a subscribe JWT must carry (empty: not checked)"`
+	JWTAudience      string        `env:"JWT_AUDIENCE" help:"audience a subscribe JWT's aud must include (empty: not checked)"`
+	JWTLeeway        time.Duration `env:"JWT_LEEWAY" envDefault:"30s" help:"clock skew allowed on exp and nbf; a stream closes this long after its token's exp"`
+	PublishToken     string        `env:"PUBLISH_TOKEN" help:"bearer token POST /publish requires (empty: none)"`
+	CORSOrigins      []string      `env:"CORS_ORIGINS" envSeparator:"," help:"comma-separated origins (https://app.example, or *) whose pages may subscribe; others get 403 (empty: no CORS)"`
+	MaxConnsPerIP    int           `env:"MAX_CONNECTIONS_PER_IP" envDefault:"0" help:"open streams per client address (IPv6: per /64) beyond which new ones get 429 (0: no limit)"`
+	TrustedProxies   []string      `env:"TRUSTED_PROXIES" envSeparator:"," help:"comma-separated CIDRs of load balancers whose X-Forwarded-For gives the client address for SSE_MAX_CONNECTIONS_PER_IP"`
 
 	LogLevel  string `env:"LOG_LEVEL" envDefault:"info" help:"debug, info, warn or error"`
 	LogFormat string `env:"LOG_FORMAT" envDefault:"json" help:"json or text"`

@@ -121,6 +121,7 @@ func run(args []string, env map[string]string, stdout, stderr io.Writer) int {
 		MaxConnections:      cfg.MaxConnections,
 		MaxTopics:           cfg.MaxTopics,
 		NoHijack:            !cfg.Hijack,
+		AnnouncePosition:    cfg.AnnouncePosition,
 		SocketSendBuffer:    cfg.SocketSndbuf,
 		TracerProvider:      tp,
 		Auth:                auth,
@@ -240,7 +241,10 @@ func newAuth(cfg config, log *slog.Logger) (*node.JWTAuth, error) {
 	if !cfg.subscribeAuth() {
 		return nil, nil
 	}
-	jc := node.JWTConfig{HS256Secret: []byte(cfg.JWTHS256Secret), JWKSURL: cfg.JWTJWKSURL, Cookie: cfg.JWTCookie, Logger: log}
+	jc := node.JWTConfig{
+		HS256Secret: []byte(cfg.JWTHS256Secret), JWKSURL: cfg.JWTJWKSURL, Cookie: cfg.JWTCookie,
+		Issuer: cfg.JWTIssuer, Audience: cfg.JWTAudience, Leeway: cfg.JWTLeeway, Logger: log,
+	}
 	if cfg.JWTPublicKeyFile != "" {
 		b, err := os.ReadFile(cfg.JWTPublicKeyFile)
 		if err != nil {
