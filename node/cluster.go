@@ -243,16 +243,30 @@ func (c *Cluster) loop() {
 	defer close(c.done)
 	t := time.NewTicker(clusterTick)
 	defer t.Stop()
-	var tokens float64 // rebalance closes allowed now: a bucket refilled at the rate
-	lastAge := time.Now()
+	var (
+		tokens   float64   // rebalance closes allowed now: a bucket refilled at the rate
+		since    time.Time // when the current wave of shedding began; zero when idle
+		lastWant time.Time
+		lastAge  = time.Now()
+	)
 	for {
 		select {
 		case <-c.stop:
 			return
 		case now := <-t.C:
-			tokens = min(tokens+c.cfg.RebalanceRate*clusterTick.Seconds(), max(1, c.cfg.RebalanceRate))
-			if k := c.rebalance(now, int(tokens)); k > 0 {
-				tokens -= float64(k)
+			want := c.rebalanceWant(now)
+			if want == 0 {
+				if !since.IsZero() && now.Sub(lastWant) > slowStartReset {
+					since, tokens = time.Time{}, 0
+				}
+			} else {
+				if since.IsZero() {
+					since = now
+				}
+				lastWant = now
+				rate := slowStart(c.cfg.RebalanceRate, now.Sub(since))
+				tokens = min(tokens+rate*clusterTick.Seconds(), max(1, rate))
+				tokens -= float64(c.shedNow(now, min(want, int(tokens))))
 			}
 			if c.cfg.MaxStreamAge > 0 && now.Sub(lastAge) >= time.Second {
 				lastAge = now
@@ -262,9 +276,23 @@ func (c *Cluster) loop() {
 	}
 }
 
-// rebalance closes up to budget streams when this node holds more than
-// its share, and returns how many it closed.
-func (c *Cluster) rebalance(now time.Time, budget int) int {
+// Slow start: a wave of shedding begins at 1/16 of the rate and doubles
+// every second. A node that just joined is in the membership before the
+// load balancer sends it anything (its health checks must pass first);
+// streams closed meanwhile reconnect to the old nodes and must be shed
+// again, so the first second sheds few.
+const (
+	slowStartFactor = 16
+	slowStartReset  = 5 * time.Second // idle this long: the next wave starts slow again
+)
+
+func slowStart(rate float64, d time.Duration) float64 {
+	return rate * min(1, math.Exp2(d.Seconds())/slowStartFactor)
+}
+
+// rebalanceWant is how many streams this node should shed now: 0 when it
+// holds no more than its share, or must not shed.
+func (c *Cluster) rebalanceWant(now time.Time) int {
 	m := c.membership()
 	view, at, err := m.View()
 	c.members.Set(float64(len(view)))
@@ -282,18 +310,24 @@ func (c *Cluster) rebalance(now time.Time, budget int) int {
 	if share > 0 {
 		c.share.Set(float64(mine) / share)
 	}
-	if c.cfg.NoRebalance || c.n.Draining() || want <= 0 || budget <= 0 {
+	if c.cfg.NoRebalance || c.n.Draining() {
 		return 0
 	}
-	k := c.n.shedRandom(min(want, budget), reasonRebalance)
-	if k > 0 {
-		c.shed.WithLabelValues(reasonRebalance).Add(float64(k))
-		c.mu.Lock()
-		for range k {
-			c.moving = append(c.moving, now)
-		}
-		c.mu.Unlock()
+	return want
+}
+
+// shedNow closes k streams chosen at random and returns how many it closed.
+func (c *Cluster) shedNow(now time.Time, k int) int {
+	if k <= 0 {
+		return 0
 	}
+	k = c.n.shedRandom(k, reasonRebalance)
+	c.shed.WithLabelValues(reasonRebalance).Add(float64(k))
+	c.mu.Lock()
+	for range k {
+		c.moving = append(c.moving, now)
+	}
+	c.mu.Unlock()
 	return k
 }
 
