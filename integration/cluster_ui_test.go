@@ -28,8 +28,9 @@ func TestClusterUI(t *testing.T) {
 	}
 	srv := redistest.Start(t)
 	prefix := redistest.Prefix(t)
-	n1 := startProcNode(t, srv.URL(), prefix, "ui1")
-	n2 := startProcNode(t, srv.URL(), prefix, "ui2")
+	// No rebalancing: ui2 keeps the 3 streams the page must show.
+	n1 := startProcNode(t, srv.URL(), prefix, "ui1", "SSE_REBALANCE=false")
+	n2 := startProcNode(t, srv.URL(), prefix, "ui2", "SSE_REBALANCE=false")
 	for range 3 {
 		startClient(t, always(n2.addr()), clientOpts{discard: true}, "ui")
 	}

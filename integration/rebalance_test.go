@@ -138,9 +138,9 @@ func TestRebalanceScaleOut(t *testing.T) {
 	// A node killed and restarted gets its share back. It restarts once
 	// its clients have moved to the others, as after a crash and a pod
 	// rescheduled elsewhere.
-	shedBefore := shedTotal(nodes)
-	nodes[1].kill(t)
 	others := []*procNode{nodes[0], nodes[2], nodes[3]}
+	shedBefore := shedTotal(others) // node2's count starts again from 0
+	nodes[1].kill(t)
 	deadline = time.Now().Add(30 * time.Second)
 	for sum(counts(others)) < clients {
 		if time.Now().After(deadline) {
