@@ -247,7 +247,7 @@ func (c *Cluster) loop() {
 		tokens   float64   // rebalance closes allowed now: a bucket refilled at the rate
 		since    time.Time // when the current wave of shedding began; zero when idle
 		lastWant time.Time
-		lastAge  = time.Now()
+		lastAge  time.Time // the last look at stream ages; the first is at once
 	)
 	for {
 		select {
