@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"reflect"
 	"strings"
 	"text/tabwriter"
@@ -179,7 +180,7 @@ func (c config) validateCluster() []error {
 	if c.ClusterRefresh < time.Millisecond || c.ClusterTTL <= c.ClusterRefresh {
 		errs = append(errs, fmt.Errorf("SSE_CLUSTER_REFRESH=%v, SSE_CLUSTER_TTL=%v: want a positive refresh and a TTL above it", c.ClusterRefresh, c.ClusterTTL))
 	}
-	if !(c.RebalanceRate > 0) {
+	if !(c.RebalanceRate > 0) || math.IsInf(c.RebalanceRate, 1) {
 		errs = append(errs, fmt.Errorf("SSE_REBALANCE_RATE=%v: must be positive", c.RebalanceRate))
 	}
 	if !(c.RebalanceTolerance > 0 && c.RebalanceTolerance < 1) {
