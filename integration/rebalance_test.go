@@ -61,10 +61,15 @@ func shedTotal(nodes []*procNode) int {
 func waitBalanced(t *testing.T, what string, nodes []*procNode, share float64, d time.Duration) time.Duration {
 	t.Helper()
 	start := time.Now()
+	logged := start
 	for {
 		c := counts(nodes)
 		if balanced(c, share, 0.10) {
 			return time.Since(start)
+		}
+		if time.Since(logged) > 5*time.Second {
+			logged = time.Now()
+			t.Logf("%s: streams %v after %v", what, c, time.Since(start).Round(time.Second))
 		}
 		if time.Since(start) > d {
 			t.Fatalf("%s: not balanced after %v: streams %v, want %.0f ± 10%% each", what, d, c, share)
@@ -79,9 +84,25 @@ func waitBalanced(t *testing.T, what string, nodes []*procNode, share float64, d
 // 60 s every node holds its share ± 10%, with no more reconnects than
 // ~1.2 × the excess; then a node is SIGKILLed and restarted and gets its
 // share back within 60 s. sseload's checker must report 0 lost, 0
-// duplicated, 0 out of order over the whole run.
+// duplicated, 0 out of order over the whole run. Behind nginx
+// (deploy/nginx.conf, least_conn), a smaller run: the scale-out alone.
 func TestRebalanceScaleOut(t *testing.T) {
-	clients := rebalanceClients(t)
+	for _, tt := range []struct {
+		lb       string
+		clients  int
+		duration time.Duration
+		restart  bool
+	}{
+		{"haproxy", rebalanceClients(t), 75 * time.Second, true},
+		{"nginx", 400, 30 * time.Second, false},
+	} {
+		t.Run(tt.lb, func(t *testing.T) {
+			rebalanceScaleOut(t, tt.lb, tt.clients, tt.duration, tt.restart)
+		})
+	}
+}
+
+func rebalanceScaleOut(t *testing.T, lbKind string, clients int, duration time.Duration, restart bool) {
 	srv := redistest.Start(t)
 	prefix := redistest.Prefix(t)
 	var nodes []*procNode
@@ -89,24 +110,30 @@ func TestRebalanceScaleOut(t *testing.T) {
 		nodes = append(nodes, startProcNode(t, srv.URL(), prefix, fmt.Sprintf("node%d", i)))
 	}
 	n4 := newProcNode(t, srv.URL(), prefix, "node4")
-	// leastconn: a reconnect goes to the node with the fewest streams, so
-	// shed streams land on the new node instead of going back. node4 is
-	// down (its checks fail) until it runs.
-	lb := startHostHAProxy(t, "leastconn", append(nodes, n4)...)
-	time.Sleep(2500 * time.Millisecond)
+	// Least connections: a reconnect goes to the node with the fewest
+	// streams, so shed streams land on the new node instead of going
+	// back. node4 is down (its checks fail, or nginx finds it refusing)
+	// until it runs.
+	var lb string
+	if lbKind == "nginx" {
+		lb = startHostNginx(t, nodes, n4)
+	} else {
+		lb = startHostHAProxy(t, "leastconn", append(nodes, n4)...).addr
+		time.Sleep(2500 * time.Millisecond)
+	}
 
 	topics := make([]string, 10)
 	for i := range topics {
 		topics[i] = "rb" + strconv.Itoa(i)
 	}
 	load := chaosStartLoad(t, chaosLoadConfig{
-		nodes:    []*clusterNode{{addr: lb.addr}},
+		nodes:    []*clusterNode{{addr: lb}},
 		redis:    srv.URL(),
 		prefix:   prefix,
 		clients:  clients,
 		topics:   topics,
 		rate:     2, // per topic: 20 events/s in all
-		duration: 75 * time.Second,
+		duration: duration,
 		extra:    []string{"-ramp", "500"},
 	})
 	deadline := time.Now().Add(60 * time.Second)
@@ -129,19 +156,28 @@ func TestRebalanceScaleOut(t *testing.T) {
 	nodes = append(nodes, n4)
 	took := waitBalanced(t, "fourth node", nodes, share, 60*time.Second)
 	shed := shedTotal(nodes)
-	t.Logf("REBALANCE scale-out: %d clients, before %v, excess %.0f; balanced in %v: %v; streams shed (reconnects) %d = %.2f x the excess",
-		clients, before, excess, took.Round(100*time.Millisecond), counts(nodes), shed, float64(shed)/excess)
+	t.Logf("REBALANCE %s scale-out: %d clients, before %v, excess %.0f; balanced in %v: %v; streams shed (reconnects) %d = %.2f x the excess",
+		lbKind, clients, before, excess, took.Round(100*time.Millisecond), counts(nodes), shed, float64(shed)/excess)
 	if float64(shed) > 1.2*excess+float64(len(nodes)) {
 		t.Errorf("%d streams shed to move %.0f: more than 1.2 x the excess", shed, excess)
 	}
 
-	// A node killed and restarted gets its share back. It restarts once
-	// its clients have moved to the others, as after a crash and a pod
-	// rescheduled elsewhere.
+	if restart {
+		rebalanceRestart(t, nodes, clients, share)
+	}
+	rep, code := load.wait(t, 3*time.Minute)
+	t.Logf("REBALANCE %s sseload: reconnects %d", lbKind, rep.Connections.Reconnects)
+	chaosCheck(t, "rebalance "+lbKind, rep, code, false)
+}
+
+// rebalanceRestart: a node killed and restarted gets its share back. It
+// restarts once its clients have moved to the others, as after a crash
+// and a pod rescheduled elsewhere.
+func rebalanceRestart(t *testing.T, nodes []*procNode, clients int, share float64) {
 	others := []*procNode{nodes[0], nodes[2], nodes[3]}
 	shedBefore := shedTotal(others) // node2's count starts again from 0
 	nodes[1].kill(t)
-	deadline = time.Now().Add(30 * time.Second)
+	deadline := time.Now().Add(30 * time.Second)
 	for sum(counts(others)) < clients {
 		if time.Now().After(deadline) {
 			t.Fatalf("node2's clients did not move within 30s: %v", counts(others))
@@ -150,14 +186,10 @@ func TestRebalanceScaleOut(t *testing.T) {
 	}
 	moved := counts(others)
 	nodes[1].start(t)
-	took = waitBalanced(t, "restarted node", nodes, share, 60*time.Second)
-	shed = shedTotal(nodes) - shedBefore
+	took := waitBalanced(t, "restarted node", nodes, share, 60*time.Second)
+	shed := shedTotal(nodes) - shedBefore
 	t.Logf("REBALANCE restart: node2 SIGKILLed, its clients moved (%v), restarted: balanced in %v: %v; streams shed (reconnects) %d for an excess of %.0f",
 		moved, took.Round(100*time.Millisecond), counts(nodes), shed, float64(clients)-3*share)
-
-	rep, code := load.wait(t, 3*time.Minute)
-	t.Logf("REBALANCE sseload: reconnects %d (node kill included)", rep.Connections.Reconnects)
-	chaosCheck(t, "rebalance", rep, code, false)
 }
 
 // TestRebalanceSwitch: a node holding every stream of a two-node cluster

@@ -54,14 +54,13 @@ func ssenodeBinary(t testing.TB) string {
 
 // procNode is one ssenode process. Its ports and ID survive a restart.
 type procNode struct {
-	id          string
-	pub, admin  int
-	env         []string
-	mu          sync.Mutex
-	cmd         *exec.Cmd
-	done        chan struct{}
-	out         bytes.Buffer // the process's log, guarded by mu
-	lastStarted time.Time
+	id         string
+	pub, admin int
+	env        []string
+	mu         sync.Mutex
+	cmd        *exec.Cmd
+	done       chan struct{}
+	out        bytes.Buffer // the process's log, guarded by mu
 }
 
 // startProcNode runs ssenode with Redis at redisURL and the keys under
@@ -108,7 +107,7 @@ func (p *procNode) start(t *testing.T) {
 	done := make(chan struct{})
 	go func() { _ = cmd.Wait(); close(done) }()
 	p.mu.Lock()
-	p.cmd, p.done, p.lastStarted = cmd, done, time.Now()
+	p.cmd, p.done = cmd, done
 	p.mu.Unlock()
 	deadline := time.Now().Add(20 * time.Second)
 	for p.readyz() != http.StatusOK {
@@ -311,18 +310,96 @@ func startHostHAProxy(t *testing.T, balance string, nodes ...*procNode) *hostHAP
 		_ = h.cmd.Process.Kill()
 		<-h.done
 	})
-	// Wait for it to listen.
+	waitListening(t, h.addr)
+	return h
+}
+
+var nginxServerLine = regexp.MustCompile(`(?m)^\s*server node\d:8080 .*\n`)
+
+// startHostNginx runs nginx with deploy/nginx.conf in front of nodes, with
+// least_conn (and a shared zone, so that the workers count connections
+// together), and returns its address. pending is a node that does not run
+// yet: it gets max_fails=0, as if a reload added it when it started.
+// (nginx marks a node that refused a connection failed for fail_timeout,
+// then lets one request through, and counts the node healthy again only
+// when a request to it completes: an SSE stream does not, so a node once
+// refused would get one stream per fail_timeout.)
+func startHostNginx(t *testing.T, nodes []*procNode, pending *procNode) string {
+	t.Helper()
+	if _, err := exec.LookPath("nginx"); err != nil {
+		t.Fatalf("nginx is not installed (apt-get install nginx): %v", err)
+	}
+	cfg, err := os.ReadFile("../deploy/nginx.conf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	port := e2eFreePorts(t, 1)[0]
+	s := string(cfg)
+	s = strings.Replace(s, "listen 80;", "listen 127.0.0.1:"+strconv.Itoa(port)+";", 1)
+	s = strings.Replace(s, "pid /run/nginx.pid;", "pid "+filepath.Join(dir, "nginx.pid")+";", 1)
+	servers := "        least_conn;\n        zone sse_nodes 256k;\n"
+	for _, n := range nodes {
+		servers += fmt.Sprintf("        server %s max_fails=1 fail_timeout=5s;\n", n.addr())
+	}
+	servers += fmt.Sprintf("        server %s max_fails=0;\n", pending.addr())
+	first := true
+	s = nginxServerLine.ReplaceAllStringFunc(s, func(string) string {
+		if first {
+			first = false
+			return servers
+		}
+		return ""
+	})
+	path := filepath.Join(dir, "nginx.conf")
+	if err := os.WriteFile(path, []byte(s), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	args := []string{"-p", dir, "-c", path, "-e", "stderr", "-g", "daemon off;"}
+	if out, err := exec.Command("nginx", append([]string{"-t"}, args...)...).CombinedOutput(); err != nil {
+		t.Fatalf("nginx -t: %v\n%s\n%s", err, out, s)
+	}
+	cmd := exec.Command("nginx", args...)
+	var out lockedBuffer
+	out.mu, out.b = new(sync.Mutex), new(bytes.Buffer)
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(done) }()
+	t.Cleanup(func() {
+		if t.Failed() {
+			out.mu.Lock()
+			t.Logf("nginx log:\n%s", out.b.String())
+			out.mu.Unlock()
+		}
+		_ = cmd.Process.Signal(syscall.SIGTERM) // fast shutdown; workers follow the master
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			_ = cmd.Process.Kill()
+			<-done
+		}
+	})
+	addr := "127.0.0.1:" + strconv.Itoa(port)
+	waitListening(t, addr)
+	return addr
+}
+
+// waitListening waits until addr accepts TCP connections.
+func waitListening(t *testing.T, addr string) {
+	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		c, err := dialTCP(context.Background(), h.addr)
+		c, err := dialTCP(context.Background(), addr)
 		if err == nil {
 			c.Close()
-			break
+			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("haproxy not listening on %s: %v", h.addr, err)
+			t.Fatalf("nothing listening on %s: %v", addr, err)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	return h
 }
