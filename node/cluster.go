@@ -85,17 +85,18 @@ type Cluster struct {
 	share   prometheus.Gauge
 	members prometheus.Gauge
 
-	mu       sync.Mutex
-	m        Membership  // set by Start
-	moving   []time.Time // when each recent rebalance close happened, oldest first
-	rateAt   time.Time   // deliveries rate: the previous sample
-	rateN    float64
-	rate     float64
-	started  bool
-	stopped  bool
-	stop     chan struct{} // closed by Close
-	done     chan struct{} // closed when the loop returns
-	deadline map[*leanConn]time.Time
+	mu      sync.Mutex
+	m       Membership  // set by Start
+	moving  []time.Time // when each recent rebalance close happened, oldest first
+	rateAt  time.Time   // deliveries rate: the previous sample
+	rateN   float64
+	rate    float64
+	started bool
+	stopped bool
+
+	stop     chan struct{}           // closed by Close
+	done     chan struct{}           // closed when the loop returns
+	deadline map[*leanConn]time.Time // each stream's age limit; the loop's alone
 }
 
 // NewCluster validates cfg and attaches a cluster to n, whose admin
@@ -182,7 +183,7 @@ func counterValue(c prometheus.Counter) float64 {
 // movingWindow is how long a stream closed to rebalance counts as moving:
 // its client waits up to twice SSE_RETRY (the jittered retry:), and the
 // node it lands on reports it at its next refresh.
-func (c *Cluster) movingWindow() time.Duration {
+func (c *Cluster) movingWindowLocked() time.Duration {
 	refresh := time.Duration(0)
 	if c.m != nil {
 		refresh = c.m.Refresh()
@@ -191,7 +192,7 @@ func (c *Cluster) movingWindow() time.Duration {
 }
 
 func (c *Cluster) movingLocked(now time.Time) int {
-	cut := now.Add(-c.movingWindow())
+	cut := now.Add(-c.movingWindowLocked())
 	i := 0
 	for i < len(c.moving) && c.moving[i].Before(cut) {
 		i++

@@ -145,6 +145,8 @@ func run(args []string, env map[string]string, stdout, stderr io.Writer) int {
 		log.Error("cluster", "err", err)
 		return 1
 	}
+	defer members.Close() // both also closed after the drain, in order
+	defer cl.Close()
 
 	pubLn, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
