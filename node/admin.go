@@ -22,7 +22,8 @@ import (
 const MaxPublishBytes = 4 << 20
 
 // AdminHandler returns the admin listener's handler: /metrics from g,
-// /healthz, /readyz, /debug/pprof/ and POST /publish.
+// /healthz, /readyz, /debug/pprof/, POST /publish, and with a Cluster
+// GET /cluster (JSON) and /cluster/ui (a page).
 func (n *Node) AdminHandler(g prometheus.Gatherer) http.Handler {
 	mux := http.NewServeMux()
 	if g != nil {
@@ -46,6 +47,8 @@ func (n *Node) AdminHandler(g prometheus.Gatherer) http.Handler {
 	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	mux.HandleFunc("/publish", n.servePublish)
+	mux.HandleFunc("/cluster", n.serveCluster)
+	mux.HandleFunc("/cluster/ui", n.serveClusterPage)
 	return mux
 }
 

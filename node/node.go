@@ -172,6 +172,8 @@ type Node struct {
 	started  atomic.Bool
 	closed   atomic.Bool
 
+	cluster atomic.Pointer[Cluster] // set by NewCluster; nil without one
+
 	tracer trace.Tracer    // nil when tracing is off
 	lean   *lean           // the hijacked-stream machinery; nil with NoHijack
 	ctx    context.Context // ends with Close; replays of hijacked streams run under it

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"reflect"
 	"strings"
 	"text/tabwriter"
@@ -61,6 +62,15 @@ type config struct {
 	CORSOrigins      []string      `env:"CORS_ORIGINS" envSeparator:"," help:"comma-separated origins (https://app.example, or *) whose pages may subscribe; others get 403 (empty: no CORS)"`
 	MaxConnsPerIP    int           `env:"MAX_CONNECTIONS_PER_IP" envDefault:"0" help:"open streams per client address (IPv6: per /64) beyond which new ones get 429 (0: no limit)"`
 	TrustedProxies   []string      `env:"TRUSTED_PROXIES" envSeparator:"," help:"comma-separated CIDRs of load balancers whose X-Forwarded-For gives the client address for SSE_MAX_CONNECTIONS_PER_IP"`
+
+	NodeID             string        `env:"NODE_ID" help:"this node's ID in the cluster membership (empty: host name and a random suffix)"`
+	AdvertiseAddr      string        `env:"ADVERTISE_ADDR" help:"address GET /cluster shows for this node (empty: SSE_LISTEN)"`
+	ClusterRefresh     time.Duration `env:"CLUSTER_REFRESH" envDefault:"2s" help:"how often the node registers in the cluster membership (in Redis) and reads the other nodes'"`
+	ClusterTTL         time.Duration `env:"CLUSTER_TTL" envDefault:"6s" help:"how long a node that stopped refreshing (killed) stays listed; above SSE_CLUSTER_REFRESH"`
+	Rebalance          bool          `env:"REBALANCE" envDefault:"true" help:"while this node holds more than its share of the cluster's streams, close the excess gradually (clients resume elsewhere)"`
+	RebalanceRate      float64       `env:"REBALANCE_RATE" envDefault:"20" help:"most streams closed per second to rebalance"`
+	RebalanceTolerance float64       `env:"REBALANCE_TOLERANCE" envDefault:"0.1" help:"fraction above its share a node may hold before it sheds streams"`
+	MaxStreamAge       time.Duration `env:"MAX_STREAM_AGE" envDefault:"0" help:"close every stream older than this, jittered ±10%, so clients reconnect and resume (0: never)"`
 
 	LogLevel  string `env:"LOG_LEVEL" envDefault:"info" help:"debug, info, warn or error"`
 	LogFormat string `env:"LOG_FORMAT" envDefault:"json" help:"json or text"`
@@ -156,6 +166,7 @@ func (c config) validate() error {
 	if _, err := node.ParseTrustedProxies(c.TrustedProxies); err != nil {
 		errs = append(errs, fmt.Errorf("SSE_TRUSTED_PROXIES: %w", err))
 	}
+	errs = append(errs, c.validateCluster()...)
 	if _, err := parseLevel(c.LogLevel); err != nil {
 		errs = append(errs, err)
 	}
@@ -166,6 +177,23 @@ func (c config) validate() error {
 		errs = append(errs, fmt.Errorf("SSE_REDIS_URL: want a redis:// or rediss:// URL"))
 	}
 	return errors.Join(errs...)
+}
+
+func (c config) validateCluster() []error {
+	var errs []error
+	if c.ClusterRefresh < time.Millisecond || c.ClusterTTL <= c.ClusterRefresh {
+		errs = append(errs, fmt.Errorf("SSE_CLUSTER_REFRESH=%v, SSE_CLUSTER_TTL=%v: want a positive refresh and a TTL above it", c.ClusterRefresh, c.ClusterTTL))
+	}
+	if !(c.RebalanceRate > 0) || math.IsInf(c.RebalanceRate, 1) {
+		errs = append(errs, fmt.Errorf("SSE_REBALANCE_RATE=%v: must be positive", c.RebalanceRate))
+	}
+	if !(c.RebalanceTolerance > 0 && c.RebalanceTolerance < 1) {
+		errs = append(errs, fmt.Errorf("SSE_REBALANCE_TOLERANCE=%v: want a fraction between 0 and 1", c.RebalanceTolerance))
+	}
+	if c.MaxStreamAge < 0 {
+		errs = append(errs, fmt.Errorf("SSE_MAX_STREAM_AGE=%v: must not be negative", c.MaxStreamAge))
+	}
+	return errs
 }
 
 func btoi(b bool) int {

@@ -17,6 +17,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"strings"
 	"syscall"
 	"time"
@@ -140,6 +141,13 @@ func run(args []string, env map[string]string, stdout, stderr io.Writer) int {
 		log.Error("start", "err", err)
 		return 1
 	}
+	cl, members, err := startCluster(cfg, n, b, log)
+	if err != nil {
+		log.Error("cluster", "err", err)
+		return 1
+	}
+	defer members.Close() // both also closed after the drain, in order
+	defer cl.Close()
 
 	pubLn, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
@@ -210,6 +218,9 @@ func run(args []string, env map[string]string, stdout, stderr io.Writer) int {
 		log.Warn("drain incomplete", "err", err)
 	}
 	drainCancel()
+	// Listed as draining until now, so no other node shed meanwhile.
+	cl.Close()
+	members.Close()
 	if err := pub.Shutdown(ctx); err != nil {
 		log.Warn("public listener shutdown", "err", err)
 		pub.Close()
@@ -319,4 +330,57 @@ func (l sndbufListener) Accept() (net.Conn, error) {
 		_ = tc.SetWriteBuffer(l.size)
 	}
 	return c, err
+}
+
+// startCluster registers the node in the cluster membership (Redis, or
+// this node alone with the embedded broker) and starts rebalancing.
+func startCluster(cfg config, n *node.Node, b broker, log *slog.Logger) (*node.Cluster, *pubsub.Members, error) {
+	cl, err := node.NewCluster(n, node.ClusterConfig{
+		NoRebalance:   !cfg.Rebalance,
+		RebalanceRate: cfg.RebalanceRate,
+		Tolerance:     cfg.RebalanceTolerance,
+		MaxStreamAge:  cfg.MaxStreamAge,
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	addr := cfg.AdvertiseAddr
+	if addr == "" {
+		addr = cfg.Listen
+	}
+	mc := pubsub.MembersConfig{ID: cfg.NodeID, Addr: addr, Version: buildVersion(), Refresh: cfg.ClusterRefresh, TTL: cfg.ClusterTTL, Status: cl.Status, Logger: log}
+	var members *pubsub.Members
+	if r, ok := b.(*pubsub.Redis); ok {
+		members, err = pubsub.NewRedisMembers(r, mc)
+	} else {
+		members, err = pubsub.NewLocalMembers(mc)
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := members.Start(); err != nil {
+		// Refreshing goes on: the node joins when Redis answers.
+		log.Warn("cluster membership: first registration failed", "err", err)
+	}
+	if err := cl.Start(members); err != nil {
+		members.Close()
+		return nil, nil, err
+	}
+	log.Info("cluster membership", "node", members.ID(), "refresh", cfg.ClusterRefresh, "ttl", cfg.ClusterTTL, "rebalance", cfg.Rebalance)
+	return cl, members, nil
+}
+
+// buildVersion is the module version and VCS revision the binary was built from.
+func buildVersion() string {
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "unknown"
+	}
+	v := bi.Main.Version
+	for _, s := range bi.Settings {
+		if s.Key == "vcs.revision" && len(s.Value) >= 12 {
+			v += "+" + s.Value[:12]
+		}
+	}
+	return v
 }
