@@ -421,7 +421,7 @@ func (c *Cluster) expire(now time.Time) {
 	}
 	k := 0
 	for _, lc := range due {
-		if c.n.closeStream(lc, reasonMaxAge) {
+		if c.n.closeStream(lc.c, reasonMaxAge) {
 			k++
 		}
 	}
@@ -452,30 +452,11 @@ func (n *Node) shedRandom(k int, reason string) int {
 	l.mu.Unlock()
 	closed := 0
 	for _, lc := range pick {
-		if n.closeStream(lc, reason) {
+		if n.closeStream(lc.c, reason) {
 			closed++
 		}
 	}
 	return closed
-}
-
-// closeStream ends one hijacked stream the way drain does: a jittered
-// retry: (drainRetry), then the connection is closed without the
-// terminating chunk, so that every client library sees a broken stream and
-// reconnects (some treat a clean end as "done"). It reports false when a
-// writer owns the stream at this moment; the caller picks another.
-//
-// It is the cluster's one call to end a stream: when drain's own close
-// becomes a function of its own, this should call it.
-func (n *Node) closeStream(lc *leanConn, reason string) bool {
-	if lc.done.Load() || !lc.sched.CompareAndSwap(false, true) {
-		return false
-	}
-	buf := n.drainRetry(make([]byte, chunkHead, chunkHead+48))
-	_ = lc.conn.SetWriteDeadline(time.Now().Add(poolWriteTimeout))
-	_, _ = lc.conn.Write(frameChunk(buf))
-	lc.close(reason)
-	return true
 }
 
 // topicCount is the number of topics with a local subscriber.

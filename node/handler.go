@@ -249,11 +249,13 @@ func (n *Node) ServeEvents(w http.ResponseWriter, r *http.Request) {
 // library dispatches a phantom event. Reconnects are spread over time by
 // the jittered retry: each stream received with its first event
 // (retryLine). It returns at once; the stream's writer closes it. Only
-// the first reason given counts.
-func (n *Node) closeStream(c *client, reason string) {
+// the first reason given counts: closeStream reports whether it was this one.
+func (n *Node) closeStream(c *client, reason string) bool {
 	if c.end.CompareAndSwap(nil, &reason) {
 		c.q.notify()
+		return true
 	}
+	return false
 }
 
 // ending returns why c must close, or "".
