@@ -65,6 +65,15 @@ var envVars = map[string]func(string) error{
 	"SSE_CORS_ORIGINS":           anyValue,
 	"SSE_MAX_CONNECTIONS_PER_IP": checkNonNegative,
 	"SSE_TRUSTED_PROXIES":        anyValue,
+
+	"SSE_NODE_ID":             anyValue,
+	"SSE_ADVERTISE_ADDR":      anyValue,
+	"SSE_CLUSTER_REFRESH":     checkDuration,
+	"SSE_CLUSTER_TTL":         checkDuration,
+	"SSE_REBALANCE":           oneOf("true", "false"),
+	"SSE_REBALANCE_RATE":      anyValue,
+	"SSE_REBALANCE_TOLERANCE": anyValue,
+	"SSE_MAX_STREAM_AGE":      anyValue, // 0 (off) or a duration
 }
 
 // Defaults the files rely on when they do not set a variable.
@@ -98,6 +107,9 @@ var sseMetrics = map[string]int{
 	"sse_broker_bad_entries_total":      counter,
 	"sse_draining":                      gauge,
 	"sse_broker_up":                     gauge,
+	"sse_cluster_members":               gauge,
+	"sse_cluster_share":                 gauge,
+	"sse_rebalance_shed_total":          counter,
 }
 
 // localImages are the only images compose may name: none can be pulled.

@@ -81,8 +81,8 @@ func TestHAProxyConfig(t *testing.T) {
 	if v, _ := directive(defaults, "retries"); checkCount(v) != nil {
 		t.Errorf("retries %q, want a positive count", v)
 	}
-	if v, _ := directive(backend, "balance"); v != "roundrobin" {
-		t.Errorf("balance %q, want roundrobin", v)
+	if v, _ := directive(backend, "balance"); v != "leastconn" {
+		t.Errorf("balance %q, want leastconn (rebalanced streams must reach the node with room)", v)
 	}
 	if v, _ := directive(backend, "option httpchk"); v != "GET /readyz" {
 		t.Errorf("option httpchk %q, want GET /readyz", v)
@@ -151,6 +151,9 @@ func TestNginxConfig(t *testing.T) {
 	}
 	if nodes := loadCompose(t).nodeServices(); !slices.Equal(servers, nodes) {
 		t.Errorf("nginx upstream servers %v, compose nodes %v", servers, nodes)
+	}
+	if !strings.Contains(up[1], "least_conn;") || !strings.Contains(up[1], "zone ") {
+		t.Error("upstream sse_nodes: want least_conn with a shared zone (rebalanced streams must reach the node with room)")
 	}
 	loc := nginxEventsRE.FindStringSubmatch(conf)
 	if loc == nil {
