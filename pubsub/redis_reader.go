@@ -16,26 +16,31 @@ import (
 
 // Timings of the reader loop.
 const (
-	backoffMin  = 50 * time.Millisecond
-	backoffMax  = 2 * time.Second
-	parkRetry   = 10 * time.Second       // how often a wrong-type topic is checked again
-	clusterPoll = 50 * time.Millisecond  // Cluster mode: pause when a poll found nothing
-	wakeRetry   = 200 * time.Millisecond // waker: longest pause between CLIENT UNBLOCKs
-	trimEvery   = 30 * time.Second       // MaxAge: longest pause between trims
+	backoffMin = 50 * time.Millisecond
+	backoffMax = 2 * time.Second
+	parkRetry  = 10 * time.Second       // how often a wrong-type topic is checked again
+	wakeRetry  = 200 * time.Millisecond // waker: longest pause between CLIENT UNBLOCKs
+	trimEvery  = 30 * time.Second       // MaxAge: longest pause between trims
 )
 
 // reader is one reader goroutine and the topics it owns.
 type reader struct {
 	b     *Redis // immutable
-	index int    // immutable
+	index int    // immutable; the hash slot in Cluster mode
 	// client is the reader's own one-connection client, set by Start before
-	// the goroutine starts and closed by Close.
+	// the goroutine starts and closed by Close. In Cluster mode the reader
+	// sets it (and addr, its node) under b.mu when it connects to its
+	// slot's master, and Close closes it.
 	client redis.UniversalClient
-	// connID is the CLIENT ID of the reader's current connection, stored by
-	// onConnect before the connection carries any XREAD; 0 when unknown.
-	connID atomic.Int64
+	addr   string
+	// conn is the CLIENT ID of the reader's current connection and the
+	// node it is on, stored by onConnect before the connection carries any
+	// XREAD; nil when unknown.
+	conn atomic.Pointer[connRef]
+	// down is set while the reader's reads fail (for ShardStates).
+	down atomic.Bool
 	// wake is a 1-slot signal that topics changed, for the waits that are
-	// not a blocked XREAD (no topics, Cluster polling). Never closed.
+	// not a blocked XREAD (no topics, parked topics). Never closed.
 	wake chan struct{}
 	// applied is the gen of the topic set the current (or last) read uses.
 	applied atomic.Uint64
@@ -65,26 +70,48 @@ func newReader(b *Redis, index int) *reader {
 	}
 }
 
-// onConnect names each new reader connection and records its CLIENT ID, so
-// CLIENT UNBLOCK always names the connection the reader blocks on.
-func (r *reader) onConnect(ctx context.Context, cn *redis.Conn) error {
-	// A name for CLIENT LIST, best effort: go-redis' ClientName option
-	// would fail the connection where ACLs refuse CLIENT SETNAME.
-	if err := cn.ClientSetName(ctx, "sse-reader-"+strconv.Itoa(r.index)).Err(); err != nil && !refused(err) {
-		return err
+// connRef names a reader's connection: its CLIENT ID on the node at addr
+// ("" outside Cluster mode: the shared client's server).
+type connRef struct {
+	addr string
+	id   int64
+}
+
+// onConnect returns the hook that names each new reader connection to addr
+// and records its CLIENT ID, so CLIENT UNBLOCK always names the connection
+// the reader blocks on, on the node it blocks on.
+func (r *reader) onConnect(addr string) func(ctx context.Context, cn *redis.Conn) error {
+	if r.b.mode != modeCluster {
+		addr = ""
 	}
-	id, err := cn.ClientID(ctx).Result()
-	if refused(err) {
-		// Refused (an ACL without CLIENT ID, say): read anyway; changes of
-		// topics then wait for the block to end.
-		r.b.unblockRefused(err)
-		id, err = 0, nil
+	return func(ctx context.Context, cn *redis.Conn) error {
+		r.conn.Store(nil)
+		// A name for CLIENT LIST, best effort: go-redis' ClientName option
+		// would fail the connection where ACLs refuse CLIENT SETNAME.
+		if err := cn.ClientSetName(ctx, "sse-reader-"+strconv.Itoa(r.index)).Err(); err != nil && !refused(err) {
+			return err
+		}
+		id, err := cn.ClientID(ctx).Result()
+		if refused(err) {
+			// Refused (an ACL without CLIENT ID, say): read anyway; changes
+			// of topics then wait for the block to end.
+			r.b.unblockRefused(err)
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		r.conn.Store(&connRef{addr: addr, id: id})
+		return nil
 	}
-	if err != nil {
-		return err
+}
+
+// health reports the node r reads from and whether its last read worked.
+func (r *reader) health() (addr string, up bool) {
+	if c := r.conn.Load(); c != nil {
+		addr = c.addr
 	}
-	r.connID.Store(id)
-	return nil
+	return addr, !r.down.Load()
 }
 
 // wakeReader makes r pick up a change of its topics without waiting for its
@@ -131,7 +158,7 @@ func (b *Redis) runWaker() {
 // unblockStale sends CLIENT UNBLOCK to each reader behind on its topic set
 // and reports whether any was behind.
 func (b *Redis) unblockStale() (behind bool) {
-	for _, r := range b.readers {
+	for _, r := range b.allReaders() {
 		r.mu.Lock()
 		gen := r.gen
 		r.mu.Unlock()
@@ -142,13 +169,17 @@ func (b *Redis) unblockStale() (behind bool) {
 			return false
 		}
 		behind = true
-		id := r.connID.Load()
-		if id == 0 {
+		ref := r.conn.Load()
+		if ref == nil {
 			continue // connecting; it reads the new set when it gets there
+		}
+		var c redis.Cmdable = b.client
+		if ref.addr != "" {
+			c = b.nodeClient(ref.addr)
 		}
 		ctx, cancel := context.WithTimeout(b.ctx, time.Second)
 		// 0 (not blocked) is normal: the reader is between reads.
-		err := b.client.ClientUnblock(ctx, id).Err()
+		err := c.ClientUnblock(ctx, ref.id).Err()
 		cancel()
 		if refused(err) {
 			b.unblockRefused(err)
@@ -191,6 +222,8 @@ func (r *reader) run(h Handler) {
 	defer r.b.wg.Done()
 	var bo backoff
 	failing := false
+	cluster := r.b.mode == modeCluster
+	reload := false // Cluster mode: reload the slot map before connecting
 	for r.b.ctx.Err() == nil {
 		if err := r.recheckParked(); err != nil {
 			r.failed(err, &bo, &failing)
@@ -198,21 +231,28 @@ func (r *reader) run(h Handler) {
 		}
 		set, nextCheck := r.snapshot()
 		if len(set.keys) == 0 {
+			if cluster && nextCheck.IsZero() && r.retire() {
+				return
+			}
 			r.idle(nextCheck)
 			continue
 		}
 		var err error
-		if r.b.mode == modeCluster {
-			err = r.poll(set, h)
-		} else {
+		if cluster {
+			err = r.connectSlot(set.keys[0], reload)
+			reload = false
+		}
+		if err == nil {
 			err = r.block(set, nextCheck, h)
 		}
 		if err != nil {
+			reload = cluster && needsReload(err)
 			r.failed(err, &bo, &failing)
 			continue
 		}
 		if failing {
 			failing = false
+			r.down.Store(false)
 			r.b.log.Info("pubsub: redis reader resumed", "reader", r.index)
 		}
 		bo.reset()
@@ -237,6 +277,7 @@ func (r *reader) failed(err error, bo *backoff, failing *bool) {
 	d := bo.next()
 	r.b.log.Warn("pubsub: redis reader failed; resuming from last IDs", "reader", r.index, "err", err, "backoff", d)
 	*failing = true
+	r.down.Store(true)
 	if r.b.cfg.OnReadError != nil {
 		r.b.cfg.OnReadError(err)
 	}
@@ -321,67 +362,6 @@ func (r *reader) block(set readSet, nextCheck time.Time, h Handler) error {
 		return &readError{err: err}
 	}
 	return r.deliver(set, reply, h)
-}
-
-// poll is the Cluster mode read: one non-blocking XREAD per hash slot
-// group, pipelined, then a pause when nothing came.
-func (r *reader) poll(set readSet, h Handler) error {
-	select {
-	case <-r.wake:
-	default:
-	}
-	groups := make(map[int][]int) // slot -> indexes into set.keys
-	for i, k := range set.keys {
-		s := keySlot(k)
-		groups[s] = append(groups[s], i)
-	}
-	ctx, cancel := context.WithTimeout(r.b.ctx, r.b.cfg.Block+readMargin)
-	defer cancel()
-	pipe := r.client.Pipeline()
-	cmds := make([]*redis.Cmd, 0, len(groups))
-	for _, idx := range groups {
-		args := make([]any, 0, 4+2*len(idx))
-		args = append(args, "XREAD", "COUNT", r.b.cfg.Count, "STREAMS")
-		for _, i := range idx {
-			args = append(args, set.keys[i])
-		}
-		for _, i := range idx {
-			args = append(args, set.ids[i])
-		}
-		cmd := redis.NewCmd(ctx, args...)
-		cmd.SetFirstKeyPos(4)
-		_ = pipe.Process(ctx, cmd)
-		cmds = append(cmds, cmd)
-	}
-	_, _ = pipe.Exec(ctx)
-	got := false
-	var firstErr error
-	for _, cmd := range cmds {
-		reply, err := cmd.Result()
-		switch {
-		case errors.Is(err, redis.Nil):
-		case err != nil:
-			if firstErr == nil {
-				firstErr = &readError{err: err}
-			}
-		default:
-			got = true
-			if err := r.deliver(set, reply, h); err != nil && firstErr == nil {
-				firstErr = err
-			}
-		}
-	}
-	if firstErr != nil || got {
-		return firstErr
-	}
-	t := time.NewTimer(clusterPoll)
-	defer t.Stop()
-	select {
-	case <-r.b.ctx.Done():
-	case <-r.wake:
-	case <-t.C:
-	}
-	return nil
 }
 
 // readError is a failed XREAD; it unwraps to the go-redis error.
@@ -551,7 +531,7 @@ func (b *Redis) runTrimmer() {
 // trim runs one round of XTRIM MINID over the watched keys, 100 per pipeline.
 func (b *Redis) trim() error {
 	var keys []string
-	for _, r := range b.readers {
+	for _, r := range b.allReaders() {
 		r.mu.Lock()
 		for key := range r.topics {
 			keys = append(keys, key)

@@ -20,15 +20,22 @@ func TestRedisConfigValidation(t *testing.T) {
 		cfg     RedisConfig
 		wantErr string // substring; "" means valid
 		mode    redisMode
+		dials   bool // NewRedis dials: wait for go-redis' dial probe to end
 	}{
 		{name: "url", cfg: RedisConfig{URL: "redis://localhost:6379/2"}, mode: modeSingle},
 		{name: "tls url", cfg: RedisConfig{URL: "rediss://u:p@localhost:6380"}, mode: modeSingle},
-		{name: "one addr", cfg: RedisConfig{Addrs: []string{"a:6379"}}, mode: modeSingle},
+		// One address is asked whether it is a Cluster node; with nobody
+		// there to answer, the mode cannot be told and NewRedis says so.
+		{name: "one addr unreachable", cfg: RedisConfig{Addrs: []string{closedAddr(t)}}, wantErr: "cannot ask 127.0.0.1:", dials: true},
 		{name: "sentinel", cfg: RedisConfig{Addrs: []string{"s1:26379", "s2:26379"}, MasterName: "m"}, mode: modeFailover},
 		{name: "cluster", cfg: RedisConfig{Addrs: []string{"c1:6379", "c2:6379"}}, mode: modeCluster},
 		{name: "nothing", cfg: RedisConfig{}, wantErr: "URL or Addrs is required"},
 		{name: "both", cfg: RedisConfig{URL: "redis://x", Addrs: []string{"y:1"}}, wantErr: "both set"},
 		{name: "bad scheme", cfg: RedisConfig{URL: "http://x"}, wantErr: "URL"},
+		{name: "password with slash and colon", cfg: RedisConfig{URL: "redis://u:p@ss/w:rd@localhost:6379/0"}, wantErr: "must be percent-encoded"},
+		{name: "password with hash", cfg: RedisConfig{URL: "redis://:pa#ss@localhost:6379"}, wantErr: "must be percent-encoded"},
+		{name: "password with question mark", cfg: RedisConfig{URL: "redis://:pa?ss@localhost:6379"}, wantErr: "must be percent-encoded"},
+		{name: "password percent-encoded", cfg: RedisConfig{URL: "redis://u:p%40ss%2Fw%3Ard%23@localhost:6379/0"}, mode: modeSingle},
 		{name: "master with url", cfg: RedisConfig{URL: "redis://x", MasterName: "m"}, wantErr: "MasterName"},
 		{name: "empty addr", cfg: RedisConfig{Addrs: []string{"a:1", ""}}, wantErr: "empty address"},
 		{name: "negative maxlen", cfg: RedisConfig{URL: "redis://x", MaxLen: -1}, wantErr: "MaxLen"},
@@ -41,6 +48,9 @@ func TestRedisConfigValidation(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
+			if tt.dials {
+				defer waitDialersGone(t)
+			}
 			b, err := NewRedis(tt.cfg)
 			if tt.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
@@ -180,7 +190,7 @@ func TestRedisUnreachable(t *testing.T) {
 }
 
 func TestRedisCloseWithoutStart(t *testing.T) {
-	b, err := NewRedis(RedisConfig{Addrs: []string{closedAddr(t)}})
+	b, err := NewRedis(RedisConfig{URL: "redis://" + closedAddr(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
