@@ -46,6 +46,17 @@ func parseURL(raw string) (*redis.Options, error) {
 	return nil, fmt.Errorf("%w: cannot parse it (message withheld: it may quote the password)", ErrBadURL)
 }
 
+// CheckRedisURL reports whether raw (empty: nothing to check) parses as
+// a Redis URL, with parseURL's error: never quoting the password, saying
+// how to escape one that breaks the URL.
+func CheckRedisURL(raw string) error {
+	if raw == "" {
+		return nil
+	}
+	_, err := parseURL(raw)
+	return err
+}
+
 // probeMode asks the lone address of cfg whether it is a Cluster node, so
 // that one seed is enough to run in Cluster mode.
 func probeMode(cfg RedisConfig) (redisMode, error) {

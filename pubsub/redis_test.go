@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"runtime"
 	"slices"
@@ -495,5 +496,38 @@ func TestRedisRefused(t *testing.T) {
 		if got := refused(tt.err); got != tt.want {
 			t.Errorf("refused(%v) = %v, want %v", tt.err, got, tt.want)
 		}
+	}
+}
+
+// TestRedisLogger: go-redis lines go to slog as structured records, at
+// most redisLogBurst per window; the first line of the next window counts
+// the ones left out.
+func TestRedisLogger(t *testing.T) {
+	var buf strings.Builder
+	log := slog.New(slog.NewJSONHandler(&buf, nil))
+	now := time.Unix(1000, 0)
+	l := newRedisLogger(log, func() time.Time { return now })
+	for i := range 20 {
+		l.Printf(context.Background(), "pool.go:770: dial %d failed\n", i)
+	}
+	now = now.Add(redisLogWindow)
+	l.Printf(context.Background(), "later")
+	var lines []map[string]any
+	for line := range strings.SplitSeq(strings.TrimSpace(buf.String()), "\n") {
+		var m map[string]any
+		if err := json.Unmarshal([]byte(line), &m); err != nil {
+			t.Fatalf("not a JSON record: %q", line)
+		}
+		lines = append(lines, m)
+	}
+	if len(lines) != redisLogBurst+1 {
+		t.Fatalf("%d records, want %d: %s", len(lines), redisLogBurst+1, buf.String())
+	}
+	if lines[0]["msg"] != "go-redis" || lines[0]["level"] != "WARN" || lines[0]["line"] != "pool.go:770: dial 0 failed" {
+		t.Errorf("first record %v", lines[0])
+	}
+	last := lines[len(lines)-1]
+	if last["suppressed"] != float64(20-redisLogBurst) {
+		t.Errorf("last record %v, want suppressed %d", last, 20-redisLogBurst)
 	}
 }

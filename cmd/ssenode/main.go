@@ -284,20 +284,51 @@ func newBroker(cfg config, log *slog.Logger, reg prometheus.Registerer) (broker,
 		return m, "memory", err
 	}
 	bm := node.NewBrokerMetrics(reg)
+	pubsub.SetRedisLogger(log)
 	r, err := pubsub.NewRedis(pubsub.RedisConfig{
-		URL:         cfg.RedisURL,
-		Addrs:       cfg.RedisAddrs,
-		MasterName:  cfg.RedisMasterName,
-		Username:    cfg.RedisUsername,
-		Password:    cfg.RedisPassword,
-		Prefix:      cfg.StreamPrefix,
-		MaxLen:      int64(cfg.ReplayMaxLen),
-		MaxAge:      cfg.ReplayMaxAge,
-		Logger:      log,
-		OnBadEntry:  bm.BadEntry,
-		OnReadError: bm.ReadError,
+		URL:              cfg.RedisURL,
+		Addrs:            cfg.RedisAddrs,
+		MasterName:       cfg.RedisMasterName,
+		Username:         cfg.RedisUsername,
+		Password:         cfg.RedisPassword,
+		SentinelUsername: cfg.RedisSentinelUsername,
+		SentinelPassword: cfg.RedisSentinelPassword,
+		Prefix:           cfg.StreamPrefix,
+		MaxLen:           int64(cfg.ReplayMaxLen),
+		MaxAge:           cfg.ReplayMaxAge,
+		Logger:           log,
+		OnBadEntry:       bm.BadEntry,
+		OnReadError:      bm.ReadError,
 	})
-	return r, "redis", err
+	if err != nil {
+		return nil, "", err
+	}
+	reg.MustRegister(shardCollector{r})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	shards, err := r.Shards(ctx)
+	log.Info("redis broker", "mode", r.Mode(), "shards", shards, "err", err)
+	return r, "redis-" + r.Mode(), nil
+}
+
+// shardUpDesc is sse_broker_shard_up: 1 while the node reads a Redis
+// master (a Cluster shard; "" outside Cluster mode) without error.
+var shardUpDesc = prometheus.NewDesc("sse_broker_shard_up", "1 while this node's readers read the Redis master (Cluster shard) without error, 0 while they fail.", []string{"shard"}, nil)
+
+// shardCollector reports the broker's shard states at scrape time, so a
+// master that left the slot map leaves no stale series behind.
+type shardCollector struct{ r *pubsub.Redis }
+
+func (c shardCollector) Describe(ch chan<- *prometheus.Desc) { ch <- shardUpDesc }
+
+func (c shardCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, s := range c.r.ShardStates() {
+		v := 0.0
+		if s.Up {
+			v = 1
+		}
+		ch <- prometheus.MustNewConstMetric(shardUpDesc, prometheus.GaugeValue, v, s.Addr)
+	}
 }
 
 // sndbufListener caps the kernel send buffer of every accepted connection
