@@ -2,6 +2,11 @@ package integration
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -228,4 +233,154 @@ func redisKeySlotOwner(slots []redis.ClusterSlot, rc *redisCluster, key string) 
 		}
 	}
 	return ""
+}
+
+// TestTopologySentinel: with passwords on the master and on the Sentinels
+// (SentinelPassword), nodes deliver, and SENTINEL FAILOVER under 50 ev/s
+// per topic leaves no topic silent more than 5 s and every entry on the
+// new master delivered exactly once.
+func TestTopologySentinel(t *testing.T) {
+	rs := startRedisSentinel(t)
+	prefix := redistest.Prefix(t)
+	a := topoNode(t, "a", prefix, func(c *pubsub.RedisConfig) {
+		c.Addrs, c.MasterName = rs.sentinels, rs.name
+		c.Password, c.SentinelPassword = rs.password, rs.sentPass
+	})
+	if got := a.broker.Mode(); got != "sentinel" {
+		t.Fatalf("mode %q, want sentinel", got)
+	}
+	topics := []string{"s0", "s1", "s2"}
+	arr := newArrivals()
+	clients := make(map[string]*sseClient)
+	for _, topic := range topics {
+		clients[topic] = startClient(t, always(a.addr), clientOpts{onEvent: arr.hook(topic)}, topic)
+	}
+	pc := rs.client(t)
+	pub := startRatePublisher(t, pc, prefix, topics, topoRate)
+	time.Sleep(2 * time.Second)
+	old := rs.masterAddr(t)
+	t0 := time.Now()
+	rs.failover(t)
+	if !pollUntil(30*time.Second, 50*time.Millisecond, nil, func() bool { m := rs.masterAddr(t); return m != "" && m != old }) {
+		t.Fatalf("master still %s 30s after SENTINEL FAILOVER", old)
+	}
+	t.Logf("SENTINEL FAILOVER: master %s -> %s after %v", old, rs.masterAddr(t), time.Since(t0).Round(time.Millisecond))
+	time.Sleep(4 * time.Second)
+	pub.halt()
+	end := time.Now()
+	for _, topic := range topics {
+		ids := streamIDs(t, pc, prefix+topic, "")
+		clients[topic].waitLast(t, ids[len(ids)-1], catchUp)
+		got, _, _ := clients[topic].snapshot()
+		// SENTINEL FAILOVER does not pause writers: what the old master
+		// acknowledged between the promotion and its own demotion is gone
+		// from the new master (the client saw it: it was published).
+		lost := checkExactlyOnce(t, pc, prefix+topic, got)
+		s := arr.maxSilence(topic, t0.Add(-time.Second), end)
+		if s > 5*time.Second {
+			t.Errorf("%s: silent %v across the failover, want <= 5s", topic, s)
+		}
+		t.Logf("%s: %d entries of the new master delivered exactly once; longest silence across the failover %v; %d entries acknowledged by the demoted master are not on the new one", topic, len(ids), s.Round(time.Millisecond), lost)
+	}
+}
+
+// TestTopologyStandalone runs a node against one Redis with the settings
+// of docs/redis.md and a least-privilege ACL user: XADD-to-client latency
+// (the figure beside Cluster's), a wrong-type key answered 409 while other
+// topics work, and Redis at maxmemory: resume from 0 still streams and
+// POST /publish says why it fails.
+func TestTopologyStandalone(t *testing.T) {
+	port := topoPorts(t, 1)[0]
+	addr := "127.0.0.1:" + strconv.Itoa(port)
+	box := startBox(t, "standalone", fmt.Sprintf("mkdir -p /tmp/r && redis-server --port %d --bind 127.0.0.1 --dir /tmp/r %s --daemonize yes --logfile /tmp/r/log && while true; do sleep 3600; done", port, topoSettings))
+	_ = box
+	waitPing(t, addr, "")
+	admin := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1})
+	t.Cleanup(func() { admin.Close() })
+	prefix := redistest.Prefix(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	// The commands docs/redis.md lists for the node's user.
+	acl := append([]any{"ACL", "SETUSER", "sse", "on", ">sse-pw", "resetkeys", "~" + prefix + "*", "resetchannels", "-@all"}, aclCommands()...)
+	if err := admin.Do(ctx, acl...).Err(); err != nil {
+		t.Fatalf("acl setuser: %v", err)
+	}
+	a := topoNode(t, "a", prefix, func(c *pubsub.RedisConfig) { c.URL = "redis://sse:sse-pw@" + addr })
+
+	t.Run("latency", func(t *testing.T) {
+		topics := []string{"l0", "l1", "l2", "l3", "l4", "l5"}
+		arr := newArrivals()
+		for _, topic := range topics {
+			startClient(t, always(a.addr), clientOpts{onEvent: arr.hook(topic)}, topic)
+		}
+		pub := startRatePublisher(t, admin, prefix, topics, topoRate)
+		time.Sleep(3 * time.Second)
+		pub.halt()
+		p99, n := arr.percentile(0.99)
+		p50, _ := arr.percentile(0.50)
+		t.Logf("standalone (ACL user): XADD-to-client latency over %d events at 50/s per topic on %d topics: p50 %v, p99 %v", n, len(topics), p50, p99)
+		if n < len(topics)*100 {
+			t.Errorf("only %d events arrived", n)
+		}
+	})
+
+	t.Run("wrong type", func(t *testing.T) {
+		if err := admin.Set(ctx, prefix+"bad", "foo", 0).Err(); err != nil {
+			t.Fatal(err)
+		}
+		_, err := openSSE(ctx, a.addr, eventsPath("good", "bad"), "")
+		var se *statusError
+		if !errors.As(err, &se) || se.code != 409 || !strings.Contains(se.body, `"bad"`) {
+			t.Fatalf("subscribe to a wrong-type key: %v, want 409 naming the topic", err)
+		}
+		good := startClient(t, always(a.addr), clientOpts{}, "good")
+		id := admin.XAdd(ctx, &redis.XAddArgs{Stream: prefix + "good", Values: []any{"data", "x"}}).Val()
+		good.waitLast(t, id, deliverWithin)
+	})
+
+	t.Run("maxmemory", func(t *testing.T) {
+		var ids []string
+		for i := range 20 {
+			ids = append(ids, admin.XAdd(ctx, &redis.XAddArgs{Stream: prefix + "full", Values: []any{"data", strconv.Itoa(i)}}).Val())
+		}
+		used, _ := strconv.Atoi(infoField(admin.Info(ctx, "memory").Val(), "used_memory"))
+		if err := admin.ConfigSet(ctx, "maxmemory", strconv.Itoa(used+200_000)).Err(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { admin.ConfigSet(context.Background(), "maxmemory", "0") })
+		filler := strings.Repeat("x", 10_000)
+		full := false
+		for i := 0; i < 1000 && !full; i++ {
+			err := admin.XAdd(ctx, &redis.XAddArgs{Stream: prefix + "filler", Values: []any{"data", filler}}).Err()
+			full = err != nil && strings.HasPrefix(err.Error(), "OOM")
+		}
+		if !full {
+			t.Fatal("Redis never refused a write")
+		}
+		c := startClient(t, always(a.addr), clientOpts{lastID: "0"}, "full")
+		c.waitLast(t, ids[len(ids)-1], deliverWithin)
+		got, _, _ := c.snapshot()
+		if err := checkSequence(got, ids); err != nil {
+			t.Errorf("resume from 0 at maxmemory: %v", err)
+		}
+		rec := httptest.NewRecorder()
+		a.admin.ServeHTTP(rec, httptest.NewRequest(http.MethodPost, "/publish?topic=full", strings.NewReader("data=x")))
+		if rec.Code < 400 || !strings.Contains(rec.Body.String(), "maxmemory") {
+			t.Errorf("publish at maxmemory: %d %q, want an error that says maxmemory", rec.Code, rec.Body.String())
+		}
+		t.Logf("publish at maxmemory: %d %s", rec.Code, strings.TrimSpace(rec.Body.String()))
+	})
+}
+
+// aclCommands are the command rules of the node's least-privilege Redis
+// user (docs/redis.md). MULTI/EXEC stay until reads use a read-only script
+// (EVALSHA_RO), which is allowed here already.
+func aclCommands() []any {
+	var out []any
+	for _, c := range strings.Fields(`+xadd +xrange +xrevrange +xread +xinfo|stream +xtrim +type +ping +hello
+		+client|id +client|unblock +client|setname +info +cluster|slots +cluster|shards +readonly
+		+evalsha_ro +eval_ro +script|load +multi +exec`) {
+		out = append(out, c)
+	}
+	return out
 }

@@ -427,3 +427,103 @@ func topoNode(t testing.TB, name, prefix string, set func(*pubsub.RedisConfig)) 
 		set(&c.Redis)
 	})
 }
+
+// redisSentinel is a Sentinel group: a master and a replica, both with
+// requirepass, and three Sentinels with a requirepass of their own.
+type redisSentinel struct {
+	box                *topoBox
+	master, replica    string
+	sentinels          []string
+	password, sentPass string
+	name               string
+}
+
+// startRedisSentinel starts the group and waits until the replica is in
+// sync and each Sentinel knows the two others.
+func startRedisSentinel(t testing.TB) *redisSentinel {
+	t.Helper()
+	ports := topoPorts(t, 5)
+	rs := &redisSentinel{password: "m-secret", sentPass: "s-secret", name: "ssemaster"}
+	addr := func(p int) string { return "127.0.0.1:" + strconv.Itoa(p) }
+	rs.master, rs.replica = addr(ports[0]), addr(ports[1])
+	var script strings.Builder
+	for i, p := range ports[:2] {
+		fmt.Fprintf(&script, "mkdir -p /tmp/%[1]d && redis-server --port %[1]d --bind 127.0.0.1 --dir /tmp/%[1]d --requirepass %[2]s --masterauth %[2]s %[3]s --daemonize yes --logfile /tmp/%[1]d/log", p, rs.password, topoSettings)
+		if i == 1 {
+			fmt.Fprintf(&script, " --replicaof 127.0.0.1 %d", ports[0])
+		}
+		script.WriteString(" && ")
+	}
+	for _, p := range ports[2:] {
+		rs.sentinels = append(rs.sentinels, addr(p))
+		fmt.Fprintf(&script, "mkdir -p /tmp/%[1]d && printf 'port %[1]d\\nbind 127.0.0.1\\ndir /tmp/%[1]d\\nrequirepass %[2]s\\nsentinel sentinel-pass %[2]s\\nsentinel monitor %[3]s 127.0.0.1 %[4]d 2\\nsentinel auth-pass %[3]s %[5]s\\nsentinel down-after-milliseconds %[3]s 1000\\nsentinel failover-timeout %[3]s 5000\\ndaemonize yes\\nlogfile /tmp/%[1]d/log\\n' > /tmp/%[1]d/s.conf && redis-server /tmp/%[1]d/s.conf --sentinel && ",
+			p, rs.sentPass, rs.name, ports[0], rs.password)
+	}
+	script.WriteString("while true; do sleep 3600; done")
+	rs.box = startBox(t, "sentinel", script.String())
+	waitPing(t, rs.master, rs.password)
+	waitPing(t, rs.replica, rs.password)
+	for _, s := range rs.sentinels {
+		waitPing(t, s, rs.sentPass)
+	}
+	ok := pollUntil(60*time.Second, 100*time.Millisecond, nil, func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		c := redis.NewClient(&redis.Options{Addr: rs.master, Password: rs.password, MaxRetries: -1})
+		info, err := c.Info(ctx, "replication").Result()
+		c.Close()
+		if err != nil || infoField(info, "connected_slaves") != "1" {
+			return false
+		}
+		for _, s := range rs.sentinels {
+			sc := redis.NewSentinelClient(&redis.Options{Addr: s, Password: rs.sentPass, MaxRetries: -1})
+			others, err := sc.Sentinels(ctx, rs.name).Result()
+			replicas, err2 := sc.Replicas(ctx, rs.name).Result()
+			sc.Close()
+			if err != nil || err2 != nil || len(others) != 2 || len(replicas) != 1 {
+				return false
+			}
+		}
+		return true
+	})
+	if !ok {
+		t.Fatalf("sentinel group not ready within 60s")
+	}
+	return rs
+}
+
+// client is a failover client of the group, closed at cleanup.
+func (rs *redisSentinel) client(t testing.TB) *redis.Client {
+	c := redis.NewFailoverClient(&redis.FailoverOptions{
+		MasterName: rs.name, SentinelAddrs: rs.sentinels, SentinelPassword: rs.sentPass,
+		Password: rs.password, MaxRetries: 10, MinRetryBackoff: 50 * time.Millisecond, MaxRetryBackoff: 500 * time.Millisecond,
+	})
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// masterAddr asks the first Sentinel for the master's address.
+func (rs *redisSentinel) masterAddr(t testing.TB) string {
+	t.Helper()
+	sc := redis.NewSentinelClient(&redis.Options{Addr: rs.sentinels[0], Password: rs.sentPass, MaxRetries: -1})
+	defer sc.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	hp, err := sc.GetMasterAddrByName(ctx, rs.name).Result()
+	if err != nil || len(hp) != 2 {
+		return ""
+	}
+	return net.JoinHostPort(hp[0], hp[1])
+}
+
+// failover runs SENTINEL FAILOVER on the first Sentinel.
+func (rs *redisSentinel) failover(t testing.TB) {
+	t.Helper()
+	sc := redis.NewSentinelClient(&redis.Options{Addr: rs.sentinels[0], Password: rs.sentPass, MaxRetries: -1})
+	defer sc.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := sc.Failover(ctx, rs.name).Err(); err != nil {
+		t.Fatalf("sentinel failover: %v", err)
+	}
+}
