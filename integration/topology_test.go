@@ -298,7 +298,7 @@ func TestTopologyStandalone(t *testing.T) {
 	admin := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1})
 	t.Cleanup(func() { admin.Close() })
 	prefix := redistest.Prefix(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	// The commands docs/redis.md lists for the node's user.
 	acl := append([]any{"ACL", "SETUSER", "sse", "on", ">sse-pw", "resetkeys", "~" + prefix + "*", "resetchannels", "-@all"}, aclCommands()...)
@@ -336,6 +336,102 @@ func TestTopologyStandalone(t *testing.T) {
 		good := startClient(t, always(a.addr), clientOpts{}, "good")
 		id := admin.XAdd(ctx, &redis.XAddArgs{Stream: prefix + "good", Values: []any{"data", "x"}}).Val()
 		good.waitLast(t, id, deliverWithin)
+	})
+
+	t.Run("history moved", func(t *testing.T) {
+		// A broker of its own, so the Handler's calls can be seen: a stream
+		// deleted, or made again with lower IDs or fewer entries added, gets
+		// h(topic, nil) within about historyCheck (1 s), and delivery goes
+		// on from the new stream's last ID.
+		resets := make(chan string, 16)
+		got := make(chan pubsub.Entry, 64)
+		b, err := pubsub.NewRedis(pubsub.RedisConfig{URL: "redis://sse:sse-pw@" + addr, Prefix: prefix + "h:"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer b.Close()
+		if err := b.Start(func(topic string, es []pubsub.Entry) {
+			if es == nil {
+				resets <- topic
+			}
+			for _, e := range es {
+				got <- e
+			}
+		}); err != nil {
+			t.Fatal(err)
+		}
+		key := func(topic string) string { return prefix + "h:" + topic }
+		xadd := func(topic, id string) string {
+			return admin.XAdd(ctx, &redis.XAddArgs{Stream: key(topic), ID: id, Values: []any{"data", "x"}}).Val()
+		}
+		waitEntry := func(id string) {
+			t.Helper()
+			deadline := time.After(deliverWithin)
+			for {
+				select {
+				case e := <-got:
+					if e.ID.String() == id {
+						return
+					}
+				case <-deadline:
+					t.Fatalf("entry %s not delivered", id)
+				}
+			}
+		}
+		waitReset := func(topic string) time.Duration {
+			t.Helper()
+			t0 := time.Now()
+			select {
+			case got := <-resets:
+				if got != topic {
+					t.Fatalf("reset of %q, want %q", got, topic)
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatalf("%s: no h(topic, nil) within 5s", topic)
+			}
+			return time.Since(t0)
+		}
+		for _, tc := range []struct {
+			name   string
+			change func(topic string) (next string) // next: an ID added after, to be delivered
+		}{
+			{"deleted", func(topic string) string {
+				admin.Del(ctx, key(topic))
+				return ""
+			}},
+			{"made again with lower IDs", func(topic string) string {
+				admin.Del(ctx, key(topic))
+				xadd(topic, "1-1")
+				return "1-2"
+			}},
+			{"made again with fewer entries", func(topic string) string {
+				admin.Del(ctx, key(topic))
+				xadd(topic, "*")
+				return "*"
+			}},
+		} {
+			topic := strings.ReplaceAll(tc.name, " ", "-")
+			if _, err := b.Watch(ctx, topic, 0); err != nil {
+				t.Fatal(err)
+			}
+			var last string
+			for range 5 {
+				last = xadd(topic, "*")
+			}
+			waitEntry(last)
+			next := tc.change(topic)
+			d := waitReset(topic)
+			t.Logf("%s: reset reported %v after the change", tc.name, d.Round(time.Millisecond))
+			if next != "" {
+				waitEntry(xadd(topic, next))
+			}
+			select {
+			case extra := <-resets:
+				t.Errorf("%s: a second reset of %s", tc.name, extra)
+			case <-time.After(1500 * time.Millisecond):
+			}
+			b.Unwatch(topic)
+		}
 	})
 
 	t.Run("maxmemory", func(t *testing.T) {

@@ -67,8 +67,9 @@ type RedisConfig struct {
 	// Readers is the number of reader goroutines, each with its own
 	// connection. Zero means 2; at most 64.
 	Readers int
-	// Block is how long one XREAD BLOCK waits before the reader loops.
-	// Zero means 5s; at least 1ms.
+	// Block is how long one XREAD BLOCK waits before the reader loops, up
+	// to 1s (historyCheck), so that a reader checks its streams' history
+	// every second even when they are idle. Zero means 5s; at least 1ms.
 	Block time.Duration
 	// Count is the XREAD COUNT: entries read per stream per call. Zero
 	// means 512.
@@ -134,6 +135,14 @@ func (m redisMode) String() string {
 // promoted replica is found at the reader's next retry, not at go-redis'
 // 60 s reload. A node thus holds one reader connection per watched slot; a
 // prefix with a hash tag keeps that to one per node (and one shard).
+//
+// A reader also checks, every second and at once after a failed read
+// works again, that its streams' history did not move under it (deleted,
+// made again, or a last-generated-id below what it delivered, as after a
+// failover that lost entries): it then resets that topic's position to the
+// stream's last ID and calls the Handler with no entries, h(topic, nil), so
+// the node can make the topic's clients resume through the replay window.
+// The delay is about a second after the change (see checkHistory).
 //
 // A topic whose key holds another type (WRONGTYPE, which fails a whole
 // multi-key XREAD) is found with TYPE, reported as "wrong type", parked and

@@ -3,6 +3,7 @@ package pubsub
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"sort"
 	"strconv"
@@ -20,7 +21,10 @@ const (
 	backoffMax = 2 * time.Second
 	parkRetry  = 10 * time.Second       // how often a wrong-type topic is checked again
 	wakeRetry  = 200 * time.Millisecond // waker: longest pause between CLIENT UNBLOCKs
-	trimEvery  = 30 * time.Second       // MaxAge: longest pause between trims
+	// historyCheck is how often, at most, a reader checks that the streams
+	// it reads did not move under it (see checkHistory).
+	historyCheck = time.Second
+	trimEvery    = 30 * time.Second // MaxAge: longest pause between trims
 )
 
 // reader is one reader goroutine and the topics it owns.
@@ -59,6 +63,10 @@ type watched struct {
 	// parkedUntil is non-zero while the key holds a non-stream type: the
 	// topic is left out of reads until then. Guarded by reader.mu.
 	parkedUntil time.Time
+	// added is the stream's entries-added at the last history check: a
+	// smaller one later means the stream was deleted and made again.
+	// Guarded by reader.mu.
+	added int64
 }
 
 func newReader(b *Redis, index int) *reader {
@@ -224,6 +232,7 @@ func (r *reader) run(h Handler) {
 	failing := false
 	cluster := r.b.mode == modeCluster
 	reload := false // Cluster mode: reload the slot map before connecting
+	var checked time.Time
 	for r.b.ctx.Err() == nil {
 		if err := r.recheckParked(); err != nil {
 			r.failed(err, &bo, &failing)
@@ -245,6 +254,12 @@ func (r *reader) run(h Handler) {
 		if err == nil {
 			err = r.block(set, nextCheck, h)
 		}
+		// After a failure (a failover, say), the history is checked as
+		// soon as a read works again.
+		if err == nil && (failing || time.Since(checked) >= historyCheck) {
+			err = r.checkHistory(h)
+			checked = time.Now()
+		}
 		if err != nil {
 			reload = cluster && needsReload(err)
 			r.failed(err, &bo, &failing)
@@ -257,6 +272,82 @@ func (r *reader) run(h Handler) {
 		}
 		bo.reset()
 	}
+}
+
+// checkHistory finds the watched streams whose history moved under the
+// reader: deleted (missing with a cursor past 0-0), made again (fewer
+// entries-added than last time), or with a last-generated-id below the
+// cursor (a failover lost entries the reader had delivered). Each such
+// topic's cursor is reset to the stream's last-generated-id (0-0 when
+// missing) and h gets the topic with no entries, the broker's way of
+// saying "your position is no longer in this stream": the node then makes
+// its clients resume through the replay window, which announces the gap.
+// One pipeline of XINFO STREAM on the reader's own connection (the same
+// node it reads), every historyCheck at most.
+func (r *reader) checkHistory(h Handler) error {
+	r.mu.Lock()
+	ws := make([]*watched, 0, len(r.topics))
+	for _, w := range r.topics {
+		if w.parkedUntil.IsZero() {
+			ws = append(ws, w)
+		}
+	}
+	r.mu.Unlock()
+	if len(ws) == 0 {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(r.b.ctx, r.b.cfg.Block+readMargin)
+	defer cancel()
+	cmds := make([]*redis.XInfoStreamCmd, len(ws))
+	_, _ = r.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, w := range ws {
+			cmds[i] = p.XInfoStream(ctx, w.key)
+		}
+		return nil
+	})
+	for i, w := range ws {
+		v, err := cmds[i].Result()
+		var last ID
+		exists := true
+		switch {
+		case err == nil:
+			if last, err = ParseID(v.LastGeneratedID); err != nil {
+				return fmt.Errorf("xinfo %s: %w", w.key, err)
+			}
+		case isNoSuchKey(err):
+			exists = false
+		case isWrongType(err):
+			continue // the read parks it
+		default:
+			return &readError{err: err}
+		}
+		r.mu.Lock()
+		if r.topics[w.key] != w {
+			r.mu.Unlock()
+			continue // unwatched meanwhile
+		}
+		from := w.cursor
+		moved := !exists && !from.IsZero() || exists && (last.Less(from) || v.EntriesAdded < w.added)
+		w.added = 0
+		if exists {
+			w.added = v.EntriesAdded
+		}
+		if moved {
+			w.cursor = last
+		}
+		r.mu.Unlock()
+		if moved {
+			r.b.log.Warn("pubsub: redis stream history moved under the reader; its clients resume", "topic", w.topic, "key", w.key, "exists", exists, "from", from.String(), "to", last.String())
+			h(w.topic, nil)
+		}
+	}
+	return nil
+}
+
+// isNoSuchKey reports XINFO's reply for a missing key.
+func isNoSuchKey(err error) bool {
+	var re redis.Error
+	return errors.As(err, &re) && strings.HasPrefix(re.Error(), "ERR no such key")
 }
 
 // failed handles a read error: a WRONGTYPE parks the topics at fault and
@@ -335,7 +426,9 @@ func (r *reader) block(set readSet, nextCheck time.Time, h Handler) error {
 	case <-r.wake:
 	default:
 	}
-	blk := r.b.cfg.Block
+	// At most historyCheck, so that the history of idle streams is
+	// checked that often too.
+	blk := min(r.b.cfg.Block, historyCheck)
 	if !nextCheck.IsZero() {
 		blk = max(min(blk, time.Until(nextCheck)), time.Millisecond)
 	}
