@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -172,6 +173,16 @@ func TestTopologyCluster(t *testing.T) {
 		time.Sleep(2 * time.Second)
 		t0 := time.Now()
 		rc.box.kill9(t, victim, "")
+		// The node reports the dead shard down (sse_broker_shard_up) and
+		// stays ready: the other shards' topics flow.
+		if !pollUntil(10*time.Second, 20*time.Millisecond, nil, func() bool {
+			return slices.Contains(c.broker.ShardStates(), pubsub.ShardState{Addr: victim, Up: false})
+		}) {
+			t.Errorf("shard %s never reported down: %v", victim, c.broker.ShardStates())
+		}
+		if code := c.readyz(); code != 200 {
+			t.Errorf("/readyz %d with one shard down, want 200", code)
+		}
 		// Promotion: the victim's topics have another master in the map.
 		var promoted time.Time
 		if !pollUntil(30*time.Second, 50*time.Millisecond, nil, func() bool {
@@ -193,6 +204,11 @@ func TestTopologyCluster(t *testing.T) {
 		}
 		t.Logf("master %s killed; replica promoted after %v", victim, promoted.Sub(t0))
 		time.Sleep(6 * time.Second)
+		for _, s := range c.broker.ShardStates() {
+			if !s.Up {
+				t.Errorf("shard %s still down 6s after the promotion: %v", s.Addr, c.broker.ShardStates())
+			}
+		}
 		pub.halt()
 		end := time.Now()
 		for m, ts := range byMaster {

@@ -18,6 +18,9 @@ const (
 	// clusterReload is how often the shared client reloads the slot map
 	// with no error to trigger it.
 	clusterReload = 2 * time.Second
+	// clusterRetry caps a Cluster reader's backoff after an error that
+	// may mean its slot moved.
+	clusterRetry = 400 * time.Millisecond
 	// probeTimeout bounds NewRedis' question to a lone address.
 	probeTimeout = 5 * time.Second
 )

@@ -366,6 +366,11 @@ func (r *reader) failed(err error, bo *backoff, failing *bool) {
 		// No key is of the wrong type any more: back off as for any error.
 	}
 	d := bo.next()
+	if r.b.mode == modeCluster && needsReload(err) {
+		// The slot may have a new master already: look again soon. A
+		// dial to a dead node and a slot map read are cheap.
+		d = min(d, clusterRetry/2+rand.N(clusterRetry/2+1))
+	}
 	r.b.log.Warn("pubsub: redis reader failed; resuming from last IDs", "reader", r.index, "err", err, "backoff", d)
 	*failing = true
 	r.down.Store(true)

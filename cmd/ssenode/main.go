@@ -303,7 +303,7 @@ func newBroker(cfg config, log *slog.Logger, reg prometheus.Registerer) (broker,
 	if err != nil {
 		return nil, "", err
 	}
-	reg.MustRegister(shardCollector{r})
+	reg.MustRegister(newShardCollector(r))
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	shards, err := r.Shards(ctx)
@@ -311,24 +311,34 @@ func newBroker(cfg config, log *slog.Logger, reg prometheus.Registerer) (broker,
 	return r, "redis-" + r.Mode(), nil
 }
 
-// shardUpDesc is sse_broker_shard_up: 1 while the node reads a Redis
-// master (a Cluster shard; "" outside Cluster mode) without error.
-var shardUpDesc = prometheus.NewDesc("sse_broker_shard_up", "1 while this node's readers read the Redis master (Cluster shard) without error, 0 while they fail.", []string{"shard"}, nil)
+// shardCollector exports sse_broker_shard_up{shard}: 1 while the node
+// reads a Redis master (a Cluster shard; "" outside Cluster mode) without
+// error. It is refilled from the broker at each scrape, so a master that
+// left the slot map leaves no stale series behind.
+type shardCollector struct {
+	r  *pubsub.Redis
+	up *prometheus.GaugeVec
+}
 
-// shardCollector reports the broker's shard states at scrape time, so a
-// master that left the slot map leaves no stale series behind.
-type shardCollector struct{ r *pubsub.Redis }
+func newShardCollector(r *pubsub.Redis) shardCollector {
+	return shardCollector{r: r, up: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "sse_broker_shard_up",
+		Help: "1 while this node's readers read the Redis master (Cluster shard) without error, 0 while they fail.",
+	}, []string{"shard"})}
+}
 
-func (c shardCollector) Describe(ch chan<- *prometheus.Desc) { ch <- shardUpDesc }
+func (c shardCollector) Describe(ch chan<- *prometheus.Desc) { c.up.Describe(ch) }
 
 func (c shardCollector) Collect(ch chan<- prometheus.Metric) {
+	c.up.Reset()
 	for _, s := range c.r.ShardStates() {
 		v := 0.0
 		if s.Up {
 			v = 1
 		}
-		ch <- prometheus.MustNewConstMetric(shardUpDesc, prometheus.GaugeValue, v, s.Addr)
+		c.up.WithLabelValues(s.Addr).Set(v)
 	}
+	c.up.Collect(ch)
 }
 
 // sndbufListener caps the kernel send buffer of every accepted connection
