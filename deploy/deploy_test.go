@@ -34,6 +34,7 @@ var envVars = map[string]func(string) error{
 	"SSE_REDIS_PASSWORD":          anyValue,
 	"SSE_REDIS_SENTINEL_USERNAME": anyValue,
 	"SSE_REDIS_SENTINEL_PASSWORD": anyValue,
+	"SSE_REDIS_READ_REPLICAS":     anyValue,
 	"SSE_STREAM_PREFIX":           anyValue,
 	"SSE_REPLAY_MAXLEN":           checkCount,
 	"SSE_REPLAY_MAXAGE":           checkDuration,

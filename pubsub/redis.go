@@ -71,6 +71,12 @@ type RedisConfig struct {
 	// to 1s (historyCheck), so that a reader checks its streams' history
 	// every second even when they are idle. Zero means 5s; at least 1ms.
 	Block time.Duration
+	// ReadReplicas makes the readers of a Redis Cluster read from replicas
+	// (READONLY), so that many nodes fan out without all reading the
+	// masters. Live events then arrive later by the replication lag (see
+	// docs/redis.md); Watch, Range and Info still read the masters. Only
+	// for Cluster mode.
+	ReadReplicas bool
 	// Count is the XREAD COUNT: entries read per stream per call. Zero
 	// means 512.
 	Count int
@@ -191,6 +197,9 @@ func NewRedis(cfg RedisConfig) (*Redis, error) {
 		if b.mode, err = probeMode(cfg); err != nil {
 			return nil, err
 		}
+	}
+	if cfg.ReadReplicas && b.mode != modeCluster {
+		return nil, fmt.Errorf("pubsub: redis config: ReadReplicas is for Redis Cluster; this is %s", b.mode)
 	}
 	b.client, err = b.newClient(nil)
 	if err != nil {
@@ -330,7 +339,7 @@ func (b *Redis) newClient(r *reader) (redis.UniversalClient, error) {
 		opt.PoolSize, opt.MinIdleConns, opt.MaxIdleConns = 1, 0, 1
 		opt.MaxRetries = -1
 		opt.ReadTimeout = c.Block + readMargin
-		opt.OnConnect = r.onConnect("")
+		opt.OnConnect = r.onConnect("", false)
 	}
 	return redis.NewUniversalClient(opt), nil
 }
@@ -346,7 +355,7 @@ func (b *Redis) commonOptions(opt *redis.Options, r *reader) {
 		opt.PoolSize, opt.MinIdleConns, opt.MaxIdleConns = 1, 0, 1
 		opt.MaxRetries = -1
 		opt.ReadTimeout = b.cfg.Block + readMargin
-		opt.OnConnect = r.onConnect(opt.Addr)
+		opt.OnConnect = r.onConnect(opt.Addr, false)
 	}
 }
 

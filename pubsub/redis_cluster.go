@@ -21,6 +21,9 @@ const (
 	// clusterRetry caps a Cluster reader's backoff after an error that
 	// may mean its slot moved.
 	clusterRetry = 400 * time.Millisecond
+	// replicaFailures is how many failed reads in a row make a reader
+	// that reads replicas try the master instead.
+	replicaFailures = 2
 	// probeTimeout bounds NewRedis' question to a lone address.
 	probeTimeout = 5 * time.Second
 )
@@ -213,9 +216,11 @@ func (b *Redis) nodeOptions(addr string) *redis.Options {
 }
 
 // connectSlot makes r's client a connection to the current master of its
-// slot, reloading the slot map first when reload is set. A client already
-// on that master is kept.
-func (r *reader) connectSlot(key string, reload bool) error {
+// slot, or with ReadReplicas to one of its replicas (the master after
+// failures in a row, in case the replica is the one failing), reloading
+// the slot map first when reload is set. A client already on that master
+// is kept; a replica client is kept until an error asks for a reload.
+func (r *reader) connectSlot(key string, reload bool, failures int) error {
 	b := r.b
 	if reload {
 		b.cluster.ReloadState(b.ctx)
@@ -223,11 +228,19 @@ func (r *reader) connectSlot(key string, reload bool) error {
 		// address below is the new one when the map changed.
 		sleep(b.ctx, 100*time.Millisecond)
 	}
+	replica := b.cfg.ReadReplicas && failures < replicaFailures
+	if replica && r.client != nil && !reload {
+		return nil
+	}
 	ctx, cancel := context.WithTimeout(b.ctx, b.cfg.Block+readMargin)
 	defer cancel()
-	m, err := b.cluster.MasterForKey(ctx, key)
+	node := b.cluster.MasterForKey
+	if replica {
+		node = b.cluster.SlaveForKey // the master when the slot has no healthy replica
+	}
+	m, err := node(ctx, key)
 	if err != nil {
-		return fmt.Errorf("slot %d master: %w", r.index, err)
+		return fmt.Errorf("slot %d node: %w", r.index, err)
 	}
 	addr := m.Options().Addr
 	if r.client != nil && r.addr == addr {
@@ -235,6 +248,9 @@ func (r *reader) connectSlot(key string, reload bool) error {
 	}
 	opt := b.nodeOptions(addr)
 	b.commonOptions(opt, r)
+	if replica {
+		opt.OnConnect = r.onConnect(addr, true)
+	}
 	c := redis.NewClient(opt)
 	b.mu.Lock()
 	old := r.client

@@ -88,12 +88,18 @@ type connRef struct {
 // onConnect returns the hook that names each new reader connection to addr
 // and records its CLIENT ID, so CLIENT UNBLOCK always names the connection
 // the reader blocks on, on the node it blocks on.
-func (r *reader) onConnect(addr string) func(ctx context.Context, cn *redis.Conn) error {
+func (r *reader) onConnect(addr string, readonly bool) func(ctx context.Context, cn *redis.Conn) error {
 	if r.b.mode != modeCluster {
 		addr = ""
 	}
 	return func(ctx context.Context, cn *redis.Conn) error {
 		r.conn.Store(nil)
+		if readonly {
+			// A Cluster replica serves reads only to READONLY connections.
+			if err := cn.ReadOnly(ctx).Err(); err != nil {
+				return err
+			}
+		}
 		// A name for CLIENT LIST, best effort: go-redis' ClientName option
 		// would fail the connection where ACLs refuse CLIENT SETNAME.
 		if err := cn.ClientSetName(ctx, "sse-reader-"+strconv.Itoa(r.index)).Err(); err != nil && !refused(err) {
@@ -232,6 +238,7 @@ func (r *reader) run(h Handler) {
 	failing := false
 	cluster := r.b.mode == modeCluster
 	reload := false // Cluster mode: reload the slot map before connecting
+	failures := 0   // failed reads in a row
 	var checked time.Time
 	for r.b.ctx.Err() == nil {
 		if err := r.recheckParked(); err != nil {
@@ -248,23 +255,29 @@ func (r *reader) run(h Handler) {
 		}
 		var err error
 		if cluster {
-			err = r.connectSlot(set.keys[0], reload)
+			err = r.connectSlot(set.keys[0], reload, failures)
 			reload = false
+		}
+		// After a failure (a failover, say), the history is checked before
+		// the first read: that read would move the cursors past a fork.
+		if err == nil && failing {
+			err = r.checkHistory(h)
+			checked = time.Now()
 		}
 		if err == nil {
 			err = r.block(set, nextCheck, h)
 		}
-		// After a failure (a failover, say), the history is checked as
-		// soon as a read works again.
-		if err == nil && (failing || time.Since(checked) >= historyCheck) {
+		if err == nil && time.Since(checked) >= historyCheck {
 			err = r.checkHistory(h)
 			checked = time.Now()
 		}
 		if err != nil {
 			reload = cluster && needsReload(err)
+			failures++
 			r.failed(err, &bo, &failing)
 			continue
 		}
+		failures = 0
 		if failing {
 			failing = false
 			r.down.Store(false)
@@ -276,20 +289,25 @@ func (r *reader) run(h Handler) {
 
 // checkHistory finds the watched streams whose history moved under the
 // reader: deleted (missing with a cursor past 0-0), made again (fewer
-// entries-added than last time), or with a last-generated-id below the
-// cursor (a failover lost entries the reader had delivered). Each such
+// entries-added than last time), with a last-generated-id below the
+// cursor (a failover lost entries the reader had delivered), or forked
+// (the cursor's entry is missing from within the stream's span: a failover
+// to a server that has other entries around it). Each such
 // topic's cursor is reset to the stream's last-generated-id (0-0 when
 // missing) and h gets the topic with no entries, the broker's way of
 // saying "your position is no longer in this stream": the node then makes
 // its clients resume through the replay window, which announces the gap.
-// One pipeline of XINFO STREAM on the reader's own connection (the same
-// node it reads), every historyCheck at most.
+// One pipeline of XINFO STREAM and a one-entry XRANGE per stream on the
+// reader's own connection (the same node it reads), every historyCheck at
+// most.
 func (r *reader) checkHistory(h Handler) error {
 	r.mu.Lock()
 	ws := make([]*watched, 0, len(r.topics))
+	var curs []ID
 	for _, w := range r.topics {
 		if w.parkedUntil.IsZero() {
 			ws = append(ws, w)
+			curs = append(curs, w.cursor)
 		}
 	}
 	r.mu.Unlock()
@@ -298,21 +316,47 @@ func (r *reader) checkHistory(h Handler) error {
 	}
 	ctx, cancel := context.WithTimeout(r.b.ctx, r.b.cfg.Block+readMargin)
 	defer cancel()
+	var c redis.Cmdable = r.client
+	if r.b.cfg.ReadReplicas {
+		// A replica lags the master that Watch took positions from: only
+		// the master's history tells a loss from a lag.
+		m, err := r.b.cluster.MasterForKey(ctx, ws[0].key)
+		if err != nil {
+			return &readError{err: err}
+		}
+		c = m
+	}
 	cmds := make([]*redis.XInfoStreamCmd, len(ws))
-	_, _ = r.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+	at := make([]*redis.XMessageSliceCmd, len(ws)) // the entry at the cursor
+	_, _ = c.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for i, w := range ws {
 			cmds[i] = p.XInfoStream(ctx, w.key)
+			at[i] = p.XRangeN(ctx, w.key, curs[i].String(), curs[i].String(), 1)
 		}
 		return nil
 	})
 	for i, w := range ws {
 		v, err := cmds[i].Result()
-		var last ID
-		exists := true
+		var last, first ID
+		exists, forked := true, false
 		switch {
 		case err == nil:
 			if last, err = ParseID(v.LastGeneratedID); err != nil {
 				return fmt.Errorf("xinfo %s: %w", w.key, err)
+			}
+			if v.Length > 0 {
+				if first, err = ParseID(v.FirstEntry.ID); err != nil {
+					return fmt.Errorf("xinfo %s: %w", w.key, err)
+				}
+				// The cursor is an entry the reader delivered (or Watch's
+				// newest). Within the stream's span but not in it: the
+				// stream forked (a failover to a server that never had
+				// it, while writes went on there).
+				es, err := at[i].Result()
+				if err != nil {
+					return &readError{err: err}
+				}
+				forked = !curs[i].IsZero() && !curs[i].Less(first) && !last.Less(curs[i]) && len(es) == 0
 			}
 		case isNoSuchKey(err):
 			exists = false
@@ -327,7 +371,11 @@ func (r *reader) checkHistory(h Handler) error {
 			continue // unwatched meanwhile
 		}
 		from := w.cursor
-		moved := !exists && !from.IsZero() || exists && (last.Less(from) || v.EntriesAdded < w.added)
+		if from != curs[i] {
+			r.mu.Unlock()
+			continue // moved on meanwhile: checked next time
+		}
+		moved := forked || !exists && !from.IsZero() || exists && (last.Less(from) || v.EntriesAdded < w.added)
 		w.added = 0
 		if exists {
 			w.added = v.EntriesAdded

@@ -46,6 +46,7 @@ func TestRedisConfigValidation(t *testing.T) {
 		{name: "block below 1ms", cfg: RedisConfig{URL: "redis://x", Block: 500 * time.Microsecond}, wantErr: "Block"},
 		{name: "negative block", cfg: RedisConfig{URL: "redis://x", Block: -time.Second}, wantErr: "Block"},
 		{name: "negative count", cfg: RedisConfig{URL: "redis://x", Count: -1}, wantErr: "Count"},
+		{name: "replica reads outside Cluster", cfg: RedisConfig{URL: "redis://x", ReadReplicas: true}, wantErr: "ReadReplicas is for Redis Cluster"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -29,6 +29,7 @@ type config struct {
 	RedisUsername         string   `env:"REDIS_USERNAME" help:"Redis ACL user; overrides the one in SSE_REDIS_URL, also used with SSE_REDIS_ADDRS"`
 	RedisPassword         string   `env:"REDIS_PASSWORD" help:"Redis password; overrides the one in SSE_REDIS_URL, also used with SSE_REDIS_ADDRS"`
 	RedisSentinelUsername string   `env:"REDIS_SENTINEL_USERNAME" help:"ACL user on the Sentinels themselves (with SSE_REDIS_MASTER_NAME)"`
+	RedisReadReplicas     bool     `env:"REDIS_READ_REPLICAS" envDefault:"false" help:"Redis Cluster: read live events from replicas (READONLY) to spare the masters; adds the replication lag (docs/redis.md)"`
 	RedisSentinelPassword string   `env:"REDIS_SENTINEL_PASSWORD" help:"password of the Sentinels themselves (their requirepass; with SSE_REDIS_MASTER_NAME)"`
 	StreamPrefix          string   `env:"STREAM_PREFIX" envDefault:"sse:" help:"Redis key prefix of topic streams"`
 
