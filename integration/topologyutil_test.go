@@ -185,7 +185,9 @@ func startRedisCluster(t testing.TB) *redisCluster {
 	}
 	args := append([]string{"redis-cli", "--cluster", "create"}, rc.addrs...)
 	rc.box.exec(t, append(args, "--cluster-replicas", "1", "--cluster-yes")...)
-	rc.client = redis.NewClusterClient(&redis.ClusterOptions{Addrs: rc.addrs, MaxRetries: 10, MinRetryBackoff: 50 * time.Millisecond, MaxRetryBackoff: 500 * time.Millisecond})
+	// The publishers' client: it finds a promoted replica within half a
+	// second, so that the nodes' own delay is what the tests see.
+	rc.client = redis.NewClusterClient(&redis.ClusterOptions{Addrs: rc.addrs, MaxRetries: 10, MinRetryBackoff: 50 * time.Millisecond, MaxRetryBackoff: 500 * time.Millisecond, ClusterStateReloadInterval: 500 * time.Millisecond})
 	t.Cleanup(func() { rc.client.Close() })
 	rc.waitHealthy(t)
 	return rc
@@ -227,6 +229,31 @@ func (rc *redisCluster) waitHealthy(t testing.TB) {
 	if !ok {
 		t.Fatalf("cluster %v not healthy within 60s", rc.addrs)
 	}
+}
+
+// commandCalls sums INFO commandstats calls of cmd over the masters.
+func (rc *redisCluster) commandCalls(t testing.TB, cmd string) int64 {
+	t.Helper()
+	var mu sync.Mutex
+	var total int64
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	err := rc.client.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error {
+		info, err := c.Info(ctx, "commandstats").Result()
+		if err != nil {
+			return err
+		}
+		v := infoField(info, "cmdstat_"+cmd)
+		calls, _ := strconv.ParseInt(strings.TrimPrefix(strings.Split(v, ",")[0], "calls="), 10, 64)
+		mu.Lock()
+		total += calls
+		mu.Unlock()
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("commandstats: %v", err)
+	}
+	return total
 }
 
 // masterOf returns the address of the master that holds key now.
@@ -274,6 +301,7 @@ type ratePublisher struct {
 
 	mu     sync.Mutex
 	acked  map[string][]string
+	ackAt  map[string][]time.Time
 	errs   int
 	cancel context.CancelFunc
 	done   chan struct{}
@@ -281,7 +309,7 @@ type ratePublisher struct {
 
 func startRatePublisher(t testing.TB, c redis.Cmdable, prefix string, topics []string, period time.Duration) *ratePublisher {
 	ctx, cancel := context.WithCancel(context.Background())
-	p := &ratePublisher{c: c, prefix: prefix, topics: topics, acked: map[string][]string{}, cancel: cancel, done: make(chan struct{})}
+	p := &ratePublisher{c: c, prefix: prefix, topics: topics, acked: map[string][]string{}, ackAt: map[string][]time.Time{}, cancel: cancel, done: make(chan struct{})}
 	var wg sync.WaitGroup
 	for _, topic := range topics {
 		wg.Add(1)
@@ -303,6 +331,7 @@ func startRatePublisher(t testing.TB, c redis.Cmdable, prefix string, topics []s
 					p.errs++
 				} else {
 					p.acked[topic] = append(p.acked[topic], id)
+					p.ackAt[topic] = append(p.ackAt[topic], time.Now())
 				}
 				p.mu.Unlock()
 			}
@@ -316,6 +345,18 @@ func startRatePublisher(t testing.TB, c redis.Cmdable, prefix string, topics []s
 func (p *ratePublisher) halt() {
 	p.cancel()
 	<-p.done
+}
+
+// firstAckAfter is when the first write to topic after t0 was acknowledged.
+func (p *ratePublisher) firstAckAfter(topic string, t0 time.Time) time.Time {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, at := range p.ackAt[topic] {
+		if at.After(t0) {
+			return at
+		}
+	}
+	return time.Time{}
 }
 
 func (p *ratePublisher) count(topic string) int {
