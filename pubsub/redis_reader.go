@@ -297,7 +297,7 @@ func (r *reader) run(h Handler) {
 // missing) and h gets the topic with no entries, the broker's way of
 // saying "your position is no longer in this stream": the node then makes
 // its clients resume through the replay window, which announces the gap.
-// One pipeline of XINFO STREAM and a one-entry XRANGE per stream on the
+// One pipeline of XINFO STREAM and a one-entry XREAD per stream on the
 // reader's own connection (the same node it reads), every historyCheck at
 // most.
 func (r *reader) checkHistory(h Handler) error {
@@ -327,11 +327,14 @@ func (r *reader) checkHistory(h Handler) error {
 		c = m
 	}
 	cmds := make([]*redis.XInfoStreamCmd, len(ws))
-	at := make([]*redis.XMessageSliceCmd, len(ws)) // the entry at the cursor
+	// The first entry after the one before the cursor: the cursor's own
+	// entry when the stream holds it. (XREAD, not XRANGE, keeps replay's
+	// read count apart.)
+	at := make([]*redis.XStreamSliceCmd, len(ws))
 	_, _ = c.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for i, w := range ws {
 			cmds[i] = p.XInfoStream(ctx, w.key)
-			at[i] = p.XRangeN(ctx, w.key, curs[i].String(), curs[i].String(), 1)
+			at[i] = p.XRead(ctx, &redis.XReadArgs{Streams: []string{w.key, prevID(curs[i]).String()}, Count: 1, Block: -1})
 		}
 		return nil
 	})
@@ -353,10 +356,11 @@ func (r *reader) checkHistory(h Handler) error {
 				// stream forked (a failover to a server that never had
 				// it, while writes went on there).
 				es, err := at[i].Result()
-				if err != nil {
+				if err != nil && !errors.Is(err, redis.Nil) {
 					return &readError{err: err}
 				}
-				forked = !curs[i].IsZero() && !curs[i].Less(first) && !last.Less(curs[i]) && len(es) == 0
+				held := len(es) == 1 && len(es[0].Messages) == 1 && es[0].Messages[0].ID == curs[i].String()
+				forked = !curs[i].IsZero() && !curs[i].Less(first) && !last.Less(curs[i]) && !held
 			}
 		case isNoSuchKey(err):
 			exists = false
