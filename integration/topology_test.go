@@ -267,15 +267,7 @@ func TestTopologyCluster(t *testing.T) {
 		// Promotion: the victim's topics have another master in the map.
 		var promoted time.Time
 		if !pollUntil(30*time.Second, 50*time.Millisecond, nil, func() bool {
-			rc.client.ReloadState(context.Background())
-			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-			defer cancel()
-			slots, err := rc.client.ClusterSlots(ctx).Result()
-			if err != nil {
-				return false
-			}
-			slot := redisKeySlotOwner(slots, rc, kp+byMaster[victim][0])
-			if slot != "" && slot != victim {
+			if m := rc.masterNow(kp + byMaster[victim][0]); m != "" && m != victim {
 				promoted = time.Now()
 				return true
 			}
@@ -318,22 +310,6 @@ func TestTopologyCluster(t *testing.T) {
 			}
 		}
 	})
-}
-
-// redisKeySlotOwner returns the master of key's slot in slots.
-func redisKeySlotOwner(slots []redis.ClusterSlot, rc *redisCluster, key string) string {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-	defer cancel()
-	slot, err := rc.client.ClusterKeySlot(ctx, key).Result()
-	if err != nil {
-		return ""
-	}
-	for _, s := range slots {
-		if int64(s.Start) <= slot && slot <= int64(s.End) && len(s.Nodes) > 0 {
-			return s.Nodes[0].Addr
-		}
-	}
-	return ""
 }
 
 // TestTopologySentinel: with passwords on the master and on the Sentinels
@@ -521,7 +497,6 @@ func TestTopologyStandalone(t *testing.T) {
 				xadd(topic, "*")
 				return "*"
 			}},
-
 		} {
 			topic := strings.ReplaceAll(tc.name, " ", "-")
 			if _, err := b.Watch(ctx, topic, 0); err != nil {

@@ -200,18 +200,31 @@ func (rc *redisCluster) waitHealthy(t testing.TB) {
 	ok := pollUntil(60*time.Second, 100*time.Millisecond, nil, func() bool {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
-		slots, err := rc.client.ClusterSlots(ctx).Result()
+		shards, err := rc.client.ClusterShards(ctx).Result()
 		if err != nil {
 			return false
 		}
 		masters := map[string]bool{}
 		n := 0
-		for _, s := range slots {
-			if len(s.Nodes) < 2 {
+		for _, s := range shards {
+			if len(s.Slots) == 0 {
+				continue
+			}
+			online := map[string]int{}
+			for _, node := range s.Nodes {
+				if node.Health == "online" {
+					online[node.Role]++
+					if node.Role == "master" {
+						masters[net.JoinHostPort(node.IP, strconv.FormatInt(node.Port, 10))] = true
+					}
+				}
+			}
+			if online["master"] != 1 || online["replica"] < 1 {
 				return false
 			}
-			masters[s.Nodes[0].Addr] = true
-			n += s.End - s.Start + 1
+			for _, r := range s.Slots {
+				n += int(r.End - r.Start + 1)
+			}
 		}
 		if n != 16384 || len(masters) != 3 {
 			return false
@@ -254,6 +267,33 @@ func (rc *redisCluster) commandCalls(t testing.TB, cmd string) int64 {
 		t.Fatalf("commandstats: %v", err)
 	}
 	return total
+}
+
+// masterNow asks the cluster (CLUSTER SHARDS, not the client's cached map)
+// for the master of key's slot; "" when it cannot tell.
+func (rc *redisCluster) masterNow(key string) string {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	slot, err := rc.client.ClusterKeySlot(ctx, key).Result()
+	if err != nil {
+		return ""
+	}
+	shards, err := rc.client.ClusterShards(ctx).Result()
+	if err != nil {
+		return ""
+	}
+	for _, s := range shards {
+		for _, r := range s.Slots {
+			if r.Start <= slot && slot <= r.End {
+				for _, node := range s.Nodes {
+					if node.Role == "master" && node.Health == "online" {
+						return net.JoinHostPort(node.IP, strconv.FormatInt(node.Port, 10))
+					}
+				}
+			}
+		}
+	}
+	return ""
 }
 
 // masterOf returns the address of the master that holds key now.

@@ -96,17 +96,17 @@ func (b *Redis) Shards(ctx context.Context) (int, error) {
 	if b.cluster == nil {
 		return 1, nil
 	}
-	slots, err := b.cluster.ClusterSlots(ctx).Result()
+	shards, err := b.cluster.ClusterShards(ctx).Result()
 	if err != nil {
-		return 0, fmt.Errorf("pubsub: redis cluster slots: %w", err)
+		return 0, fmt.Errorf("pubsub: redis cluster shards: %w", err)
 	}
-	masters := make(map[string]bool)
-	for _, s := range slots {
-		if len(s.Nodes) > 0 {
-			masters[s.Nodes[0].Addr] = true
+	n := 0
+	for _, s := range shards {
+		if len(s.Slots) > 0 {
+			n++
 		}
 	}
-	return len(masters), nil
+	return n, nil
 }
 
 // ShardState is the read health of one Redis node readers read from.
