@@ -31,7 +31,7 @@ pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
-  rm -rf "$work"
+  if [ -n "${KEEP:-}" ]; then log "kept $work"; else rm -rf "$work"; fi
 }
 trap cleanup EXIT
 log() { echo "capacity.sh: $*" >&2; }
@@ -41,16 +41,16 @@ log() { echo "capacity.sh: $*" >&2; }
 # redis_start PORT [cluster]: a redis-server with the settings of
 # docs/redis.md, in its own directory.
 redis_start() {
-  local port=$1 extra=()
-  mkdir -p "$work/r$port"
+  local port=$1 extra=() dir="$work/$mode-r$1"
+  mkdir -p "$dir"
   if [ "${2:-}" = cluster ]; then
     extra=(--cluster-enabled yes --cluster-config-file nodes.conf --cluster-node-timeout 2000 --cluster-require-full-coverage no)
   fi
-  redis-server --port "$port" --bind 127.0.0.1 --dir "$work/r$port" --save '' \
+  redis-server --port "$port" --bind 127.0.0.1 --dir "$dir" --save '' \
     --appendonly yes --appendfsync everysec --maxmemory-policy noeviction "${extra[@]}" \
-    --logfile "$work/r$port/log" &
+    --logfile "$dir/log" &
   pids+=($!)
-  for _ in $(seq 100); do redis-cli -p "$port" ping >/dev/null 2>&1 && return; sleep 0.1; done
+  for _ in $(seq 300); do redis-cli -p "$port" ping >/dev/null 2>&1 && return; sleep 0.1; done
   log "redis on $port did not start"; exit 1
 }
 
@@ -82,7 +82,9 @@ topology_up() {
 
 topology_down() {
   for p in "${servers[@]}"; do redis-cli -p "$p" shutdown nosave >/dev/null 2>&1 || true; done
-  sleep 0.5
+  for p in "${servers[@]}"; do
+    for _ in $(seq 100); do redis-cli -p "$p" ping >/dev/null 2>&1 || break; sleep 0.1; done
+  done
 }
 
 # stats PORT: "calls xadd cpu role" of one server.
@@ -136,15 +138,16 @@ for mode in $MODES; do
       -rate "$RATE" -duration "$DURATION" -drain 3s -publish-url "http://127.0.0.1:$((NODE_BASE + 100))" \
       -prefix "cap$n:" -progress=false -check -out "$work/load.json" 2>>"$work/load.log" || log "sseload reported a failure (see lost/dup)"
     after=$(snapshot)
-    lostdup="$(grep -o '"lost":[0-9]*' "$work/load.json" | head -1 | cut -d: -f2)/$(grep -o '"duplicated":[0-9]*' "$work/load.json" | head -1 | cut -d: -f2)"
-    p99=$(grep -o '"p99_ms":[0-9.]*' "$work/load.json" | head -1 | cut -d: -f2)
-    # Deltas per role (INFO calls left out), per 1000 XADDs: commands,
+    read -r lostdup p99 < <(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print("%d/%d %.1f" % (r["check"]["lost"], r["check"]["duplicated"], r["latency"]["p99_ms"]))' "$work/load.json")
+    # Deltas per role (INFO calls left out), per 1000 XADDs on the
+    # masters: commands (a replica's replicated XADDs left out too),
     # and CPU seconds x 100 (the CPU % at 1000 events/s). The window is the
     # whole sseload run, so idle reads and checks count too.
     paste <(echo "$before") <(echo "$after") | awk -v mode="$mode" -v n="$n" -v clients="$clients" -v pub="${DURATION%s}" -v ld="$lostdup" -v p99="${p99:-?}" '
-      { calls = $7 - $2; xadd = $8 - $3; info = $9 - $4; cpu = $10 - $5; role = $11
-        xadds += xadd
-        if (role == "master") { mc += calls - info; mcpu += cpu } else { rc += calls - info; rcpu += cpu } }
+      { calls = $8 - $2; xadd = $9 - $3; info = $10 - $4; cpu = $11 - $5; role = $12
+        # A replica runs (and counts) the XADDs it replicates: its own
+        # load is the rest.
+        if (role == "master") { xadds += xadd; mc += calls - info; mcpu += cpu } else { rc += calls - info - xadd; rcpu += cpu } }
       END {
         k = xadds / 1000
         printf "| %s | %d | %d | %.0f | %.0f | %.0f | %.1f | %.1f | %s | %s |\n", mode, n, clients, xadds / pub, mc / k, rc / k, 100 * mcpu / k, 100 * rcpu / k, p99, ld }'

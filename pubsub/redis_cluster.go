@@ -219,7 +219,8 @@ func (b *Redis) nodeOptions(addr string) *redis.Options {
 // slot, or with ReadReplicas to one of its replicas (the master after
 // failures in a row, in case the replica is the one failing), reloading
 // the slot map first when reload is set. A client already on that master
-// is kept; a replica client is kept until an error asks for a reload.
+// is kept; a replica client is kept until an error asks for a reload, and
+// a reader meant for a replica but on the master looks again each time.
 func (r *reader) connectSlot(key string, reload bool, failures int) error {
 	b := r.b
 	if reload {
@@ -229,11 +230,16 @@ func (r *reader) connectSlot(key string, reload bool, failures int) error {
 		sleep(b.ctx, 100*time.Millisecond)
 	}
 	replica := b.cfg.ReadReplicas && failures < replicaFailures
-	if replica && r.client != nil && !reload {
-		return nil
-	}
 	ctx, cancel := context.WithTimeout(b.ctx, b.cfg.Block+readMargin)
 	defer cancel()
+	if replica && r.client != nil && !reload {
+		// Kept while it is on a replica; one on the master (no healthy
+		// replica when it connected) looks for a replica again.
+		m, err := b.cluster.MasterForKey(ctx, key)
+		if err != nil || m.Options().Addr != r.addr {
+			return nil
+		}
+	}
 	node := b.cluster.MasterForKey
 	if replica {
 		node = b.cluster.SlaveForKey // the master when the slot has no healthy replica
