@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"runtime"
@@ -530,5 +531,31 @@ func TestRedisLogger(t *testing.T) {
 	last := lines[len(lines)-1]
 	if last["suppressed"] != float64(20-redisLogBurst) {
 		t.Errorf("last record %v, want suppressed %d", last, 20-redisLogBurst)
+	}
+}
+
+// TestRedisNeedsReload: the read errors after which a Cluster reader asks
+// for a new slot map (the slot may have moved) and those after which it
+// must not (the key or the user is at fault, not the map).
+func TestRedisNeedsReload(t *testing.T) {
+	tests := []struct {
+		err  error
+		want bool
+	}{
+		{fakeRedisErr("MOVED 3999 127.0.0.1:6381"), true},
+		{fakeRedisErr("ASK 3999 127.0.0.1:6381"), true},
+		{fakeRedisErr("CLUSTERDOWN The cluster is down"), true},
+		{fakeRedisErr("TRYAGAIN Multiple keys request during rehashing of slot"), true},
+		{fakeRedisErr("LOADING Redis is loading the dataset in memory"), true},
+		{fakeRedisErr("READONLY You can't write against a read only replica."), true},
+		{&net.OpError{Op: "dial", Net: "tcp", Err: errors.New("connection refused")}, true},
+		{fmt.Errorf("xread: %w", io.EOF), true},
+		{fakeRedisErr("WRONGTYPE Operation against a key holding the wrong kind of value"), false},
+		{fakeRedisErr("NOPERM this user has no permissions to run the 'xread' command"), false},
+	}
+	for _, tt := range tests {
+		if got := needsReload(tt.err); got != tt.want {
+			t.Errorf("needsReload(%v) = %v, want %v", tt.err, got, tt.want)
+		}
 	}
 }
