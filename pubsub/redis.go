@@ -65,7 +65,8 @@ type RedisConfig struct {
 	// means no trimming by age.
 	MaxAge time.Duration
 	// Readers is the number of reader goroutines, each with its own
-	// connection. Zero means 2; at most 64.
+	// connection. Zero means 2; at most 64. Cluster mode ignores it: it
+	// has one reader per watched hash slot (see Redis).
 	Readers int
 	// Block is how long one XREAD BLOCK waits before the reader loops, up
 	// to 1s (historyCheck), so that a reader checks its streams' history
