@@ -188,7 +188,7 @@ func startRedisCluster(t testing.TB) *redisCluster {
 	rc.box.exec(t, append(args, "--cluster-replicas", "1", "--cluster-yes")...)
 	// The publishers' client: it finds a promoted replica within half a
 	// second, so that the nodes' own delay is what the tests see.
-	rc.client = redis.NewClusterClient(&redis.ClusterOptions{Addrs: rc.addrs, MaxRetries: 10, MinRetryBackoff: 50 * time.Millisecond, MaxRetryBackoff: 500 * time.Millisecond, ClusterStateReloadInterval: 500 * time.Millisecond})
+	rc.client = redis.NewClusterClient(&redis.ClusterOptions{Addrs: rc.addrs, MaxRetries: 3, MinRetryBackoff: 50 * time.Millisecond, MaxRetryBackoff: 200 * time.Millisecond, ClusterStateReloadInterval: 500 * time.Millisecond})
 	t.Cleanup(func() { rc.client.Close() })
 	rc.waitHealthy(t)
 	return rc
@@ -364,7 +364,9 @@ func startRatePublisher(t testing.TB, c redis.Cmdable, prefix string, topics []s
 					return
 				case <-tk.C:
 				}
-				cctx, ccancel := context.WithTimeout(ctx, 2*time.Second)
+				// Short, so that a write stuck on a dead master gives way
+				// to the next one, which may find the promoted replica.
+				cctx, ccancel := context.WithTimeout(ctx, 500*time.Millisecond)
 				id, err := c.XAdd(cctx, &redis.XAddArgs{Stream: prefix + topic, Values: []any{"data", strconv.FormatInt(time.Now().UnixNano(), 10)}}).Result()
 				ccancel()
 				p.mu.Lock()
