@@ -294,7 +294,7 @@ func (r *reader) run(h Handler) {
 // (the cursor's entry is missing from within the stream's span: a failover
 // to a server that has other entries around it). Each such
 // topic's cursor is reset to the stream's last-generated-id (0-0 when
-// missing) and h gets the topic with no entries, the broker's way of
+// missing; a fork keeps it) and h gets the topic with no entries, the broker's way of
 // saying "your position is no longer in this stream": the node then makes
 // its clients resume through the replay window, which announces the gap.
 // One pipeline of XINFO STREAM and a one-entry XREAD per stream on the
@@ -379,17 +379,25 @@ func (r *reader) checkHistory(h Handler) error {
 			r.mu.Unlock()
 			continue // moved on meanwhile: checked next time
 		}
-		moved := forked || !exists && !from.IsZero() || exists && (last.Less(from) || v.EntriesAdded < w.added)
+		back := !exists && !from.IsZero() || exists && (last.Less(from) || v.EntriesAdded < w.added)
 		w.added = 0
 		if exists {
 			w.added = v.EntriesAdded
 		}
-		if moved {
-			w.cursor = last
+		// A fork keeps the cursor (even though entries-added went down
+		// with the lost branch): the new branch's entries after it are new
+		// to the topic's clients and come in order; those before it are
+		// behind the fork, for the replay window to announce. Otherwise
+		// new entries may sort below the cursor: start after the stream's
+		// last ID.
+		to := from
+		if back && !forked {
+			to = last
 		}
+		w.cursor = to
 		r.mu.Unlock()
-		if moved {
-			r.b.log.Warn("pubsub: redis stream history moved under the reader; its clients resume", "topic", w.topic, "key", w.key, "exists", exists, "from", from.String(), "to", last.String())
+		if back || forked {
+			r.b.log.Warn("pubsub: redis stream history moved under the reader; its clients resume", "topic", w.topic, "key", w.key, "exists", exists, "forked", forked, "from", from.String(), "to", to.String())
 			h(w.topic, nil)
 		}
 	}
