@@ -800,12 +800,12 @@ func TestClusterBadEntries(t *testing.T) {
 	good()
 
 	// A key of the wrong type before anyone subscribes: the subscribe is
-	// refused (503, the node logs the WRONGTYPE) and nothing else changes.
+	// refused (409: retrying cannot help) and nothing else changes.
 	srv.MustDo(t, "SET", prefix+"prewrong", "x")
 	_, err := openSSE(ctx, n.addr, eventsPath("prewrong"), "")
 	var se *statusError
-	if !errors.As(err, &se) || se.code != 503 {
-		t.Errorf("subscribe to a string key: %v, want a 503", err)
+	if !errors.As(err, &se) || se.code != 409 {
+		t.Errorf("subscribe to a string key: %v, want a 409", err)
 	}
 	good()
 

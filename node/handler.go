@@ -182,6 +182,12 @@ func (n *Node) ServeEvents(w http.ResponseWriter, r *http.Request) {
 			if n.perIP != nil {
 				n.perIP.release(ip)
 			}
+			if errors.Is(err, pubsub.ErrWrongType) {
+				// Retrying cannot help: say which topic, and no Retry-After.
+				n.m.connTotal.WithLabelValues(outcomeBadRequest).Inc()
+				http.Error(w, fmt.Sprintf("topic %q: its Redis key holds something that is not a stream", t), http.StatusConflict)
+				return
+			}
 			n.log.Warn("subscribe: broker unavailable", "topic", t, "err", err)
 			n.reject(w, outcomeUnavailable, "broker unavailable: retry later")
 			return

@@ -40,17 +40,22 @@ type RedisConfig struct {
 	// set; Addrs must then be empty.
 	URL string
 	// Addrs are seed addresses used when URL is empty: with MasterName, the
-	// Sentinels of a failover group; otherwise one address is a single
-	// server and two or more are Redis Cluster seeds.
+	// Sentinels of a failover group; otherwise Redis Cluster seeds or one
+	// single server. The mode comes from the server: NewRedis asks a lone
+	// address whether it is a Cluster node (so one seed is enough); two or
+	// more addresses are Cluster seeds.
 	Addrs []string
 	// MasterName is the Sentinel master name. Empty means no Sentinel.
 	MasterName string
 	// Username and Password, when set, are the ACL credentials (and override
 	// those of URL).
 	Username, Password string
+	// SentinelUsername and SentinelPassword authenticate to the Sentinels
+	// themselves (requirepass or ACL on the Sentinels). Empty means none.
+	SentinelUsername, SentinelPassword string
 	// Prefix is put before a topic to make its stream key. "" means "sse:".
 	// In Cluster mode a hash tag such as "{sse}:" puts every topic in one
-	// slot, which lets readers block instead of polling (see Redis).
+	// slot: one reader connection per node, but a single shard.
 	Prefix string
 	// MaxLen is the approximate length (MAXLEN ~) Publish trims a stream to.
 	// Zero means 10000.
@@ -60,11 +65,19 @@ type RedisConfig struct {
 	// means no trimming by age.
 	MaxAge time.Duration
 	// Readers is the number of reader goroutines, each with its own
-	// connection. Zero means 2; at most 64.
+	// connection. Zero means 2; at most 64. Cluster mode ignores it: it
+	// has one reader per watched hash slot (see Redis).
 	Readers int
-	// Block is how long one XREAD BLOCK waits before the reader loops.
-	// Zero means 5s; at least 1ms.
+	// Block is how long one XREAD BLOCK waits before the reader loops, up
+	// to 1s (historyCheck), so that a reader checks its streams' history
+	// every second even when they are idle. Zero means 5s; at least 1ms.
 	Block time.Duration
+	// ReadReplicas makes the readers of a Redis Cluster read from replicas
+	// (READONLY), so that many nodes fan out without all reading the
+	// masters. Live events then arrive later by the replication lag (see
+	// docs/redis.md); Watch, Range and Info still read the masters. Only
+	// for Cluster mode.
+	ReadReplicas bool
 	// Count is the XREAD COUNT: entries read per stream per call. Zero
 	// means 512.
 	Count int
@@ -88,7 +101,18 @@ const (
 	modeSingle   redisMode = iota // one server (URL, or one address)
 	modeFailover                  // Sentinel: one master at a time
 	modeCluster                   // Redis Cluster
+	modeProbe                     // one address: NewRedis asks the server
 )
+
+func (m redisMode) String() string {
+	switch m {
+	case modeFailover:
+		return "sentinel"
+	case modeCluster:
+		return "cluster"
+	}
+	return "standalone"
+}
 
 // Redis is the Redis Streams broker. Each topic is the stream
 // <Prefix><topic>; any client that can XADD is a publisher.
@@ -107,13 +131,25 @@ const (
 // ACL user this needs +client|id and +client|unblock; if Redis refuses
 // them, the broker logs it once and a new topic waits up to Block.
 //
-// In Cluster mode, the keys of one XREAD must share a hash slot, and a
-// reader cannot block on several nodes at once. A reader there polls: one
-// pipeline of non-blocking XREADs per slot group, then a pause of
-// clusterPoll (50ms) when nothing came, cut short by Watch. Topics go to
-// readers by slot so that a reader has few groups. A prefix with a hash tag
-// keeps one group per reader but still polls; blocking on Cluster is not
-// built.
+// In Cluster mode the keys of one XREAD must share a hash slot (Redis
+// answers CROSSSLOT otherwise, even for slots of one node), so there is one
+// reader per watched slot, started with the slot's first topic and ended
+// with its last. It connects to the slot's master itself and blocks there
+// like any other reader; CLIENT UNBLOCK goes to that same node. On a
+// connection error, MOVED, ASK, TRYAGAIN or CLUSTERDOWN it asks the shared
+// client to reload the slot map (which is also reloaded every
+// clusterReload) and connects to whatever master the slot has then: a
+// promoted replica is found at the reader's next retry, not at go-redis'
+// 60 s reload. A node thus holds one reader connection per watched slot; a
+// prefix with a hash tag keeps that to one per node (and one shard).
+//
+// A reader also checks, every second and at once after a failed read
+// works again, that its streams' history did not move under it (deleted,
+// made again, or a last-generated-id below what it delivered, as after a
+// failover that lost entries): it then resets that topic's position to the
+// stream's last ID and calls the Handler with no entries, h(topic, nil), so
+// the node can make the topic's clients resume through the replay window.
+// The delay is about a second after the change (see checkHistory).
 //
 // A topic whose key holds another type (WRONGTYPE, which fails a whole
 // multi-key XREAD) is found with TYPE, reported as "wrong type", parked and
@@ -123,18 +159,24 @@ type Redis struct {
 	cfg     RedisConfig // defaults applied
 	mode    redisMode
 	client  redis.UniversalClient // shared pool: commands, CLIENT UNBLOCK
+	cluster *redis.ClusterClient  // client, in Cluster mode; else nil
 	log     *slog.Logger
 	ctx     context.Context // canceled by Close
 	cancel  context.CancelFunc
-	readers []*reader
+	readers []*reader     // fixed readers; nil in Cluster mode
 	wakeCh  chan struct{} // 1-slot: a reader may need CLIENT UNBLOCK; never closed
+	handler Handler       // set by Start
 
 	closed    atomic.Bool
 	noUnblock atomic.Bool    // Redis refused CLIENT ID or CLIENT UNBLOCK: readers wake at Block
-	wg        sync.WaitGroup // readers, waker, trimmer
+	wg        sync.WaitGroup // readers, waker, trimmer, slot map reloader
 
-	mu      sync.Mutex // orders Start against Close
-	started bool       // guarded by mu
+	// mu orders Start against Close and guards the Cluster readers. Lock
+	// order: mu, then a reader's mu.
+	mu      sync.Mutex
+	started bool                     // guarded by mu
+	slots   map[int]*reader          // Cluster mode: reader of each watched slot; guarded by mu
+	nodes   map[string]*redis.Client // Cluster mode: one small pool per node for CLIENT UNBLOCK; guarded by mu
 }
 
 var _ Publisher = (*Redis)(nil)
@@ -152,11 +194,25 @@ func NewRedis(cfg RedisConfig) (*Redis, error) {
 		log:    cfg.Logger,
 		wakeCh: make(chan struct{}, 1),
 	}
+	if mode == modeProbe {
+		if b.mode, err = probeMode(cfg); err != nil {
+			return nil, err
+		}
+	}
+	if cfg.ReadReplicas && b.mode != modeCluster {
+		return nil, fmt.Errorf("pubsub: redis config: ReadReplicas is for Redis Cluster; this is %s", b.mode)
+	}
 	b.client, err = b.newClient(nil)
 	if err != nil {
 		return nil, err
 	}
 	b.ctx, b.cancel = context.WithCancel(context.Background())
+	if b.mode == modeCluster {
+		b.cluster = b.client.(*redis.ClusterClient)
+		b.slots = make(map[int]*reader)
+		b.nodes = make(map[string]*redis.Client)
+		return b, nil
+	}
 	b.readers = make([]*reader, cfg.Readers)
 	for i := range b.readers {
 		b.readers[i] = newReader(b, i)
@@ -177,8 +233,8 @@ func (c RedisConfig) withDefaults() (RedisConfig, redisMode, error) {
 		if c.MasterName != "" {
 			return fail("MasterName %q needs Addrs (Sentinels), not URL", c.MasterName)
 		}
-		if _, err := redis.ParseURL(c.URL); err != nil {
-			return fail("URL: %w", err)
+		if _, err := parseURL(c.URL); err != nil {
+			return c, 0, err
 		}
 	case len(c.Addrs) > 0:
 		for _, a := range c.Addrs {
@@ -191,6 +247,8 @@ func (c RedisConfig) withDefaults() (RedisConfig, redisMode, error) {
 			mode = modeFailover
 		case len(c.Addrs) > 1:
 			mode = modeCluster
+		default:
+			mode = modeProbe
 		}
 	default:
 		return fail("URL or Addrs is required")
@@ -239,14 +297,13 @@ const readMargin = 3 * time.Second
 // newClient builds a client for cfg. r is nil for the shared pool; for a
 // reader it builds a one-connection client whose connections report their
 // CLIENT ID to r, with no retries of its own (the reader retries) and a
-// read timeout beyond Block.
+// read timeout beyond Block. Cluster readers use newNodeClient instead.
 func (b *Redis) newClient(r *reader) (redis.UniversalClient, error) {
 	c := b.cfg
-	disabled := &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
 	if c.URL != "" {
-		opt, err := redis.ParseURL(c.URL)
+		opt, err := parseURL(c.URL)
 		if err != nil {
-			return nil, fmt.Errorf("pubsub: redis config: URL: %w", err)
+			return nil, err
 		}
 		if c.Username != "" {
 			opt.Username = c.Username
@@ -254,15 +311,7 @@ func (b *Redis) newClient(r *reader) (redis.UniversalClient, error) {
 		if c.Password != "" {
 			opt.Password = c.Password
 		}
-		// Context deadlines bound every command, including Ping.
-		opt.ContextTimeoutEnabled = true
-		opt.MaintNotificationsConfig = disabled
-		if r != nil {
-			opt.PoolSize, opt.MinIdleConns, opt.MaxIdleConns = 1, 0, 1
-			opt.MaxRetries = -1
-			opt.ReadTimeout = c.Block + readMargin
-			opt.OnConnect = r.onConnect
-		}
+		b.commonOptions(opt, r)
 		return redis.NewClient(opt), nil
 	}
 	opt := &redis.UniversalOptions{
@@ -270,19 +319,45 @@ func (b *Redis) newClient(r *reader) (redis.UniversalClient, error) {
 		MasterName:               c.MasterName,
 		Username:                 c.Username,
 		Password:                 c.Password,
+		SentinelUsername:         c.SentinelUsername,
+		SentinelPassword:         c.SentinelPassword,
 		ContextTimeoutEnabled:    true,
-		MaintNotificationsConfig: disabled,
+		MaintNotificationsConfig: &maintnotifications.Config{Mode: maintnotifications.ModeDisabled},
+	}
+	switch b.mode {
+	case modeCluster:
+		co := opt.Cluster()
+		// A promoted replica is found within this even with no error to
+		// trigger a reload (go-redis' default is 60s).
+		co.ClusterStateReloadInterval = clusterReload
+		return redis.NewClusterClient(co), nil
+	case modeSingle:
+		so := opt.Simple()
+		b.commonOptions(so, r)
+		return redis.NewClient(so), nil
 	}
 	if r != nil {
 		opt.PoolSize, opt.MinIdleConns, opt.MaxIdleConns = 1, 0, 1
 		opt.MaxRetries = -1
 		opt.ReadTimeout = c.Block + readMargin
-		if b.mode != modeCluster {
-			// In Cluster mode readers poll and are woken in-process.
-			opt.OnConnect = r.onConnect
-		}
+		opt.OnConnect = r.onConnect("", false)
 	}
 	return redis.NewUniversalClient(opt), nil
+}
+
+// commonOptions sets what every single-server client of the broker shares,
+// and for a reader (r not nil) its one connection, no retries, a read
+// timeout beyond Block and the CLIENT ID hook.
+func (b *Redis) commonOptions(opt *redis.Options, r *reader) {
+	// Context deadlines bound every command, including Ping.
+	opt.ContextTimeoutEnabled = true
+	opt.MaintNotificationsConfig = &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
+	if r != nil {
+		opt.PoolSize, opt.MinIdleConns, opt.MaxIdleConns = 1, 0, 1
+		opt.MaxRetries = -1
+		opt.ReadTimeout = b.cfg.Block + readMargin
+		opt.OnConnect = r.onConnect(opt.Addr, false)
+	}
 }
 
 // Client returns the broker's shared client, for admin commands and tests.
@@ -321,14 +396,17 @@ func (b *Redis) Start(h Handler) error {
 		r.client = c
 	}
 	b.started = true
+	b.handler = h
 	for _, r := range b.readers {
 		b.wg.Add(1)
 		go r.run(h)
 	}
-	if b.mode != modeCluster {
+	for _, r := range b.slots {
 		b.wg.Add(1)
-		go b.runWaker()
+		go r.run(h)
 	}
+	b.wg.Add(1)
+	go b.runWaker()
 	if b.cfg.MaxAge > 0 {
 		b.wg.Add(1)
 		go b.runTrimmer()
@@ -356,20 +434,51 @@ func (b *Redis) Watch(ctx context.Context, topic string, tail int) (Tail, error)
 	if err != nil {
 		return Tail{}, fmt.Errorf("pubsub: watch %q: %w", topic, err)
 	}
-	r := b.readerFor(key)
-	r.mu.Lock()
-	_, had := r.topics[key]
-	if !had {
-		// The cursor is the tail's Last: whatever is added after the
-		// XREVRANGE has a greater ID and is delivered.
-		r.topics[key] = &watched{topic: topic, key: key, cursor: t.Last}
-		r.gen++
+	had, r := b.addWatched(topic, key, t.Last)
+	if r == nil {
+		return Tail{}, ErrClosed
 	}
-	r.mu.Unlock()
 	if !had {
 		b.wakeReader(r)
 	}
 	return t, nil
+}
+
+// addWatched adds key to its reader with cursor last, unless it is there
+// already, and returns that reader (nil after Close). In Cluster mode it
+// makes, and once started runs, the reader of the key's slot.
+func (b *Redis) addWatched(topic, key string, last ID) (had bool, r *reader) {
+	if b.mode == modeCluster {
+		// mu stays held while the topic is added: a reader ends, under mu,
+		// only when it has no topics.
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		if b.closed.Load() {
+			return false, nil
+		}
+		slot := keySlot(key)
+		r = b.slots[slot]
+		if r == nil {
+			r = newReader(b, slot)
+			b.slots[slot] = r
+			if b.started {
+				b.wg.Add(1)
+				go r.run(b.handler)
+			}
+		}
+	} else {
+		r = b.readerFor(key)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	_, had = r.topics[key]
+	if !had {
+		// The cursor is the tail's Last: whatever is added after the
+		// XREVRANGE has a greater ID and is delivered.
+		r.topics[key] = &watched{topic: topic, key: key, cursor: last}
+		r.gen++
+	}
+	return had, r
 }
 
 // Unwatch stops delivering topic. It does not block.
@@ -379,6 +488,9 @@ func (b *Redis) Unwatch(topic string) {
 	}
 	key := b.key(topic)
 	r := b.readerFor(key)
+	if r == nil {
+		return // Cluster mode: no reader, so not watched
+	}
 	r.mu.Lock()
 	_, had := r.topics[key]
 	if had {
@@ -551,12 +663,19 @@ func (b *Redis) tail(ctx context.Context, topic, key string, n int) (Tail, error
 	return t, nil
 }
 
-// Ping sends PING within ctx: nil when Redis answers.
+// Ping sends PING within ctx: nil when Redis answers. In Cluster mode it
+// is nil while any master answers (see pingCluster for why).
 func (b *Redis) Ping(ctx context.Context) error {
 	if b.closed.Load() {
 		return ErrClosed
 	}
-	if err := b.client.Ping(ctx).Err(); err != nil {
+	var err error
+	if b.cluster != nil {
+		err = b.pingCluster(ctx)
+	} else {
+		err = b.client.Ping(ctx).Err()
+	}
+	if err != nil {
 		return fmt.Errorf("pubsub: redis ping: %w", err)
 	}
 	return nil
@@ -579,8 +698,17 @@ func (b *Redis) Close() error {
 			errs = append(errs, r.client.Close())
 		}
 	}
+	for _, r := range b.slots {
+		// A Cluster reader swaps its client under mu and checks closed.
+		if r.client != nil {
+			_ = r.client.Close() // the reader may be closing it too
+		}
+	}
 	b.mu.Unlock()
 	b.wg.Wait()
+	for _, c := range b.nodes {
+		errs = append(errs, c.Close())
+	}
 	errs = append(errs, b.client.Close())
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("pubsub: redis close: %w", err)
@@ -604,13 +732,15 @@ func (b *Redis) check(ctx context.Context, op, topic string) error {
 
 func (b *Redis) key(topic string) string { return b.cfg.Prefix + topic }
 
-// readerFor is the reader that owns key: by hash slot in Cluster mode, so
-// that a reader's keys fall in few slots; else by hash of the key.
+// readerFor is the reader that owns key: in Cluster mode the reader of its
+// slot, nil when none; else one of the fixed readers by hash of the key.
 func (b *Redis) readerFor(key string) *reader {
-	n := uint32(len(b.readers))
 	if b.mode == modeCluster {
-		return b.readers[uint32(keySlot(key))%n]
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		return b.slots[keySlot(key)]
 	}
+	n := uint32(len(b.readers))
 	h := fnv.New32a()
 	_, _ = h.Write([]byte(key))
 	return b.readers[h.Sum32()%n]

@@ -3,6 +3,7 @@ package pubsub
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"sort"
 	"strconv"
@@ -16,26 +17,34 @@ import (
 
 // Timings of the reader loop.
 const (
-	backoffMin  = 50 * time.Millisecond
-	backoffMax  = 2 * time.Second
-	parkRetry   = 10 * time.Second       // how often a wrong-type topic is checked again
-	clusterPoll = 50 * time.Millisecond  // Cluster mode: pause when a poll found nothing
-	wakeRetry   = 200 * time.Millisecond // waker: longest pause between CLIENT UNBLOCKs
-	trimEvery   = 30 * time.Second       // MaxAge: longest pause between trims
+	backoffMin = 50 * time.Millisecond
+	backoffMax = 2 * time.Second
+	parkRetry  = 10 * time.Second       // how often a wrong-type topic is checked again
+	wakeRetry  = 200 * time.Millisecond // waker: longest pause between CLIENT UNBLOCKs
+	// historyCheck is how often, at most, a reader checks that the streams
+	// it reads did not move under it (see checkHistory).
+	historyCheck = time.Second
+	trimEvery    = 30 * time.Second // MaxAge: longest pause between trims
 )
 
 // reader is one reader goroutine and the topics it owns.
 type reader struct {
 	b     *Redis // immutable
-	index int    // immutable
+	index int    // immutable; the hash slot in Cluster mode
 	// client is the reader's own one-connection client, set by Start before
-	// the goroutine starts and closed by Close.
+	// the goroutine starts and closed by Close. In Cluster mode the reader
+	// sets it (and addr, its node) under b.mu when it connects to its
+	// slot's master, and Close closes it.
 	client redis.UniversalClient
-	// connID is the CLIENT ID of the reader's current connection, stored by
-	// onConnect before the connection carries any XREAD; 0 when unknown.
-	connID atomic.Int64
+	addr   string
+	// conn is the CLIENT ID of the reader's current connection and the
+	// node it is on, stored by onConnect before the connection carries any
+	// XREAD; nil when unknown.
+	conn atomic.Pointer[connRef]
+	// down is set while the reader's reads fail (for ShardStates).
+	down atomic.Bool
 	// wake is a 1-slot signal that topics changed, for the waits that are
-	// not a blocked XREAD (no topics, Cluster polling). Never closed.
+	// not a blocked XREAD (no topics, parked topics). Never closed.
 	wake chan struct{}
 	// applied is the gen of the topic set the current (or last) read uses.
 	applied atomic.Uint64
@@ -54,6 +63,10 @@ type watched struct {
 	// parkedUntil is non-zero while the key holds a non-stream type: the
 	// topic is left out of reads until then. Guarded by reader.mu.
 	parkedUntil time.Time
+	// added is the stream's entries-added at the last history check: a
+	// smaller one later means the stream was deleted and made again.
+	// Guarded by reader.mu.
+	added int64
 }
 
 func newReader(b *Redis, index int) *reader {
@@ -65,26 +78,54 @@ func newReader(b *Redis, index int) *reader {
 	}
 }
 
-// onConnect names each new reader connection and records its CLIENT ID, so
-// CLIENT UNBLOCK always names the connection the reader blocks on.
-func (r *reader) onConnect(ctx context.Context, cn *redis.Conn) error {
-	// A name for CLIENT LIST, best effort: go-redis' ClientName option
-	// would fail the connection where ACLs refuse CLIENT SETNAME.
-	if err := cn.ClientSetName(ctx, "sse-reader-"+strconv.Itoa(r.index)).Err(); err != nil && !refused(err) {
-		return err
+// connRef names a reader's connection: its CLIENT ID on the node at addr
+// ("" outside Cluster mode: the shared client's server).
+type connRef struct {
+	addr string
+	id   int64
+}
+
+// onConnect returns the hook that names each new reader connection to addr
+// and records its CLIENT ID, so CLIENT UNBLOCK always names the connection
+// the reader blocks on, on the node it blocks on.
+func (r *reader) onConnect(addr string, readonly bool) func(ctx context.Context, cn *redis.Conn) error {
+	if r.b.mode != modeCluster {
+		addr = ""
 	}
-	id, err := cn.ClientID(ctx).Result()
-	if refused(err) {
-		// Refused (an ACL without CLIENT ID, say): read anyway; changes of
-		// topics then wait for the block to end.
-		r.b.unblockRefused(err)
-		id, err = 0, nil
+	return func(ctx context.Context, cn *redis.Conn) error {
+		r.conn.Store(nil)
+		if readonly {
+			// A Cluster replica serves reads only to READONLY connections.
+			if err := cn.ReadOnly(ctx).Err(); err != nil {
+				return err
+			}
+		}
+		// A name for CLIENT LIST, best effort: go-redis' ClientName option
+		// would fail the connection where ACLs refuse CLIENT SETNAME.
+		if err := cn.ClientSetName(ctx, "sse-reader-"+strconv.Itoa(r.index)).Err(); err != nil && !refused(err) {
+			return err
+		}
+		id, err := cn.ClientID(ctx).Result()
+		if refused(err) {
+			// Refused (an ACL without CLIENT ID, say): read anyway; changes
+			// of topics then wait for the block to end.
+			r.b.unblockRefused(err)
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		r.conn.Store(&connRef{addr: addr, id: id})
+		return nil
 	}
-	if err != nil {
-		return err
+}
+
+// health reports the node r reads from and whether its last read worked.
+func (r *reader) health() (addr string, up bool) {
+	if c := r.conn.Load(); c != nil {
+		addr = c.addr
 	}
-	r.connID.Store(id)
-	return nil
+	return addr, !r.down.Load()
 }
 
 // wakeReader makes r pick up a change of its topics without waiting for its
@@ -131,7 +172,7 @@ func (b *Redis) runWaker() {
 // unblockStale sends CLIENT UNBLOCK to each reader behind on its topic set
 // and reports whether any was behind.
 func (b *Redis) unblockStale() (behind bool) {
-	for _, r := range b.readers {
+	for _, r := range b.allReaders() {
 		r.mu.Lock()
 		gen := r.gen
 		r.mu.Unlock()
@@ -142,13 +183,17 @@ func (b *Redis) unblockStale() (behind bool) {
 			return false
 		}
 		behind = true
-		id := r.connID.Load()
-		if id == 0 {
+		ref := r.conn.Load()
+		if ref == nil {
 			continue // connecting; it reads the new set when it gets there
+		}
+		var c redis.Cmdable = b.client
+		if ref.addr != "" {
+			c = b.nodeClient(ref.addr)
 		}
 		ctx, cancel := context.WithTimeout(b.ctx, time.Second)
 		// 0 (not blocked) is normal: the reader is between reads.
-		err := b.client.ClientUnblock(ctx, id).Err()
+		err := c.ClientUnblock(ctx, ref.id).Err()
 		cancel()
 		if refused(err) {
 			b.unblockRefused(err)
@@ -191,6 +236,10 @@ func (r *reader) run(h Handler) {
 	defer r.b.wg.Done()
 	var bo backoff
 	failing := false
+	cluster := r.b.mode == modeCluster
+	reload := false // Cluster mode: reload the slot map before connecting
+	failures := 0   // failed reads in a row
+	var checked time.Time
 	for r.b.ctx.Err() == nil {
 		if err := r.recheckParked(); err != nil {
 			r.failed(err, &bo, &failing)
@@ -198,25 +247,167 @@ func (r *reader) run(h Handler) {
 		}
 		set, nextCheck := r.snapshot()
 		if len(set.keys) == 0 {
+			if cluster && nextCheck.IsZero() && r.retire() {
+				return
+			}
 			r.idle(nextCheck)
 			continue
 		}
 		var err error
-		if r.b.mode == modeCluster {
-			err = r.poll(set, h)
-		} else {
+		if cluster {
+			err = r.connectSlot(set.keys[0], reload, failures)
+			reload = false
+		}
+		// After a failure (a failover, say), the history is checked before
+		// the first read: that read would move the cursors past a fork.
+		if err == nil && failing {
+			err = r.checkHistory(h)
+			checked = time.Now()
+		}
+		if err == nil {
 			err = r.block(set, nextCheck, h)
 		}
+		if err == nil && time.Since(checked) >= historyCheck {
+			err = r.checkHistory(h)
+			checked = time.Now()
+		}
 		if err != nil {
+			reload = cluster && needsReload(err)
+			failures++
 			r.failed(err, &bo, &failing)
 			continue
 		}
+		failures = 0
 		if failing {
 			failing = false
+			r.down.Store(false)
 			r.b.log.Info("pubsub: redis reader resumed", "reader", r.index)
 		}
 		bo.reset()
 	}
+}
+
+// checkHistory finds the watched streams whose history moved under the
+// reader: deleted (missing with a cursor past 0-0), made again (fewer
+// entries-added than last time), with a last-generated-id below the
+// cursor (a failover lost entries the reader had delivered), or forked
+// (the cursor's entry is missing from within the stream's span: a failover
+// to a server that has other entries around it). Each such
+// topic's cursor is reset to the stream's last-generated-id (0-0 when
+// missing; a fork keeps it) and h gets the topic with no entries, the broker's way of
+// saying "your position is no longer in this stream": the node then makes
+// its clients resume through the replay window, which announces the gap.
+// One pipeline of XINFO STREAM and a one-entry XREAD per stream on the
+// reader's own connection (the same node it reads), every historyCheck at
+// most.
+func (r *reader) checkHistory(h Handler) error {
+	r.mu.Lock()
+	ws := make([]*watched, 0, len(r.topics))
+	var curs []ID
+	for _, w := range r.topics {
+		if w.parkedUntil.IsZero() {
+			ws = append(ws, w)
+			curs = append(curs, w.cursor)
+		}
+	}
+	r.mu.Unlock()
+	if len(ws) == 0 {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(r.b.ctx, r.b.cfg.Block+readMargin)
+	defer cancel()
+	var c redis.Cmdable = r.client
+	if r.b.cfg.ReadReplicas {
+		// A replica lags the master that Watch took positions from: only
+		// the master's history tells a loss from a lag.
+		m, err := r.b.cluster.MasterForKey(ctx, ws[0].key)
+		if err != nil {
+			return &readError{err: err}
+		}
+		c = m
+	}
+	cmds := make([]*redis.XInfoStreamCmd, len(ws))
+	// The first entry after the one before the cursor: the cursor's own
+	// entry when the stream holds it. (XREAD, not XRANGE, keeps replay's
+	// read count apart.)
+	at := make([]*redis.XStreamSliceCmd, len(ws))
+	_, _ = c.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, w := range ws {
+			cmds[i] = p.XInfoStream(ctx, w.key)
+			at[i] = p.XRead(ctx, &redis.XReadArgs{Streams: []string{w.key, prevID(curs[i]).String()}, Count: 1, Block: -1})
+		}
+		return nil
+	})
+	for i, w := range ws {
+		v, err := cmds[i].Result()
+		var last, first ID
+		exists, forked := true, false
+		switch {
+		case err == nil:
+			if last, err = ParseID(v.LastGeneratedID); err != nil {
+				return fmt.Errorf("xinfo %s: %w", w.key, err)
+			}
+			if v.Length > 0 {
+				if first, err = ParseID(v.FirstEntry.ID); err != nil {
+					return fmt.Errorf("xinfo %s: %w", w.key, err)
+				}
+				// The cursor is an entry the reader delivered (or Watch's
+				// newest). Within the stream's span but not in it: the
+				// stream forked (a failover to a server that never had
+				// it, while writes went on there).
+				es, err := at[i].Result()
+				if err != nil && !errors.Is(err, redis.Nil) {
+					return &readError{err: err}
+				}
+				held := len(es) == 1 && len(es[0].Messages) == 1 && es[0].Messages[0].ID == curs[i].String()
+				forked = !curs[i].IsZero() && !curs[i].Less(first) && !last.Less(curs[i]) && !held
+			}
+		case isNoSuchKey(err):
+			exists = false
+		case isWrongType(err):
+			continue // the read parks it
+		default:
+			return &readError{err: err}
+		}
+		r.mu.Lock()
+		if r.topics[w.key] != w {
+			r.mu.Unlock()
+			continue // unwatched meanwhile
+		}
+		from := w.cursor
+		if from != curs[i] {
+			r.mu.Unlock()
+			continue // moved on meanwhile: checked next time
+		}
+		back := !exists && !from.IsZero() || exists && (last.Less(from) || v.EntriesAdded < w.added)
+		w.added = 0
+		if exists {
+			w.added = v.EntriesAdded
+		}
+		// A fork keeps the cursor (even though entries-added went down
+		// with the lost branch): the new branch's entries after it are new
+		// to the topic's clients and come in order; those before it are
+		// behind the fork, for the replay window to announce. Otherwise
+		// new entries may sort below the cursor: start after the stream's
+		// last ID.
+		to := from
+		if back && !forked {
+			to = last
+		}
+		w.cursor = to
+		r.mu.Unlock()
+		if back || forked {
+			r.b.log.Warn("pubsub: redis stream history moved under the reader; its clients resume", "topic", w.topic, "key", w.key, "exists", exists, "forked", forked, "from", from.String(), "to", to.String())
+			h(w.topic, nil)
+		}
+	}
+	return nil
+}
+
+// isNoSuchKey reports XINFO's reply for a missing key.
+func isNoSuchKey(err error) bool {
+	var re redis.Error
+	return errors.As(err, &re) && strings.HasPrefix(re.Error(), "ERR no such key")
 }
 
 // failed handles a read error: a WRONGTYPE parks the topics at fault and
@@ -235,8 +426,14 @@ func (r *reader) failed(err error, bo *backoff, failing *bool) {
 		// No key is of the wrong type any more: back off as for any error.
 	}
 	d := bo.next()
+	if r.b.mode == modeCluster && needsReload(err) {
+		// The slot may have a new master already: look again soon. A
+		// dial to a dead node and a slot map read are cheap.
+		d = min(d, clusterRetry/2+rand.N(clusterRetry/2+1))
+	}
 	r.b.log.Warn("pubsub: redis reader failed; resuming from last IDs", "reader", r.index, "err", err, "backoff", d)
 	*failing = true
+	r.down.Store(true)
 	if r.b.cfg.OnReadError != nil {
 		r.b.cfg.OnReadError(err)
 	}
@@ -294,7 +491,9 @@ func (r *reader) block(set readSet, nextCheck time.Time, h Handler) error {
 	case <-r.wake:
 	default:
 	}
-	blk := r.b.cfg.Block
+	// At most historyCheck, so that the history of idle streams is
+	// checked that often too.
+	blk := min(r.b.cfg.Block, historyCheck)
 	if !nextCheck.IsZero() {
 		blk = max(min(blk, time.Until(nextCheck)), time.Millisecond)
 	}
@@ -321,67 +520,6 @@ func (r *reader) block(set readSet, nextCheck time.Time, h Handler) error {
 		return &readError{err: err}
 	}
 	return r.deliver(set, reply, h)
-}
-
-// poll is the Cluster mode read: one non-blocking XREAD per hash slot
-// group, pipelined, then a pause when nothing came.
-func (r *reader) poll(set readSet, h Handler) error {
-	select {
-	case <-r.wake:
-	default:
-	}
-	groups := make(map[int][]int) // slot -> indexes into set.keys
-	for i, k := range set.keys {
-		s := keySlot(k)
-		groups[s] = append(groups[s], i)
-	}
-	ctx, cancel := context.WithTimeout(r.b.ctx, r.b.cfg.Block+readMargin)
-	defer cancel()
-	pipe := r.client.Pipeline()
-	cmds := make([]*redis.Cmd, 0, len(groups))
-	for _, idx := range groups {
-		args := make([]any, 0, 4+2*len(idx))
-		args = append(args, "XREAD", "COUNT", r.b.cfg.Count, "STREAMS")
-		for _, i := range idx {
-			args = append(args, set.keys[i])
-		}
-		for _, i := range idx {
-			args = append(args, set.ids[i])
-		}
-		cmd := redis.NewCmd(ctx, args...)
-		cmd.SetFirstKeyPos(4)
-		_ = pipe.Process(ctx, cmd)
-		cmds = append(cmds, cmd)
-	}
-	_, _ = pipe.Exec(ctx)
-	got := false
-	var firstErr error
-	for _, cmd := range cmds {
-		reply, err := cmd.Result()
-		switch {
-		case errors.Is(err, redis.Nil):
-		case err != nil:
-			if firstErr == nil {
-				firstErr = &readError{err: err}
-			}
-		default:
-			got = true
-			if err := r.deliver(set, reply, h); err != nil && firstErr == nil {
-				firstErr = err
-			}
-		}
-	}
-	if firstErr != nil || got {
-		return firstErr
-	}
-	t := time.NewTimer(clusterPoll)
-	defer t.Stop()
-	select {
-	case <-r.b.ctx.Done():
-	case <-r.wake:
-	case <-t.C:
-	}
-	return nil
 }
 
 // readError is a failed XREAD; it unwraps to the go-redis error.
@@ -551,7 +689,7 @@ func (b *Redis) runTrimmer() {
 // trim runs one round of XTRIM MINID over the watched keys, 100 per pipeline.
 func (b *Redis) trim() error {
 	var keys []string
-	for _, r := range b.readers {
+	for _, r := range b.allReaders() {
 		r.mu.Lock()
 		for key := range r.topics {
 			keys = append(keys, key)

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"net"
 	"runtime"
 	"slices"
@@ -20,15 +22,22 @@ func TestRedisConfigValidation(t *testing.T) {
 		cfg     RedisConfig
 		wantErr string // substring; "" means valid
 		mode    redisMode
+		dials   bool // NewRedis dials: wait for go-redis' dial probe to end
 	}{
 		{name: "url", cfg: RedisConfig{URL: "redis://localhost:6379/2"}, mode: modeSingle},
 		{name: "tls url", cfg: RedisConfig{URL: "rediss://u:p@localhost:6380"}, mode: modeSingle},
-		{name: "one addr", cfg: RedisConfig{Addrs: []string{"a:6379"}}, mode: modeSingle},
+		// One address is asked whether it is a Cluster node; with nobody
+		// there to answer, the mode cannot be told and NewRedis says so.
+		{name: "one addr unreachable", cfg: RedisConfig{Addrs: []string{closedAddr(t)}}, wantErr: "cannot ask 127.0.0.1:", dials: true},
 		{name: "sentinel", cfg: RedisConfig{Addrs: []string{"s1:26379", "s2:26379"}, MasterName: "m"}, mode: modeFailover},
 		{name: "cluster", cfg: RedisConfig{Addrs: []string{"c1:6379", "c2:6379"}}, mode: modeCluster},
 		{name: "nothing", cfg: RedisConfig{}, wantErr: "URL or Addrs is required"},
 		{name: "both", cfg: RedisConfig{URL: "redis://x", Addrs: []string{"y:1"}}, wantErr: "both set"},
 		{name: "bad scheme", cfg: RedisConfig{URL: "http://x"}, wantErr: "URL"},
+		{name: "password with slash and colon", cfg: RedisConfig{URL: "redis://u:p@ss/w:rd@localhost:6379/0"}, wantErr: "must be percent-encoded"},
+		{name: "password with hash", cfg: RedisConfig{URL: "redis://:pa#ss@localhost:6379"}, wantErr: "must be percent-encoded"},
+		{name: "password with question mark", cfg: RedisConfig{URL: "redis://:pa?ss@localhost:6379"}, wantErr: "must be percent-encoded"},
+		{name: "password percent-encoded", cfg: RedisConfig{URL: "redis://u:p%40ss%2Fw%3Ard%23@localhost:6379/0"}, mode: modeSingle},
 		{name: "master with url", cfg: RedisConfig{URL: "redis://x", MasterName: "m"}, wantErr: "MasterName"},
 		{name: "empty addr", cfg: RedisConfig{Addrs: []string{"a:1", ""}}, wantErr: "empty address"},
 		{name: "negative maxlen", cfg: RedisConfig{URL: "redis://x", MaxLen: -1}, wantErr: "MaxLen"},
@@ -38,9 +47,13 @@ func TestRedisConfigValidation(t *testing.T) {
 		{name: "block below 1ms", cfg: RedisConfig{URL: "redis://x", Block: 500 * time.Microsecond}, wantErr: "Block"},
 		{name: "negative block", cfg: RedisConfig{URL: "redis://x", Block: -time.Second}, wantErr: "Block"},
 		{name: "negative count", cfg: RedisConfig{URL: "redis://x", Count: -1}, wantErr: "Count"},
+		{name: "replica reads outside Cluster", cfg: RedisConfig{URL: "redis://x", ReadReplicas: true}, wantErr: "ReadReplicas is for Redis Cluster"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
+			if tt.dials {
+				defer waitDialersGone(t)
+			}
 			b, err := NewRedis(tt.cfg)
 			if tt.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
@@ -180,7 +193,7 @@ func TestRedisUnreachable(t *testing.T) {
 }
 
 func TestRedisCloseWithoutStart(t *testing.T) {
-	b, err := NewRedis(RedisConfig{Addrs: []string{closedAddr(t)}})
+	b, err := NewRedis(RedisConfig{URL: "redis://" + closedAddr(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -484,6 +497,65 @@ func TestRedisRefused(t *testing.T) {
 	} {
 		if got := refused(tt.err); got != tt.want {
 			t.Errorf("refused(%v) = %v, want %v", tt.err, got, tt.want)
+		}
+	}
+}
+
+// TestRedisLogger: go-redis lines go to slog as structured records, at
+// most redisLogBurst per window; the first line of the next window counts
+// the ones left out.
+func TestRedisLogger(t *testing.T) {
+	var buf strings.Builder
+	log := slog.New(slog.NewJSONHandler(&buf, nil))
+	now := time.Unix(1000, 0)
+	l := newRedisLogger(log, func() time.Time { return now })
+	for i := range 20 {
+		l.Printf(context.Background(), "pool.go:770: dial %d failed\n", i)
+	}
+	now = now.Add(redisLogWindow)
+	l.Printf(context.Background(), "later")
+	var lines []map[string]any
+	for line := range strings.SplitSeq(strings.TrimSpace(buf.String()), "\n") {
+		var m map[string]any
+		if err := json.Unmarshal([]byte(line), &m); err != nil {
+			t.Fatalf("not a JSON record: %q", line)
+		}
+		lines = append(lines, m)
+	}
+	if len(lines) != redisLogBurst+1 {
+		t.Fatalf("%d records, want %d: %s", len(lines), redisLogBurst+1, buf.String())
+	}
+	if lines[0]["msg"] != "go-redis" || lines[0]["level"] != "WARN" || lines[0]["line"] != "pool.go:770: dial 0 failed" {
+		t.Errorf("first record %v", lines[0])
+	}
+	last := lines[len(lines)-1]
+	if last["suppressed"] != float64(20-redisLogBurst) {
+		t.Errorf("last record %v, want suppressed %d", last, 20-redisLogBurst)
+	}
+}
+
+// TestRedisNeedsReload: the read errors after which a Cluster reader asks
+// for a new slot map (the slot may have moved) and those after which it
+// must not (the key or the user is at fault, not the map).
+func TestRedisNeedsReload(t *testing.T) {
+	tests := []struct {
+		err  error
+		want bool
+	}{
+		{fakeRedisErr("MOVED 3999 127.0.0.1:6381"), true},
+		{fakeRedisErr("ASK 3999 127.0.0.1:6381"), true},
+		{fakeRedisErr("CLUSTERDOWN The cluster is down"), true},
+		{fakeRedisErr("TRYAGAIN Multiple keys request during rehashing of slot"), true},
+		{fakeRedisErr("LOADING Redis is loading the dataset in memory"), true},
+		{fakeRedisErr("READONLY You can't write against a read only replica."), true},
+		{&net.OpError{Op: "dial", Net: "tcp", Err: errors.New("connection refused")}, true},
+		{fmt.Errorf("xread: %w", io.EOF), true},
+		{fakeRedisErr("WRONGTYPE Operation against a key holding the wrong kind of value"), false},
+		{fakeRedisErr("NOPERM this user has no permissions to run the 'xread' command"), false},
+	}
+	for _, tt := range tests {
+		if got := needsReload(tt.err); got != tt.want {
+			t.Errorf("needsReload(%v) = %v, want %v", tt.err, got, tt.want)
 		}
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/caarlos0/env/v11"
 
 	"github.com/ssecluster/ssecluster/node"
+	"github.com/ssecluster/ssecluster/pubsub"
 )
 
 // config is the node's whole configuration, from the environment only. Each
@@ -23,12 +24,15 @@ type config struct {
 	Listen      string `env:"LISTEN" envDefault:":8080" help:"public listener for GET /events"`
 	AdminListen string `env:"ADMIN_LISTEN" envDefault:"127.0.0.1:9090" help:"admin listener: /metrics /healthz /readyz /debug/pprof/ POST /publish"`
 
-	RedisURL        string   `env:"REDIS_URL" help:"redis:// or rediss:// URL; empty runs the embedded in-memory broker"`
-	RedisAddrs      []string `env:"REDIS_ADDRS" envSeparator:"," help:"comma-separated Sentinel or Cluster addresses (used when SSE_REDIS_URL is empty)"`
-	RedisMasterName string   `env:"REDIS_MASTER_NAME" help:"Sentinel master name (with SSE_REDIS_ADDRS)"`
-	RedisUsername   string   `env:"REDIS_USERNAME" help:"Redis ACL user; overrides the one in SSE_REDIS_URL, also used with SSE_REDIS_ADDRS"`
-	RedisPassword   string   `env:"REDIS_PASSWORD" help:"Redis password; overrides the one in SSE_REDIS_URL, also used with SSE_REDIS_ADDRS"`
-	StreamPrefix    string   `env:"STREAM_PREFIX" envDefault:"sse:" help:"Redis key prefix of topic streams"`
+	RedisURL              string   `env:"REDIS_URL" help:"redis:// or rediss:// URL; empty runs the embedded in-memory broker"`
+	RedisAddrs            []string `env:"REDIS_ADDRS" envSeparator:"," help:"comma-separated Sentinel addresses, or Cluster seeds (one is enough: the server says whether it is a Cluster), used when SSE_REDIS_URL is empty"`
+	RedisMasterName       string   `env:"REDIS_MASTER_NAME" help:"Sentinel master name (with SSE_REDIS_ADDRS)"`
+	RedisUsername         string   `env:"REDIS_USERNAME" help:"Redis ACL user; overrides the one in SSE_REDIS_URL, also used with SSE_REDIS_ADDRS"`
+	RedisPassword         string   `env:"REDIS_PASSWORD" help:"Redis password; overrides the one in SSE_REDIS_URL, also used with SSE_REDIS_ADDRS"`
+	RedisSentinelUsername string   `env:"REDIS_SENTINEL_USERNAME" help:"ACL user on the Sentinels themselves (with SSE_REDIS_MASTER_NAME)"`
+	RedisReadReplicas     bool     `env:"REDIS_READ_REPLICAS" envDefault:"false" help:"Redis Cluster: read live events from replicas (READONLY) to spare the masters; adds the replication lag (docs/redis.md)"`
+	RedisSentinelPassword string   `env:"REDIS_SENTINEL_PASSWORD" help:"password of the Sentinels themselves (their requirepass; with SSE_REDIS_MASTER_NAME)"`
+	StreamPrefix          string   `env:"STREAM_PREFIX" envDefault:"sse:" help:"Redis key prefix of topic streams"`
 
 	ReplayMaxLen int           `env:"REPLAY_MAXLEN" envDefault:"10000" help:"entries kept per topic (XADD MAXLEN ~)"`
 	ReplayMaxAge time.Duration `env:"REPLAY_MAXAGE" envDefault:"24h" help:"age beyond which entries leave the window (0: no age limit)"`
@@ -175,6 +179,8 @@ func (c config) validate() error {
 	}
 	if c.RedisURL != "" && !strings.HasPrefix(c.RedisURL, "redis://") && !strings.HasPrefix(c.RedisURL, "rediss://") && !strings.HasPrefix(c.RedisURL, "unix://") {
 		errs = append(errs, fmt.Errorf("SSE_REDIS_URL: want a redis:// or rediss:// URL"))
+	} else if err := pubsub.CheckRedisURL(c.RedisURL); err != nil {
+		errs = append(errs, fmt.Errorf("SSE_REDIS_URL: %w", err))
 	}
 	return errors.Join(errs...)
 }

@@ -299,20 +299,62 @@ func newBroker(cfg config, log *slog.Logger, reg prometheus.Registerer) (broker,
 		return m, "memory", err
 	}
 	bm := node.NewBrokerMetrics(reg)
+	pubsub.SetRedisLogger(log)
 	r, err := pubsub.NewRedis(pubsub.RedisConfig{
-		URL:         cfg.RedisURL,
-		Addrs:       cfg.RedisAddrs,
-		MasterName:  cfg.RedisMasterName,
-		Username:    cfg.RedisUsername,
-		Password:    cfg.RedisPassword,
-		Prefix:      cfg.StreamPrefix,
-		MaxLen:      int64(cfg.ReplayMaxLen),
-		MaxAge:      cfg.ReplayMaxAge,
-		Logger:      log,
-		OnBadEntry:  bm.BadEntry,
-		OnReadError: bm.ReadError,
+		URL:              cfg.RedisURL,
+		Addrs:            cfg.RedisAddrs,
+		MasterName:       cfg.RedisMasterName,
+		Username:         cfg.RedisUsername,
+		Password:         cfg.RedisPassword,
+		SentinelUsername: cfg.RedisSentinelUsername,
+		SentinelPassword: cfg.RedisSentinelPassword,
+		ReadReplicas:     cfg.RedisReadReplicas,
+		Prefix:           cfg.StreamPrefix,
+		MaxLen:           int64(cfg.ReplayMaxLen),
+		MaxAge:           cfg.ReplayMaxAge,
+		Logger:           log,
+		OnBadEntry:       bm.BadEntry,
+		OnReadError:      bm.ReadError,
 	})
-	return r, "redis", err
+	if err != nil {
+		return nil, "", err
+	}
+	reg.MustRegister(newShardCollector(r))
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	shards, err := r.Shards(ctx)
+	log.Info("redis broker", "mode", r.Mode(), "shards", shards, "err", err)
+	return r, "redis-" + r.Mode(), nil
+}
+
+// shardCollector exports sse_broker_shard_up{shard}: 1 while the node
+// reads a Redis master (a Cluster shard; "" outside Cluster mode) without
+// error. It is refilled from the broker at each scrape, so a master that
+// left the slot map leaves no stale series behind.
+type shardCollector struct {
+	r  *pubsub.Redis
+	up *prometheus.GaugeVec
+}
+
+func newShardCollector(r *pubsub.Redis) shardCollector {
+	return shardCollector{r: r, up: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "sse_broker_shard_up",
+		Help: "1 while this node's readers read the Redis master (Cluster shard) without error, 0 while they fail.",
+	}, []string{"shard"})}
+}
+
+func (c shardCollector) Describe(ch chan<- *prometheus.Desc) { c.up.Describe(ch) }
+
+func (c shardCollector) Collect(ch chan<- prometheus.Metric) {
+	c.up.Reset()
+	for _, s := range c.r.ShardStates() {
+		v := 0.0
+		if s.Up {
+			v = 1
+		}
+		c.up.WithLabelValues(s.Addr).Set(v)
+	}
+	c.up.Collect(ch)
 }
 
 // sndbufListener caps the kernel send buffer of every accepted connection

@@ -28,7 +28,7 @@ func TestHelpListsEveryVariable(t *testing.T) {
 		t.Fatalf("help wrote to stderr: %q", errOut.String())
 	}
 	for _, v := range []string{"SSE_LISTEN", "SSE_ADMIN_LISTEN", "SSE_REDIS_URL", "SSE_REDIS_ADDRS", "SSE_REDIS_MASTER_NAME",
-		"SSE_STREAM_PREFIX", "SSE_REPLAY_MAXLEN", "SSE_REPLAY_MAXAGE", "SSE_CLIENT_BUFFER", "SSE_SLOW_CLIENT",
+		"SSE_REDIS_SENTINEL_USERNAME", "SSE_REDIS_SENTINEL_PASSWORD", "SSE_STREAM_PREFIX", "SSE_REPLAY_MAXLEN", "SSE_REPLAY_MAXAGE", "SSE_CLIENT_BUFFER", "SSE_SLOW_CLIENT",
 		"SSE_HEARTBEAT", "SSE_WRITE_TIMEOUT", "SSE_RETRY", "SSE_MAX_CONNECTIONS", "SSE_SHUTDOWN_TIMEOUT", "SSE_LOG_LEVEL"} {
 		if !strings.Contains(out.String(), v) {
 			t.Errorf("help lacks %s", v)
@@ -52,11 +52,14 @@ func TestConfigErrors(t *testing.T) {
 		{map[string]string{"SSE_CLIENT_BUFFER": "0"}, "SSE_CLIENT_BUFFER"},
 		{map[string]string{"SSE_LOG_LEVEL": "loud"}, "SSE_LOG_LEVEL"},
 		{map[string]string{"SSE_REDIS_URL": "http://x"}, "SSE_REDIS_URL"},
+		// The password p@ss/w:rd is not escaped: the error names the
+		// variable and the fix, and never quotes the password.
+		{map[string]string{"SSE_REDIS_URL": "redis://u:p@ss/w:rd@localhost:6379/0"}, "SSE_REDIS_URL: pubsub: bad redis URL: cannot parse it: a user or password holding @ / : # ? must be percent-encoded"},
 		{map[string]string{"SSE_RETRY": "-1s"}, "SSE_RETRY"},
 	}
 	for _, tt := range tests {
 		var out, errOut bytes.Buffer
-		if code := run(nil, tt.env, &out, &errOut); code != 2 || !strings.Contains(errOut.String(), tt.want) {
+		if code := run(nil, tt.env, &out, &errOut); code != 2 || !strings.Contains(errOut.String(), tt.want) || strings.Contains(errOut.String(), "w:rd") {
 			t.Errorf("%v: exit %d, stderr %q; want 2 naming %s", tt.env, code, errOut.String(), tt.want)
 		}
 	}
