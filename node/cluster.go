@@ -409,7 +409,8 @@ func (c *Cluster) expire(now time.Time) {
 			// reconnect together.
 			jitter := time.Duration((rand.Float64()*0.2 - 0.1) * float64(c.cfg.MaxStreamAge))
 			c.deadline[lc] = now.Add(c.cfg.MaxStreamAge + jitter)
-		} else if now.After(d) {
+		} else if now.After(d) && lc.c.positioned.Load() {
+			// Not before it is positioned (see shedRandom).
 			due = append(due, lc)
 		}
 	}
@@ -429,8 +430,10 @@ func (c *Cluster) expire(now time.Time) {
 }
 
 // shedRandom closes up to k streams chosen at random and returns how many
-// it closed. Only hijacked streams are shed for now; streams on the
-// net/http path (HTTP/2, TLS, SSE_HIJACK=false) are not.
+// it closed. Only positioned streams are closed (client.positioned): one
+// that has not been sent anything yet would come back without a position
+// and miss what is published meanwhile. Only hijacked streams are shed for
+// now; streams on the net/http path (HTTP/2, TLS, SSE_HIJACK=false) are not.
 func (n *Node) shedRandom(k int, reason string) int {
 	l := n.lean
 	if l == nil || k <= 0 {
@@ -438,14 +441,17 @@ func (n *Node) shedRandom(k int, reason string) int {
 	}
 	l.mu.Lock()
 	pick := make([]*leanConn, 0, k)
-	if len(l.conns) <= k {
-		pick = append(pick, l.conns...)
-	} else {
-		seen := make(map[int]bool, k)
-		for len(pick) < k {
-			if i := rand.IntN(len(l.conns)); !seen[i] {
-				seen[i] = true
-				pick = append(pick, l.conns[i])
+	// A scan from a random start over a random stride that is prime to
+	// the length visits every stream once, in an order that differs each
+	// time.
+	if m := len(l.conns); m > 0 {
+		start, stride := rand.IntN(m), 1+rand.IntN(m)
+		for gcd(stride, m) != 1 {
+			stride++
+		}
+		for j := 0; j < m && len(pick) < k; j++ {
+			if lc := l.conns[(start+j*stride)%m]; lc.c.positioned.Load() {
+				pick = append(pick, lc)
 			}
 		}
 	}
@@ -457,6 +463,13 @@ func (n *Node) shedRandom(k int, reason string) int {
 		}
 	}
 	return closed
+}
+
+func gcd(a, b int) int {
+	for b != 0 {
+		a, b = b, a%b
+	}
+	return a
 }
 
 // topicCount is the number of topics with a local subscriber.

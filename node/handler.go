@@ -38,6 +38,12 @@ type client struct {
 	// end is why the stream must close (closeStream), nil while it may
 	// run on.
 	end atomic.Pointer[string]
+	// positioned is set once the client holds a position it will resume
+	// from: it came with one, or was sent an event, a gap or the position
+	// announcement. Closing a stream that is not yet positioned would lose
+	// what is published before it reconnects, so the cluster sheds only
+	// positioned streams.
+	positioned atomic.Bool
 	// expiry closes the stream when its token expires; nil without one.
 	expiry *time.Timer
 }
@@ -209,6 +215,7 @@ func (n *Node) ServeEvents(w http.ResponseWriter, r *http.Request) {
 		announce: !req.resume && n.cfg.AnnouncePosition,
 		retry:    n.retryLine(),
 	}
+	c.positioned.Store(req.resume)
 	drop := n.cfg.SlowClient == PolicyDrop
 	h := w.Header()
 	h.Set("Content-Type", "text/event-stream")
@@ -384,6 +391,7 @@ func (c *client) appendRetry(b []byte) []byte {
 	if c.retry != nil {
 		b = append(b, c.retry...)
 		c.retry = nil
+		c.positioned.Store(true)
 	}
 	return b
 }
