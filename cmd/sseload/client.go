@@ -57,6 +57,7 @@ type client struct {
 	hasData bool
 	pOK     bool
 	p       payload
+	sum     lineSum // the data line's, with -verify
 
 	// Shared with the controller.
 	opened    atomic.Bool // a stream has opened at least once
@@ -213,7 +214,7 @@ func (c *client) open(ctx context.Context, lostAt *time.Time) error {
 	r.connsOpen.Add(1)
 	if !c.opened.Load() {
 		for i := range c.slots {
-			c.slots[i].open()
+			c.slots[i].open(r.cfg.FromStart)
 		}
 		c.opened.Store(true)
 	} else {
@@ -356,8 +357,17 @@ func (c *client) readEvents() error {
 			c.hasData = true
 			if c.evGap {
 				c.gap(value)
-			} else {
-				c.p, c.pOK = scanPayload(value)
+				continue
+			}
+			c.p, c.pOK = scanPayload(value)
+			if c.r.sums != nil {
+				c.sum = lineSum{}
+				c.sum.write(value)
+				if lr.skip {
+					lr.sum = &c.sum // the line reader hashes the rest
+				} else {
+					c.sum.content()
+				}
 			}
 		case "id":
 			if bytes.IndexByte(value, 0) < 0 {
@@ -386,6 +396,9 @@ func (c *client) dispatch() {
 			if int64(ti) == p.topic {
 				c.r.lat.Record(c.idx, max(c.lr.now.UnixNano()-p.ts, 0))
 				c.slots[k].event(&c.t, p.seq, idPart(c.lastID, k))
+				if c.r.sums != nil {
+					c.r.sums.check(&c.t, p.topic, p.seq, c.sum.payloadSum)
+				}
 				return
 			}
 		}
