@@ -218,12 +218,13 @@ func (rep *Report) finish(r *runner) {
 		rep.Published.PerTopic = append(rep.Published.PerTopic, l.done.Load())
 	}
 	if rep.PublishSeconds > 0 {
-		rep.Published.PerSec = float64(rep.Published.Events) / rep.PublishSeconds
+		// Preloaded events went out before the publishing phase.
+		rep.Published.PerSec = float64(rep.Published.Events-rep.Preloaded) / rep.PublishSeconds
 	}
 
 	t := r.tot.load()
 	rep.Deliveries = t.deliveries
-	if rep.PublishSeconds > 0 {
+	if rep.PublishSeconds > 0 && rep.Preloaded == 0 {
 		rep.DeliveriesPerSec = float64(t.deliveries) / rep.PublishSeconds
 	}
 	rep.Check = CheckReport{
