@@ -47,7 +47,11 @@ type client struct {
 
 	urlIdx int
 	lr     *lineReader
-	lastID []byte // the EventSource last event ID buffer
+	// lastID is EventSource's last event ID string, sent on reconnect;
+	// idBuf is its last event ID buffer, set by id: fields and copied to
+	// lastID when an event is dispatched. A stream cut inside an event
+	// (a large one, say) resumes from before it, as a browser does.
+	lastID, idBuf []byte
 	retry  time.Duration
 	t      tally
 	flushF func()
@@ -330,6 +334,7 @@ func (c *client) readHeaders() (chunked bool, err error) {
 func (c *client) readEvents() error {
 	lr := c.lr
 	c.evGap, c.hasData, c.pOK = false, false, false
+	c.idBuf = append(c.idBuf[:0], c.lastID...)
 	for {
 		line, err := lr.readLine()
 		if err != nil {
@@ -371,7 +376,7 @@ func (c *client) readEvents() error {
 			}
 		case "id":
 			if bytes.IndexByte(value, 0) < 0 {
-				c.lastID = append(c.lastID[:0], value...)
+				c.idBuf = append(c.idBuf[:0], value...)
 			}
 		case "event":
 			c.evGap = string(value) == "sse-gap"
@@ -385,6 +390,7 @@ func (c *client) readEvents() error {
 
 // dispatch ends one event at a blank line.
 func (c *client) dispatch() {
+	c.lastID = append(c.lastID[:0], c.idBuf...)
 	hasData, gap, ok := c.hasData, c.evGap, c.pOK
 	c.evGap, c.hasData, c.pOK = false, false, false
 	if !hasData || gap {

@@ -24,6 +24,8 @@ type fakeSSE struct {
 	cutAfter    int   // close each stream after this many events (0: never)
 	dropSeq     int64 // payload seq never sent to anyone (-1: none)
 	dupSeq      int64 // payload seq sent twice (-1: none)
+	corruptSeq  int64 // payload seq sent with its last pad byte changed (-1: none)
+	cutInSeq    int64 // payload seq cut in the middle on first streams, not on resumes (-1: none)
 	gapOnResume int   // on a resume, send sse-gap and skip this many entries of the first topic
 	status      int   // answer subscribes with this status (0: 200)
 	retryMs     int   // retry: sent to clients
@@ -53,7 +55,7 @@ type fakeMsg struct {
 }
 
 func newFakeSSE() *fakeSSE {
-	return &fakeSSE{dropSeq: -1, dupSeq: -1, retryMs: 10, streams: map[string][]fakeEntry{}, subs: map[*fakeSub]bool{}}
+	return &fakeSSE{dropSeq: -1, dupSeq: -1, corruptSeq: -1, cutInSeq: -1, retryMs: 10, streams: map[string][]fakeEntry{}, subs: map[*fakeSub]bool{}}
 }
 
 func (f *fakeSSE) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -176,6 +178,14 @@ func (f *fakeSSE) serveEvents(w http.ResponseWriter, r *http.Request) {
 			ids[i] = id.String()
 		}
 		fmt.Fprintf(&b, "id: %s\ndata: %s\n\n", strings.Join(ids, ","), m.e.data)
+		if m.e.seq == f.corruptSeq {
+			b.Bytes()[b.Len()-5] = 'y' // the payload's last pad byte, before "}\n\n
+		}
+		if m.e.seq == f.cutInSeq && !resume {
+			_, _ = w.Write(b.Bytes()[:b.Len()/2])
+			_ = rc.Flush()
+			panic(http.ErrAbortHandler)
+		}
 		if m.e.seq == f.dupSeq {
 			b.Write(b.Bytes())
 		}
