@@ -690,17 +690,38 @@ func s8(runs, base []*Run) Row {
 // mib is bytes in MiB.
 func mib(b float64) float64 { return b / (1 << 20) }
 
+// memRun is the first run of a memory scenario and its node's RSS.
+type memRun struct {
+	r            obj
+	clients      float64
+	mem          string  // the node's RSS, in words
+	growth, peak float64 // MiB; +Inf without samples
+}
+
+// memRow is the row of a memory scenario from its first run, built by
+// measure (scenario as run, measured, met), or the row that says it did
+// not run.
+func memRow(id, sc, target string, runs []*Run, measure func(m memRun) (string, string, string)) Row {
+	if len(runs) == 0 {
+		return notRun(id, sc, target)
+	}
+	m := memRun{r: runs[0].Report, clients: clients(runs[0])}
+	m.mem, m.growth, m.peak = memText(m.r)
+	ran, measured, met := measure(m)
+	return Row{id, ran, target, measured, met}
+}
+
 // memText is the first node's RSS over a run: peak, baseline, growth,
-// VmHWM. growth and peak are returned for the targets.
+// VmHWM. growth and peak (MiB) are returned for the targets.
 func memText(r obj) (text string, growth, peak float64) {
 	mems := r.list("node_memory")
 	if len(mems) == 0 {
 		return "no node RSS samples", math.Inf(1), math.Inf(1)
 	}
 	m := mems[0]
-	peak, growth = m.num("peak_rss_bytes"), m.num("peak_growth_bytes")
+	peak, growth = mib(m.num("peak_rss_bytes")), mib(m.num("peak_growth_bytes"))
 	text = fmt.Sprintf("node RSS peak %.0f MiB (baseline %.0f MiB, growth %.0f MiB; VmHWM %.0f MiB; %.0f samples)",
-		mib(peak), mib(m.num("baseline_rss_bytes")), mib(growth), mib(m.num("hwm_bytes")), m.num("samples"))
+		peak, mib(m.num("baseline_rss_bytes")), growth, mib(m.num("hwm_bytes")), m.num("samples"))
 	if m.get("over_limit") == true {
 		text += fmt.Sprintf("; **stopped: RSS passed the bench's limit of %.0f MiB**", r.num("config", "node_rss_max_mib"))
 	}
@@ -722,25 +743,22 @@ func scaled(met string, n, want float64) string {
 	return met
 }
 
-// bigEvent is M1 and M2: one event of size bytes to every client, whole.
+// bigEvent is M1 and M2: one event of sizeMiB to 200 clients, whole, and
+// the node's peak RSS growth within maxGrowthMiB (0: no target).
 func bigEvent(id string, runs []*Run, sizeMiB int, maxGrowthMiB float64) Row {
 	sc := fmt.Sprintf("one %d MiB event to 200 clients", sizeMiB)
 	target := "every client receives it whole"
 	if maxGrowthMiB > 0 {
 		target += fmt.Sprintf("; peak RSS growth ≤ %.0f MiB", maxGrowthMiB)
 	}
-	if len(runs) == 0 {
-		return notRun(id, sc, target)
-	}
-	r := runs[0].Report
-	mem, growth, _ := memText(r)
-	n := clients(runs[0])
-	ok := r.get("check", "passed") == true && r.num("check", "whole") == n
-	if maxGrowthMiB > 0 {
-		ok = ok && mib(growth) <= maxGrowthMiB
-	}
-	return Row{id, fmt.Sprintf("one %.0f MiB event to %.0f clients", mib(r.num("config", "size")), n), target,
-		deliveredText(r) + "; " + mem, scaled(yes(ok), n, 200)}
+	return memRow(id, sc, target, runs, func(m memRun) (string, string, string) {
+		ok := m.r.get("check", "passed") == true && m.r.num("check", "whole") == m.clients
+		if maxGrowthMiB > 0 {
+			ok = ok && m.growth <= maxGrowthMiB
+		}
+		return fmt.Sprintf("one %.0f MiB event to %.0f clients", mib(m.r.num("config", "size")), m.clients),
+			deliveredText(m.r) + "; " + m.mem, scaled(yes(ok), m.clients, 200)
+	})
 }
 
 func m1(runs []*Run) Row { return bigEvent("M1", runs, 10, 64) }
@@ -748,15 +766,12 @@ func m2(runs []*Run) Row { return bigEvent("M2", runs, 50, 0) }
 
 func m3(runs []*Run) Row {
 	const sc, target = "1,000 idle clients on 1,000 topics, each holding 1,024 × 1 KiB", "node RSS ≤ 256 MiB (default settings)"
-	if len(runs) == 0 {
-		return notRun("M3", sc, target)
-	}
-	r := runs[0].Report
-	mem, _, peak := memText(r)
-	n := clients(runs[0])
-	return Row{"M3", fmt.Sprintf("%.0f idle clients on %.0f topics, each holding 1,024 × 1 KiB", n, topicCount(r)), target,
-		fmt.Sprintf("%.0f of %.0f clients opened, open at end %.0f; %s", r.num("connections", "clients_opened"), n, r.num("connections", "open_at_end"), mem),
-		scaled(yes(mib(peak) <= 256 && r.num("connections", "clients_never_connected") == 0), n, 1000)}
+	return memRow("M3", sc, target, runs, func(m memRun) (string, string, string) {
+		r := m.r
+		return fmt.Sprintf("%.0f idle clients on %.0f topics, each holding 1,024 × 1 KiB", m.clients, topicCount(r)),
+			fmt.Sprintf("%.0f of %.0f clients opened, open at end %.0f; %s", r.num("connections", "clients_opened"), m.clients, r.num("connections", "open_at_end"), m.mem),
+			scaled(yes(m.peak <= 256 && r.num("connections", "clients_never_connected") == 0), m.clients, 1000)
+	})
 }
 
 // topicCount is how many topics the run's clients used.
@@ -767,16 +782,12 @@ func topicCount(r obj) float64 {
 
 func m4(runs []*Run) Row {
 	const sc, target = "20 clients resume from 0 on a stream of 100 × 1 MiB, SSE_RING_SIZE=16", "all receive all 100; peak RSS growth ≤ 256 MiB"
-	if len(runs) == 0 {
-		return notRun("M4", sc, target)
-	}
-	r := runs[0].Report
-	mem, growth, _ := memText(r)
-	n := clients(runs[0])
-	pre := r.num("config", "preload")
-	ok := r.get("check", "passed") == true && r.num("check", "whole") == n*pre && mib(growth) <= 256
-	return Row{"M4", fmt.Sprintf("%.0f clients resume from 0 on a stream of %.0f × 1 MiB, SSE_RING_SIZE=16", n, pre), target,
-		deliveredText(r) + "; " + mem, scaled(yes(ok), n, 20)}
+	return memRow("M4", sc, target, runs, func(m memRun) (string, string, string) {
+		pre := m.r.num("config", "preload")
+		ok := m.r.get("check", "passed") == true && m.r.num("check", "whole") == m.clients*pre && m.growth <= 256
+		return fmt.Sprintf("%.0f clients resume from 0 on a stream of %.0f × 1 MiB, SSE_RING_SIZE=16", m.clients, pre),
+			deliveredText(m.r) + "; " + m.mem, scaled(yes(ok), m.clients, 20)
+	})
 }
 
 func markdown(res *Result) string {

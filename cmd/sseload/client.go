@@ -52,9 +52,9 @@ type client struct {
 	// lastID when an event is dispatched. A stream cut inside an event
 	// (a large one, say) resumes from before it, as a browser does.
 	lastID, idBuf []byte
-	retry  time.Duration
-	t      tally
-	flushF func()
+	retry         time.Duration
+	t             tally
+	flushF        func()
 
 	// Event being parsed.
 	evGap   bool

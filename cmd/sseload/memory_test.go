@@ -1,13 +1,9 @@
 package main
 
 import (
-	"bytes"
-	"context"
-	"encoding/json"
 	"fmt"
 	"hash/crc32"
 	"io"
-	"net/http/httptest"
 	"os"
 	"strings"
 	"testing"
@@ -112,31 +108,13 @@ func TestMemoryScenarioFeatures(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			f := newFakeSSE()
-			if tt.fake != nil {
-				tt.fake(f)
-			}
-			srv := httptest.NewServer(f)
-			defer srv.Close()
-			cfg := testConfig(srv)
-			cfg.Drain = 20 * time.Second
-			if tt.cfg != nil {
-				tt.cfg(cfg)
-			}
-			if err := cfg.validate(); err != nil {
-				t.Fatal(err)
-			}
-			var stderr bytes.Buffer
-			rep, err := run(context.Background(), cfg, &stderr)
-			if err != nil {
-				t.Fatal(err)
-			}
+			rep, _ := runAgainstFake(t, tt.fake, func(c *Config) {
+				c.Drain = 20 * time.Second
+				if tt.cfg != nil {
+					tt.cfg(c)
+				}
+			})
 			tt.check(t, rep)
-			if t.Failed() {
-				rep.Samples = nil
-				b, _ := json.MarshalIndent(rep, "", " ")
-				t.Logf("report: %s\nstderr: %s", b, stderr.String())
-			}
 		})
 	}
 }
@@ -216,34 +194,5 @@ func TestLineSum(t *testing.T) {
 				t.Errorf("sum = %+v, want %+v (of %q)", s.payloadSum, want, tt.want)
 			}
 		})
-	}
-}
-
-func TestMemoryFlags(t *testing.T) {
-	tests := []struct {
-		args []string
-		want string // substring of the error; "" for none
-	}{
-		{[]string{"-redis", "redis://x", "-size", "52428800", "-count", "1", "-verify"}, ""},
-		{[]string{"-redis", "redis://x", "-size", "67108865"}, "-size"},
-		{[]string{"-redis", "redis://x", "-preload", "100", "-from-start", "-duration", "0s"}, ""},
-		{[]string{"-idle", "-verify"}, "not with -idle"},
-		{[]string{"-redis", "redis://x", "-from-start", "-churn", "2"}, "not with -churn"},
-		{[]string{"-redis", "redis://x", "-from-start", "-storm-events", "5"}, "choose one"},
-		{[]string{"-idle", "-topics", "a,b", "-topics-n", "3"}, "-topics-n"},
-		{[]string{"-idle", "-node-rss-max-mib", "-1"}, "-node-rss-max-mib"},
-	}
-	for _, tt := range tests {
-		_, err := parseFlags(tt.args, new(bytes.Buffer))
-		switch {
-		case tt.want == "" && err != nil:
-			t.Errorf("%q: %v", tt.args, err)
-		case tt.want != "" && (err == nil || !strings.Contains(err.Error(), tt.want)):
-			t.Errorf("%q: error %v, want one with %q", tt.args, err, tt.want)
-		}
-	}
-	cfg, err := parseFlags([]string{"-idle", "-topics", "m3", "-topics-n", "3"}, new(bytes.Buffer))
-	if err != nil || strings.Join(cfg.Topics, ",") != "m3-0,m3-1,m3-2" {
-		t.Errorf("-topics-n 3: topics %v, %v", cfg.Topics, err)
 	}
 }
