@@ -97,7 +97,10 @@ func (w *rssWatch) stop(base Sample) []NodeMemReport {
 	for i, pid := range w.pids {
 		m := NodeMemReport{PID: pid, PeakBytes: w.peak[i], Samples: w.samples, OverLimit: w.over[i], Err: w.errs[i]}
 		if i < len(base.Nodes) {
+			// The baseline is a sample too: the peak is never below it,
+			// even when the node returns memory afterwards.
 			m.BaselineBytes = base.Nodes[i].RSSBytes
+			m.PeakBytes = max(m.PeakBytes, m.BaselineBytes)
 			m.GrowthBytes = m.PeakBytes - m.BaselineBytes
 		}
 		if hwm, err := readStatusBytes(fmt.Sprintf("/proc/%d/status", pid), "VmHWM"); err == nil {
