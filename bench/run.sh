@@ -3,7 +3,7 @@
 # scenarios M1-M4 of issue 11, with Redis and the nodes as local processes (no
 # containers). See bench/README.md.
 #
-#   bash bench/run.sh                      full run (10k clients, ~12 minutes on 2 cores)
+#   bash bench/run.sh                      full run (10k clients, ~16 minutes on 2 cores)
 #   BENCH_SCALE=small bash bench/run.sh    quick run (1k/2k clients, ~3 minutes)
 #
 # Knobs (env): BENCH_SCALE (full|small), BENCH_COMMIT (commit to build and
@@ -344,6 +344,7 @@ if runs M3; then
   for ((i = 0; i < M3_TOPICS; i++)); do
     printf 'EVAL "%s" 1 sse:m3-%d 1024 1024\r\n' "$m3_script" "$i"
   done | redis-cli -p "$redis_port" --pipe >"$work/m3-preload.txt" 2>&1 || log "M3 preload: $(tail -2 "$work/m3-preload.txt")"
+  log "M3: $(tail -1 "$work/m3-preload.txt"); XLEN of the first and last topic: $(redis-cli -p "$redis_port" xlen sse:m3-0) $(redis-cli -p "$redis_port" xlen "sse:m3-$((M3_TOPICS - 1))")"
   start_node m3
   load M3 "${M3_TOPICS}c-${M3_TOPICS}topics" "$NODE_LOG" "$NODE_START" -- -url "$NODE_URL" "${mem_common[@]}" -n "$M3_TOPICS" \
     -topics m3 -topics-n "$M3_TOPICS" -idle -duration 10s -node-pid "$NODE_PID" -scrape "$NODE_ADMIN"
