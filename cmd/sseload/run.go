@@ -83,7 +83,6 @@ func newRunner(cfg *Config, stderr io.Writer) (*runner, error) {
 		}
 		if cfg.Verify {
 			r.sums = new(sumLog)
-			r.pub = &summingPublisher{publisher: r.pub, log: r.sums}
 		}
 	}
 	return r, nil
@@ -259,10 +258,14 @@ func (r *runner) waitCaughtUp(ctx context.Context, g *group, finals []int64, tim
 // publishAll runs one publishLoop per topic and waits for them.
 func (r *runner) publishAll(ctx context.Context, stop <-chan struct{}, rate float64, count int64, until time.Time) []pubStats {
 	stats := make([]pubStats, len(r.cfg.Topics))
+	pub := r.pub
+	if r.sums != nil {
+		pub = &summingPublisher{publisher: r.pub, log: r.sums}
+	}
 	var wg sync.WaitGroup
 	for i, t := range r.cfg.Topics {
 		wg.Go(func() {
-			stats[i] = publishLoop(ctx, stop, r.pub, r.logs[i], t, i, r.run, rate, r.cfg.Size, count, until)
+			stats[i] = publishLoop(ctx, stop, pub, r.logs[i], t, i, r.run, rate, r.cfg.Size, count, until)
 			r.published.Add(stats[i].sent)
 			r.pubErrors.Add(stats[i].errors)
 		})
