@@ -2,9 +2,40 @@ package replay
 
 import (
 	"sort"
+	"sync/atomic"
 
 	"github.com/ssecluster/ssecluster/pubsub"
 )
+
+// entryOverhead is what an entry costs besides its strings and data: the
+// pubsub.Entry struct itself (ID, two string headers, a slice header).
+const entryOverhead = 72
+
+// entrySize is the bytes an entry holds in a ring, a page or the page
+// cache: its data, event type and traceparent, and the entry itself.
+func entrySize(e *pubsub.Entry) int {
+	return len(e.Data) + len(e.Event) + len(e.TraceParent) + entryOverhead
+}
+
+// evictReason says why entries left a ring, for metrics.
+type evictReason uint8
+
+// Reasons entries leave a ring before the topic is released.
+const (
+	evictSize   evictReason = iota // the ring held RingSize entries
+	evictAge                       // older than MaxAge
+	evictStream                    // trimmed or deleted from the stream (floor raised to MaxDeleted)
+	evictBudget                    // the node's rings exceeded RingBytes
+	numEvictReasons
+)
+
+// ringAccount is what all the rings of a Window hold together: bytes
+// (entrySize) and entries evicted by reason. Updated atomically by rings
+// under their own topic's lock.
+type ringAccount struct {
+	bytes   atomic.Int64
+	evicted [numEvictReasons]atomic.Uint64
+}
 
 // minRingAlloc is the first allocation of a ring's buffer. Buffers grow by
 // doubling up to the ring's capacity, so a quiet topic does not pin
@@ -14,12 +45,22 @@ const minRingAlloc = 16
 
 // ring is a bounded circular buffer of one topic's newest entries, in
 // strictly ascending ID order, with the coverage floor of the replay window.
-// It is not safe for concurrent use: Window guards it with its mutex.
+// It is not safe for concurrent use: Window guards it with the topic's
+// lock.
 type ring struct {
 	buf  []pubsub.Entry // circular storage, len(buf) <= max
 	head int            // index in buf of the oldest entry
 	n    int            // entries held
 	max  int            // capacity, >= 1
+
+	// bytes is the entrySize sum of the held entries, also counted in
+	// acct (nil: not counted, in tests).
+	bytes int64
+	acct  *ringAccount
+	// meanSize is a moving mean of the entrySize of pushed entries, kept
+	// across evictions and clears: what a page of the topic's entries
+	// costs. 0 until the first push.
+	meanSize int
 
 	// floor is the coverage floor: every entry with an ID above floor that
 	// exists is held here or will be appended later. MaxID after clear:
@@ -33,6 +74,26 @@ type ring struct {
 	// maxDeleted (any other is a gap the source must announce). Zero
 	// until checked.
 	first, maxDeleted pubsub.ID
+}
+
+// account adds delta bytes to the ring and its account.
+func (r *ring) account(delta int64) {
+	r.bytes += delta
+	if r.acct != nil {
+		r.acct.bytes.Add(delta)
+	}
+}
+
+// store puts e at index j of buf and counts it.
+func (r *ring) store(j int, e pubsub.Entry) {
+	r.buf[j] = e
+	size := entrySize(&e)
+	r.account(int64(size))
+	if r.meanSize == 0 {
+		r.meanSize = size
+	} else {
+		r.meanSize += (size - r.meanSize) / 8
+	}
 }
 
 // covers reports whether the ring answers position c, for a topic whose
@@ -77,12 +138,16 @@ func (r *ring) push(e pubsub.Entry) {
 		r.floor = e.ID
 	}
 	if r.n == r.max {
-		r.evictOldest()
+		r.evictOldest(evictSize)
 	}
 	if r.n == len(r.buf) {
 		r.reserve(r.n + 1)
 	}
-	*r.at(r.n) = e
+	j := r.head + r.n
+	if j >= len(r.buf) {
+		j -= len(r.buf)
+	}
+	r.store(j, e)
 	r.n++
 }
 
@@ -96,13 +161,14 @@ func (r *ring) pushFront(e pubsub.Entry) {
 	if r.head < 0 {
 		r.head += len(r.buf)
 	}
-	r.buf[r.head] = e
+	r.store(r.head, e)
 	r.n++
 }
 
 // popFront drops the oldest entry without touching floor (for entries that
 // were never part of the window, see finishLoad).
 func (r *ring) popFront() {
+	r.account(-int64(entrySize(&r.buf[r.head])))
 	r.buf[r.head] = pubsub.Entry{} // let its Data be collected
 	r.head++
 	if r.head == len(r.buf) {
@@ -113,10 +179,13 @@ func (r *ring) popFront() {
 
 // evictOldest drops the oldest entry e and raises floor to e.ID: entries
 // after it are still all here.
-func (r *ring) evictOldest() {
+func (r *ring) evictOldest(why evictReason) {
 	r.floor = r.buf[r.head].ID
 	r.evicted = true
 	r.popFront()
+	if r.acct != nil {
+		r.acct.evicted[why].Add(1)
+	}
 }
 
 // clear drops every entry; the ring covers nothing until the next push.
@@ -128,6 +197,13 @@ func (r *ring) clear() {
 	r.first, r.maxDeleted = pubsub.ID{}, pubsub.ID{}
 }
 
+// free empties the ring and releases its buffer, for a topic that leaves
+// the window; its bytes leave the account.
+func (r *ring) free() {
+	r.clear()
+	r.buf = nil
+}
+
 // raiseFloor evicts the entries at or below id and raises floor to id:
 // positions at or below it are no longer the ring's to answer.
 func (r *ring) raiseFloor(id pubsub.ID) {
@@ -135,7 +211,7 @@ func (r *ring) raiseFloor(id pubsub.ID) {
 		return
 	}
 	for r.n > 0 && !id.Less(r.buf[r.head].ID) {
-		r.evictOldest()
+		r.evictOldest(evictStream)
 	}
 	r.floor = id
 }
@@ -143,7 +219,7 @@ func (r *ring) raiseFloor(id pubsub.ID) {
 // evictBefore evicts every entry added before cutoffMs (Unix milliseconds).
 func (r *ring) evictBefore(cutoffMs uint64) {
 	for r.n > 0 && r.buf[r.head].ID.Ms < cutoffMs {
-		r.evictOldest()
+		r.evictOldest(evictAge)
 	}
 }
 
