@@ -382,7 +382,7 @@ func (w *Window) ringPage(topic string, cursor pubsub.ID, buf []pubsub.Entry, ch
 			unchecked = true
 			return
 		}
-		st.touched.Store(w.clock.Add(1))
+		w.touch(st)
 		covered = true
 		bytes := 0
 		for i := r.after(cursor); i < r.n && len(buf) < w.pageSize && bytes < w.pageBytes; i++ {

@@ -30,8 +30,9 @@ const (
 )
 
 // ringAccount is what all the rings of a Window hold together: bytes
-// (entrySize) and entries evicted by reason. Updated atomically by rings
-// under their own topic's lock.
+// (entrySize) and entries evicted by reason. Rings add to it when settled,
+// once per locked operation rather than per entry: fewer writes to memory
+// every topic shares.
 type ringAccount struct {
 	bytes   atomic.Int64
 	evicted [numEvictReasons]atomic.Uint64
@@ -54,9 +55,12 @@ type ring struct {
 	max  int            // capacity, >= 1
 
 	// bytes is the entrySize sum of the held entries, also counted in
-	// acct (nil: not counted, in tests).
+	// acct (nil: not counted, in tests) by settle, with the evictions.
 	bytes int64
 	acct  *ringAccount
+	// unsettled is what acct does not know yet.
+	unsettledBytes   int64
+	unsettledEvicted [numEvictReasons]uint32
 	// meanSize is a moving mean of the entrySize of pushed entries, kept
 	// across evictions and clears: what a page of the topic's entries
 	// costs. 0 until the first push.
@@ -76,11 +80,27 @@ type ring struct {
 	first, maxDeleted pubsub.ID
 }
 
-// account adds delta bytes to the ring and its account.
+// account adds delta bytes to the ring, and to its account when settled.
 func (r *ring) account(delta int64) {
 	r.bytes += delta
-	if r.acct != nil {
-		r.acct.bytes.Add(delta)
+	r.unsettledBytes += delta
+}
+
+// settle adds to the account what changed since the last settle. Every
+// locked operation on a ring ends with it.
+func (r *ring) settle() {
+	if r.acct == nil {
+		return
+	}
+	if r.unsettledBytes != 0 {
+		r.acct.bytes.Add(r.unsettledBytes)
+		r.unsettledBytes = 0
+	}
+	for why, n := range r.unsettledEvicted {
+		if n != 0 {
+			r.acct.evicted[why].Add(uint64(n))
+			r.unsettledEvicted[why] = 0
+		}
 	}
 }
 
@@ -183,9 +203,7 @@ func (r *ring) evictOldest(why evictReason) {
 	r.floor = r.buf[r.head].ID
 	r.evicted = true
 	r.popFront()
-	if r.acct != nil {
-		r.acct.evicted[why].Add(1)
-	}
+	r.unsettledEvicted[why]++
 }
 
 // clear drops every entry; the ring covers nothing until the next push.
@@ -201,6 +219,7 @@ func (r *ring) clear() {
 // the window; its bytes leave the account.
 func (r *ring) free() {
 	r.clear()
+	r.settle()
 	r.buf = nil
 }
 

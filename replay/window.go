@@ -397,6 +397,7 @@ func (w *Window) load(ctx context.Context, topic string, st *topicState) (err er
 			st.phase = active
 			w.evictAgedLocked(st)
 		}
+		st.ring.settle()
 		close(st.done)
 	}()
 	tail, err = w.src.Watch(ctx, topic, w.ringSize)
@@ -471,7 +472,8 @@ func (w *Window) append(topic string, entries []pubsub.Entry) {
 	}
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	st.touched.Store(w.clock.Add(1))
+	defer st.ring.settle()
+	w.touch(st)
 	for i := range entries {
 		if !st.last.Less(entries[i].ID) {
 			continue
@@ -492,20 +494,14 @@ func (w *Window) append(topic string, entries []pubsub.Entry) {
 // (pubsub.Handler with no entries), before closing the topic's streams.
 func (w *Window) Reset(topic string) {
 	w.forget(topic)
-	w.mu.RLock()
-	defer w.mu.RUnlock()
-	st := w.topics[topic]
-	if st == nil {
-		return
-	}
-	st.mu.Lock()
-	defer st.mu.Unlock()
-	switch st.phase {
-	case active:
-		st.resetLocked()
-	case loading:
-		st.stale = true
-	}
+	w.withRing(topic, func(st *topicState) {
+		switch st.phase {
+		case active:
+			st.resetLocked()
+		case loading:
+			st.stale = true
+		}
+	})
 }
 
 // forget drops topic's cached pages and state, and keeps reads in flight
@@ -603,6 +599,16 @@ func (w *Window) withRing(topic string, f func(st *topicState)) {
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	f(st)
+	st.ring.settle()
+}
+
+// touch marks st as the most recently used topic. The clock moves only
+// when another topic was used since, so that a busy topic does not keep
+// writing to memory every topic shares.
+func (w *Window) touch(st *topicState) {
+	if st.touched.Load() != w.clock.Load() {
+		st.touched.Store(w.clock.Add(1))
+	}
 }
 
 // evictAgedLocked evicts st's entries older than MaxAge. st's ring must be
@@ -651,6 +657,7 @@ func (w *Window) keepBudget() {
 			c.st.mu.Lock()
 			for c.st.ring.n > 0 && w.rings.bytes.Load() > low {
 				c.st.ring.evictOldest(evictBudget)
+				c.st.ring.settle()
 			}
 			c.st.mu.Unlock()
 		}
