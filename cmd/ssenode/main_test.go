@@ -53,6 +53,9 @@ func TestConfigErrors(t *testing.T) {
 		{map[string]string{"SSE_LOG_LEVEL": "loud"}, "SSE_LOG_LEVEL"},
 		{map[string]string{"SSE_REDIS_URL": "http://x"}, "SSE_REDIS_URL"},
 		{map[string]string{"SSE_RETRY": "-1s"}, "SSE_RETRY"},
+		{map[string]string{"SSE_RING_BYTES": "0"}, "SSE_RING_BYTES"},
+		{map[string]string{"SSE_REPLAY_PAGE_BYTES": "-1"}, "SSE_REPLAY_PAGE_BYTES"},
+		{map[string]string{"SSE_REPLAY_CACHE_BYTES": "16MiB"}, "SSE_REPLAY_CACHE_BYTES"},
 	}
 	for _, tt := range tests {
 		var out, errOut bytes.Buffer
