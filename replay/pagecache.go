@@ -11,10 +11,10 @@ import (
 // reconnect storm that arrive one after another (not only those whose reads
 // overlap) share the reads of pages behind the ring.
 //
-// Only full pages are kept: the first count entries after a position never
-// change once the stream holds that many (new entries have larger IDs;
-// trimming only removes, and an entry trimmed since it was read still
-// existed). A short page is the stream's tail at read time and may have
+// Only full pages are kept (count entries, or cut by the byte bound): the
+// first entries after a position never change once the stream holds them
+// (new entries have larger IDs; trimming only removes, and an entry
+// trimmed since it was read still existed). A short page is the stream's tail at read time and may have
 // grown, so it is never cached. Unless the stream changed under it:
 // trimmed into it, an entry of it deleted, or the stream deleted and
 // recreated. So a cached page is served only if the stream's state, read
@@ -24,7 +24,7 @@ import (
 // what Redis cannot tell: see the package doc). Window.Reset drops a
 // topic's pages and state.
 //
-// Memory is bounded by maxBytes of entries (entrySize: payload and
+// Memory is bounded by maxBytes of entries (pubsub.Entry.Size: payload and
 // headers): a fixed amount per node, whatever the number of clients or
 // topics. A page larger than a quarter of it is not kept.
 type pageCache struct {
@@ -70,7 +70,7 @@ func (c *pageCache) get(k rangeKey, now time.Time) (*pubsub.Page, bool) {
 func (c *pageCache) put(k rangeKey, page *pubsub.Page, now time.Time) {
 	size := 0
 	for i := range page.Entries {
-		size += entrySize(&page.Entries[i])
+		size += page.Entries[i].Size()
 	}
 	if size > c.maxBytes/4 {
 		return // one page may not crowd out the rest

@@ -217,7 +217,7 @@ func (w *Window) Replay(ctx context.Context, topic string, after pubsub.ID,
 		if cursor.Less(p.Last) {
 			cursor = p.Last // entries skipped by the source were read too
 		}
-		if p.Read < count {
+		if p.Read < count && !p.Cut {
 			// The source had nothing more when read; later entries come
 			// live. Something after the cursor was deleted: a gap, even
 			// with no entry after it to announce it before.
@@ -262,14 +262,14 @@ func (w *Window) pageCount(mean int) int {
 	return max(1, min(w.pageSize, w.pageBytes/mean))
 }
 
-// pageMean is the mean entrySize of entries, 0 for none.
+// pageMean is the mean Entry.Size of entries, 0 for none.
 func pageMean(entries []pubsub.Entry) int {
 	if len(entries) == 0 {
 		return 0
 	}
 	total := 0
 	for i := range entries {
-		total += entrySize(&entries[i])
+		total += entries[i].Size()
 	}
 	return total / len(entries)
 }
@@ -284,7 +284,7 @@ func (w *Window) sourcePage(ctx context.Context, topic string, from pubsub.ID, c
 	}
 	p, err := w.ranges.do(ctx, key, func(ctx context.Context) (*pubsub.Page, error) {
 		resets, at := w.resets.Load(), w.now()
-		p, err := w.src.Page(ctx, topic, from, count)
+		p, err := w.src.Page(ctx, topic, from, count, w.pageBytes)
 		if err != nil {
 			return nil, err
 		}
@@ -292,7 +292,7 @@ func (w *Window) sourcePage(ctx context.Context, topic string, from pubsub.ID, c
 		// old stream: never keep it.
 		if w.resets.Load() == resets {
 			w.recent.noteState(topic, p.Info, at)
-			if p.Read == count {
+			if p.Read == count || p.Cut {
 				w.recent.put(key, &p, w.now())
 			}
 		}
@@ -388,7 +388,7 @@ func (w *Window) ringPage(topic string, cursor pubsub.ID, buf []pubsub.Entry, ch
 		for i := r.after(cursor); i < r.n && len(buf) < w.pageSize && bytes < w.pageBytes; i++ {
 			e := r.at(i)
 			buf = append(buf, *e)
-			bytes += entrySize(e)
+			bytes += e.Size()
 		}
 		page = buf
 	})

@@ -7,16 +7,6 @@ import (
 	"github.com/ssecluster/ssecluster/pubsub"
 )
 
-// entryOverhead is what an entry costs besides its strings and data: the
-// pubsub.Entry struct itself (ID, two string headers, a slice header).
-const entryOverhead = 72
-
-// entrySize is the bytes an entry holds in a ring, a page or the page
-// cache: its data, event type and traceparent, and the entry itself.
-func entrySize(e *pubsub.Entry) int {
-	return len(e.Data) + len(e.Event) + len(e.TraceParent) + entryOverhead
-}
-
 // evictReason says why entries left a ring, for metrics.
 type evictReason uint8
 
@@ -30,7 +20,7 @@ const (
 )
 
 // ringAccount is what all the rings of a Window hold together: bytes
-// (entrySize) and entries evicted by reason. Rings add to it when settled,
+// (pubsub.Entry.Size) and entries evicted by reason. Rings add to it when settled,
 // once per locked operation rather than per entry: fewer writes to memory
 // every topic shares.
 type ringAccount struct {
@@ -54,14 +44,14 @@ type ring struct {
 	n    int            // entries held
 	max  int            // capacity, >= 1
 
-	// bytes is the entrySize sum of the held entries, also counted in
+	// bytes is the Entry.Size sum of the held entries, also counted in
 	// acct (nil: not counted, in tests) by settle, with the evictions.
 	bytes int64
 	acct  *ringAccount
 	// unsettled is what acct does not know yet.
 	unsettledBytes   int64
 	unsettledEvicted [numEvictReasons]uint32
-	// meanSize is a moving mean of the entrySize of pushed entries, kept
+	// meanSize is a moving mean of the Entry.Size of pushed entries, kept
 	// across evictions and clears: what a page of the topic's entries
 	// costs. 0 until the first push.
 	meanSize int
@@ -107,7 +97,7 @@ func (r *ring) settle() {
 // store puts e at index j of buf and counts it.
 func (r *ring) store(j int, e pubsub.Entry) {
 	r.buf[j] = e
-	size := entrySize(&e)
+	size := e.Size()
 	r.account(int64(size))
 	if r.meanSize == 0 {
 		r.meanSize = size
@@ -188,7 +178,7 @@ func (r *ring) pushFront(e pubsub.Entry) {
 // popFront drops the oldest entry without touching floor (for entries that
 // were never part of the window, see finishLoad).
 func (r *ring) popFront() {
-	r.account(-int64(entrySize(&r.buf[r.head])))
+	r.account(-int64(r.buf[r.head].Size()))
 	r.buf[r.head] = pubsub.Entry{} // let its Data be collected
 	r.head++
 	if r.head == len(r.buf) {

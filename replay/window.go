@@ -18,12 +18,14 @@
 //     larger than the whole budget is evicted as soon as it is pushed:
 //     clients get it live, a resume reads it from the source;
 //   - a Replay holds one page at a time, of at most PageSize entries and
-//     about PageBytes: ring pages stop once they hold PageBytes, source
-//     reads ask for as many entries as PageBytes holds by the topic's mean
-//     entry size (a moving mean over its ring's pushes, and the pages this
-//     Replay read). A single entry larger than PageBytes is a page alone:
-//     delivered, never refused. A topic that no ring has seen an entry of
-//     yet gets PageSize entries in its first source page;
+//     PageBytes but for its last entry: ring and source pages stop at the
+//     entry that brings them to PageBytes (the source does it where it
+//     reads: the Redis script stops early, see pubsub.Redis.Page), and
+//     source reads ask for no more entries than PageBytes holds by the
+//     topic's mean entry size (a moving mean over its ring's pushes, and
+//     the pages this Replay read), so that Redis reads little past the
+//     bound. A single entry larger than PageBytes is a page alone:
+//     delivered, never refused;
 //   - full source pages kept for reconnect storms hold at most
 //     PageCacheBytes together.
 //
@@ -101,8 +103,10 @@ type Source interface {
 	// Unwatch stops delivering topic; it must not block.
 	Unwatch(topic string)
 	// Page returns up to count entries with ID > after, ascending, and the
-	// stream's state at the same instant, for the gap rule.
-	Page(ctx context.Context, topic string, after pubsub.ID, count int) (pubsub.Page, error)
+	// stream's state at the same instant, for the gap rule; with maxBytes
+	// > 0 it stops at the entry that brings the page to about maxBytes
+	// (by pubsub.Entry.Size) and says Cut if that is before count.
+	Page(ctx context.Context, topic string, after pubsub.ID, count, maxBytes int) (pubsub.Page, error)
 	// Info describes topic's stream, to check a ring against it.
 	Info(ctx context.Context, topic string) (pubsub.StreamInfo, error)
 }
