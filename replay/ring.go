@@ -94,9 +94,8 @@ func (r *ring) settle() {
 	}
 }
 
-// store puts e at index j of buf and counts it.
-func (r *ring) store(j int, e pubsub.Entry) {
-	r.buf[j] = e
+// count accounts for e, just stored in buf.
+func (r *ring) count(e *pubsub.Entry) {
 	size := e.Size()
 	r.account(int64(size))
 	if r.meanSize == 0 {
@@ -141,7 +140,7 @@ func (r *ring) reserve(want int) {
 
 // push appends e as the newest entry, evicting the oldest when full. The
 // caller guarantees e is newer than every held entry.
-func (r *ring) push(e pubsub.Entry) {
+func (r *ring) push(e *pubsub.Entry) {
 	if r.floor == pubsub.MaxID {
 		// First entry after a clear: the entries after it are delivered
 		// in order, those before it are unknown.
@@ -157,7 +156,8 @@ func (r *ring) push(e pubsub.Entry) {
 	if j >= len(r.buf) {
 		j -= len(r.buf)
 	}
-	r.store(j, e)
+	r.buf[j] = *e
+	r.count(&r.buf[j])
 	r.n++
 }
 
@@ -171,7 +171,8 @@ func (r *ring) pushFront(e pubsub.Entry) {
 	if r.head < 0 {
 		r.head += len(r.buf)
 	}
-	r.store(r.head, e)
+	r.buf[r.head] = e
+	r.count(&r.buf[r.head])
 	r.n++
 }
 

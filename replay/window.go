@@ -482,7 +482,7 @@ func (w *Window) append(topic string, entries []pubsub.Entry) {
 		if !st.last.Less(entries[i].ID) {
 			continue
 		}
-		st.ring.push(entries[i])
+		st.ring.push(&entries[i])
 		st.last = entries[i].ID
 	}
 	if st.phase == active {
