@@ -234,8 +234,9 @@ func (m *Memory) Range(ctx context.Context, topic string, after ID, count int) (
 // Page returns up to count entries of topic with ID > after, ascending,
 // with the stream's Info at the same instant (one critical section), as
 // Redis' page read does. With maxBytes > 0 the page also stops at the
-// entry that brings it to maxBytes (by Entry.Size), and says Cut if that
-// is before count entries: an entry larger than maxBytes is a page alone.
+// entry that brings it to maxBytes (by Entry.Size), and says Cut if
+// entries that follow were left out: an entry larger than maxBytes is a
+// page alone.
 func (m *Memory) Page(ctx context.Context, topic string, after ID, count, maxBytes int) (Page, error) {
 	if count <= 0 {
 		return Page{}, fmt.Errorf("pubsub: page %q: count %d is not positive", topic, count)

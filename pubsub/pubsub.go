@@ -85,8 +85,8 @@ type Page struct {
 	// Last is the ID of the last entry read, skipped or not; zero when Read
 	// is 0. The next page starts after it.
 	Last ID
-	// Cut means the page stopped at its byte bound before count entries:
-	// more entries may follow, whatever Read says.
+	// Cut means the page stopped at its byte bound and left out entries
+	// that follow: more entries follow, whatever Read says.
 	Cut bool
 }
 

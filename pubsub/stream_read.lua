@@ -9,15 +9,17 @@
 --          "rev": the newest entries, newest first; "info": no entries
 -- ARGV[2]  the first ID of a range
 -- ARGV[3]  the number of entries
--- ARGV[4]  "range" only, optional: a byte bound; the page stops at the entry
---          that brings it to this many bytes (72 per entry plus its field
---          names and values), so that large entries make short pages. An
---          entry larger than the bound is a page alone. 0: no bound.
+-- ARGV[4]  "range" only, optional: a byte bound; the reply stops at the
+--          entry that brings it to this many bytes (72 per entry plus its
+--          field names and values), so that large entries make short
+--          replies. An entry larger than the bound is a page alone. The
+--          script still reads ARGV[3] entries (one XRANGE): the caller sizes
+--          the count by the entries' expected size. 0: no bound.
 --
 -- Reply: {type} when the key is not a stream ("none" when missing), else
 -- {"stream", length, last-generated-id, max-deleted-entry-id,
 --  entries-added, first-entry-id or "", entries, cut}, where cut is 1 when
--- the byte bound stopped the page before the number of entries.
+-- the byte bound dropped entries that were read (more follow).
 local key = KEYS[1]
 local t = redis.call('TYPE', key)['ok']
 if t ~= 'stream' then
@@ -34,43 +36,28 @@ if info['first-entry'] then
 end
 local entries = {}
 local cut = 0
-local limit = tonumber(ARGV[4] or '0') or 0
-if ARGV[1] == 'range' and limit > 0 then
-  -- Read in chunks of 1, 2, 4... entries, so that what is read past the
-  -- bound (in the script's memory, never sent) stays within about twice it.
-  local count = tonumber(ARGV[3])
-  local start = ARGV[2]
-  local chunk = 1
-  local bytes = 0
-  while #entries < count do
-    local want = math.min(chunk, count - #entries)
-    local got = redis.call('XRANGE', key, start, '+', 'COUNT', want)
-    for _, e in ipairs(got) do
-      entries[#entries + 1] = e
+if ARGV[1] == 'range' then
+  entries = redis.call('XRANGE', key, ARGV[2], '+', 'COUNT', ARGV[3])
+  local limit = tonumber(ARGV[4] or '0') or 0
+  if limit > 0 then
+    -- Keep the entries up to the one that brings the reply to the bound.
+    local bytes = 0
+    for i, e in ipairs(entries) do
       bytes = bytes + 72
       if type(e[2]) == 'table' then
         for _, s in ipairs(e[2]) do
           bytes = bytes + #s
         end
       end
-      if bytes >= limit then
+      if bytes >= limit and i < #entries then
+        for k = #entries, i + 1, -1 do
+          entries[k] = nil
+        end
+        cut = 1
         break
       end
     end
-    if bytes >= limit then
-      if #entries < count then
-        cut = 1
-      end
-      break
-    end
-    if #got < want then
-      break -- the end of the stream
-    end
-    start = '(' .. got[#got][1]
-    chunk = chunk * 2
   end
-elseif ARGV[1] == 'range' then
-  entries = redis.call('XRANGE', key, ARGV[2], '+', 'COUNT', ARGV[3])
 elseif ARGV[1] == 'rev' then
   entries = redis.call('XREVRANGE', key, '+', '-', 'COUNT', ARGV[3])
 end

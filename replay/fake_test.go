@@ -167,7 +167,7 @@ func (f *fakeSource) Page(ctx context.Context, topic string, after pubsub.ID, co
 	size := 0
 	for i := k; i < end && maxBytes > 0; i++ {
 		if size += s.entries[i].Size(); size >= maxBytes {
-			p.Cut = i+1 < k+count
+			p.Cut = i+1 < end
 			end = i + 1
 		}
 	}

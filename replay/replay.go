@@ -253,8 +253,8 @@ func startGap(topic string, cursor pubsub.ID, info *pubsub.StreamInfo) (g *Gap, 
 }
 
 // pageCount is how many entries a source page asks for, given the mean
-// entry size of the topic (0 if unknown): PageSize, or as many as PageBytes
-// holds, at least one.
+// entry size of the topic (0 if unknown): PageSize, or as many as
+// PageBytes holds, at least one.
 func (w *Window) pageCount(mean int) int {
 	if mean <= 0 {
 		return w.pageSize

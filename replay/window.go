@@ -19,13 +19,15 @@
 //     clients get it live, a resume reads it from the source;
 //   - a Replay holds one page at a time, of at most PageSize entries and
 //     PageBytes but for its last entry: ring and source pages stop at the
-//     entry that brings them to PageBytes (the source does it where it
-//     reads: the Redis script stops early, see pubsub.Redis.Page), and
-//     source reads ask for no more entries than PageBytes holds by the
-//     topic's mean entry size (a moving mean over its ring's pushes, and
-//     the pages this Replay read), so that Redis reads little past the
-//     bound. A single entry larger than PageBytes is a page alone:
-//     delivered, never refused;
+//     entry that brings them to PageBytes (the source cuts its reply where
+//     it reads: in the Redis script, see pubsub.Redis.Page), and source
+//     reads ask for no more entries than PageBytes holds by the topic's
+//     mean entry size (a moving mean over its ring's pushes, and the
+//     pages this Replay read), so that Redis reads little past the bound
+//     (while no size is known, a Replay's first source read asks for
+//     PageSize entries: Redis reads them, the reply is cut). A single
+//     entry larger than PageBytes is a page alone: delivered, never
+//     refused;
 //   - full source pages kept for reconnect storms hold at most
 //     PageCacheBytes together.
 //
@@ -105,7 +107,7 @@ type Source interface {
 	// Page returns up to count entries with ID > after, ascending, and the
 	// stream's state at the same instant, for the gap rule; with maxBytes
 	// > 0 it stops at the entry that brings the page to about maxBytes
-	// (by pubsub.Entry.Size) and says Cut if that is before count.
+	// (by pubsub.Entry.Size) and says Cut if it left entries out.
 	Page(ctx context.Context, topic string, after pubsub.ID, count, maxBytes int) (pubsub.Page, error)
 	// Info describes topic's stream, to check a ring against it.
 	Info(ctx context.Context, topic string) (pubsub.StreamInfo, error)
