@@ -103,8 +103,8 @@ func TestSourceReads(t *testing.T) {
 		}{
 			{"stops at the entry reaching the bound", pubsub.ID{}, 10, 3 * size, ids[:3], true},
 			{"which is in the page", pubsub.ID{}, 10, 3*size - 1, ids[:3], true},
-			{"inside a chunk of the script's reads", pubsub.ID{}, 10, 2 * size, ids[:2], true},
-			{"inside a later chunk", pubsub.ID{}, 10, 5 * size, ids[:5], true},
+			{"a bound of two entries", pubsub.ID{}, 10, 2 * size, ids[:2], true},
+			{"a bound of five entries", pubsub.ID{}, 10, 5 * size, ids[:5], true},
 			{"an entry above the bound is a page alone", ids[0], 10, 1, ids[1:2], true},
 			{"full by count first", pubsub.ID{}, 2, 3 * size, ids[:2], false},
 			{"the end of the stream", ids[7], 10, 3 * size, ids[8:], false},
