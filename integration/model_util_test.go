@@ -207,13 +207,13 @@ type wClient struct {
 	rcvBuf int
 	rate   int // bytes/s; 0 is unlimited
 
-	mu       sync.Mutex
-	items    []recvItem
-	lastID   string
+	mu        sync.Mutex
+	items     []recvItem
+	lastID    string
 	firstOpen time.Time // when the first stream's opening was read
-	opens    int
-	fails    []string
-	cur      net.Conn
+	opens     int
+	fails     []string
+	cur       net.Conn
 
 	cancel context.CancelFunc
 	done   chan struct{}
@@ -631,8 +631,10 @@ func topicOf(payload string) string {
 //     already received in the segment, and it was not removed within
 //     removalGrace of being added. When a is not part of b's epoch (the
 //     history moved under the client) A's position is no bound: every entry
-//     of b's epoch below b is owed. Receiving b while an owed entry was never
-//     received, with no sse-gap in between, is a violation: a silent skip.
+//     of b's epoch below b is owed, except those that a's epoch held below
+//     a (the client had them or had passed them before the history moved).
+//     Receiving b while an owed entry was never received, with no sse-gap
+//     in between, is a violation: a silent skip.
 //
 // Why removal time does not excuse an entry (beyond removalGrace): Redis
 // records the highest ID it ever removed (max-deleted-entry-id, kept by
@@ -674,12 +676,13 @@ func checkTopic(h *history, c *wClient, items []recvItem, ti int, topic string, 
 		}
 	}
 	type point struct {
-		id    pubsub.ID
-		key   string
-		inclusive bool // the bound includes id (a gap's oldest)
-		noBound  bool // a live start: no position, entries sent after ta
-		at    time.Time
-		set   bool // a real event
+		id        pubsub.ID
+		key       string
+		ep        *hEpoch // a real event's epoch
+		inclusive bool    // the bound includes id (a gap's oldest)
+		noBound   bool    // a live start: no position, entries sent after ta
+		at        time.Time
+		set       bool // a real event
 	}
 	prev := point{at: firstOpen, noBound: true}
 	if ti < len(starts) && starts[ti] != "" {
@@ -768,6 +771,9 @@ func checkTopic(h *history, c *wClient, items []recvItem, ti int, topic string, 
 			if seen[entryKey(e.id, e.payload)] {
 				continue
 			}
+			if !bounded && prev.set && !prev.id.Less(e.id) && prev.ep.byKey[entryKey(e.id, e.payload)] != nil {
+				continue // passed in a's history, before a
+			}
 			missing = append(missing, e)
 		}
 		if len(missing) > 0 {
@@ -776,7 +782,7 @@ func checkTopic(h *history, c *wClient, items []recvItem, ti int, topic string, 
 				len(missing), missing[0].id, missing[0].payload, missing[0].sentAt.Format("15:04:05.000"), fmtTime(ep.gone(missing[0])))
 		}
 		seen[key] = true
-		prev = point{id: id, key: key, at: it.at, set: true}
+		prev = point{id: id, key: key, ep: ep, at: it.at, set: true}
 	}
 	return out
 }
