@@ -311,10 +311,13 @@ func (m *model) trim() {
 		m.logf("XTRIM %s MINID %s: %v", topic, min, err)
 	case r == 2:
 		// Only entries old enough that every live reader has them: a live
-		// XREAD cannot see a removal (see removalGrace).
+		// XREAD cannot see a removal (see removalGrace). And only above
+		// every ID removed so far: Redis keeps only the highest removed ID
+		// (max-deleted-entry-id), so an XDEL below it cannot be told.
 		var old []*hEntry
+		floor := m.h.maxRemoved(topic)
 		for _, e := range present {
-			if at.Sub(e.sentAt) > removalGrace+time.Second/2 {
+			if at.Sub(e.sentAt) > removalGrace+time.Second/2 && floor.Less(e.id) {
 				old = append(old, e)
 			}
 		}

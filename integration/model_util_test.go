@@ -564,6 +564,19 @@ func (h *history) present(topic string) []*hEntry {
 	return out
 }
 
+// maxRemoved returns the highest ID marked gone in the current epoch.
+func (h *history) maxRemoved(topic string) pubsub.ID {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var max pubsub.ID
+	for _, e := range h.currentLocked(topic).entries {
+		if !e.delAt.IsZero() && max.Less(e.id) {
+			max = e.id
+		}
+	}
+	return max
+}
+
 // lastID returns the ID of the newest entry ever added to the current epoch.
 func (h *history) lastID(topic string) pubsub.ID {
 	h.mu.Lock()
@@ -624,7 +637,8 @@ func topicOf(payload string) string {
 //     "requested"; only a reset gap lets them restart lower.
 //   - Owed entries. Let b be an event received and A the client's previous
 //     point for the topic: the previous event a, else the last sse-gap
-//     (position: its "oldest", inclusive), else the start (position: the
+//     (position: its "requested"; after a reset gap, none: everything the
+//     stream holds follows), else the start (position: the
 //     initial Last-Event-ID; for a live start, no position but only entries
 //     sent after the first stream opened). An entry e of b's epoch is owed
 //     before b when its ID is between A's position and b's ID, it was not
@@ -703,7 +717,7 @@ func checkTopic(h *history, c *wClient, items []recvItem, ti int, topic string, 
 			if g.Topic != topic {
 				continue
 			}
-			oldest, err1 := pubsub.ParseID(g.Oldest)
+			_, err1 := pubsub.ParseID(g.Oldest)
 			req, err2 := pubsub.ParseID(g.Requested)
 			if err1 != nil || err2 != nil {
 				bad("sse-gap data %q: bad IDs", it.data)
@@ -713,7 +727,12 @@ func checkTopic(h *history, c *wClient, items []recvItem, ti int, topic string, 
 			if !g.Reset {
 				floor = req
 			}
-			prev = point{id: oldest, inclusive: true, at: it.at}
+			// After a gap the node goes on after the requested position;
+			// after a reset, with everything the stream holds.
+			prev = point{id: req, at: it.at}
+			if g.Reset {
+				prev = point{inclusive: true, at: it.at}
+			}
 			continue
 		}
 		if topicOf(it.data) != topic {
