@@ -290,7 +290,11 @@ func (m *model) publish() {
 		maxLen = 30 + m.rng.IntN(170)
 	}
 	added, err := m.h.xadds(m.ctx(), m.rc, m.prefix+topic, topic, ids, maxLen)
-	m.logf("XADD %s x%d ids %s maxlen ~%d: %d added, last %s, err %v", topic, k, strings.Join(ids, " "), maxLen, len(added), m.h.lastID(topic), err)
+	trim := "no MAXLEN"
+	if maxLen > 0 {
+		trim = fmt.Sprintf("MAXLEN ~ %d", maxLen)
+	}
+	m.logf("XADD %s x%d ids %s %s: %d added, last %s, err %v", topic, k, strings.Join(ids, " "), trim, len(added), m.h.lastID(topic), err)
 }
 
 func (m *model) trim() {

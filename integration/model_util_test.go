@@ -642,8 +642,9 @@ func topicOf(payload string) string {
 //     initial Last-Event-ID; for a live start, no position but only entries
 //     sent after the first stream opened). An entry e of b's epoch is owed
 //     before b when its ID is between A's position and b's ID, it was not
-//     already received in the segment, and it was not removed within
-//     removalGrace of being added. When a is not part of b's epoch (the
+//     already received in the segment, it was not removed within
+//     removalGrace of being added, and, when A is a gap, it was not removed
+//     before the gap was received (the gap announced it). When a is not part of b's epoch (the
 //     history moved under the client) A's position is no bound: every entry
 //     of b's epoch below b is owed, except those that a's epoch held below
 //     a (the client had them or had passed them before the history moved).
@@ -697,6 +698,7 @@ func checkTopic(h *history, c *wClient, items []recvItem, ti int, topic string, 
 		noBound   bool    // a live start: no position, entries sent after ta
 		at        time.Time
 		set       bool // a real event
+		gap       bool // an sse-gap, which announced what had left by then
 	}
 	prev := point{at: firstOpen, noBound: true}
 	if ti < len(starts) && starts[ti] != "" {
@@ -729,9 +731,9 @@ func checkTopic(h *history, c *wClient, items []recvItem, ti int, topic string, 
 			}
 			// After a gap the node goes on after the requested position;
 			// after a reset, with everything the stream holds.
-			prev = point{id: req, at: it.at}
+			prev = point{id: req, at: it.at, gap: true}
 			if g.Reset {
-				prev = point{inclusive: true, at: it.at}
+				prev = point{inclusive: true, at: it.at, gap: true}
 			}
 			continue
 		}
@@ -784,7 +786,7 @@ func checkTopic(h *history, c *wClient, items []recvItem, ti int, topic string, 
 			if prev.noBound && !e.sentAt.After(prev.at) {
 				continue
 			}
-			if g := ep.gone(e); !g.IsZero() && g.Sub(e.sentAt) < removalGrace {
+			if g := ep.gone(e); !g.IsZero() && (g.Sub(e.sentAt) < removalGrace || (prev.gap && !g.After(prev.at))) {
 				continue
 			}
 			if seen[entryKey(e.id, e.payload)] {
