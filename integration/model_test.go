@@ -130,6 +130,10 @@ type model struct {
 	page    int
 	maxAge  time.Duration
 	memLen  int // the embedded broker's MaxLen
+	burst   int // entries per publish, at most
+	pad     int // payload size
+	sndBuf  int // the nodes' SocketSendBuffer
+	cliBuf  int // the nodes' ClientBufferBytes
 	restart bool
 
 	h       *history
@@ -177,13 +181,21 @@ func runModel(t *testing.T, m *model, seed uint64, ops int) {
 	if m.rng.IntN(3) == 0 {
 		m.maxAge = 3 * time.Second
 	}
-	m.memLen = 50 + m.rng.IntN(150)
+	m.memLen = 100 + m.rng.IntN(900)
+	m.burst = []int{20, 50, 100}[m.rng.IntN(3)]
+	m.pad = []int{0, 100, 400}[m.rng.IntN(3)]
+	// Small buffers keep a slow client's replay waiting on its socket, so
+	// that trims and deletions overtake it; large ones let a node run ahead.
+	if m.rng.IntN(2) == 0 {
+		m.sndBuf, m.cliBuf = 4<<10, 16<<10
+	}
 	m.restart = m.srv != nil && m.rng.IntN(3) == 0
 	m.h = newHistory(m.maxAge)
+	m.h.pad = m.pad
 	if m.srv != nil {
 		m.rc = m.srv.Client(t)
 	}
-	m.logf("seed %d: %s, ring %d, page %d, max age %v, memory max len %d", seed, m.test(), m.ring, m.page, m.maxAge, m.memLen)
+	m.logf("seed %d: %s, ring %d, page %d, max age %v, memory max len %d, burst %d, payload %d B, node buffers %d/%d", seed, m.test(), m.ring, m.page, m.maxAge, m.memLen, m.burst, m.pad, m.sndBuf, m.cliBuf)
 	t.Logf("model seed %d (%d operations); replay: go test -count=1 -run '%s/seed=%d' ./integration/ -model.seed=%d", seed, ops, m.test(), seed, seed)
 	defer func() {
 		if t.Failed() {
@@ -257,7 +269,7 @@ func (m *model) ctx() context.Context { return ctxT(m.t) }
 
 func (m *model) publish() {
 	topic := m.topic()
-	k := 1 + m.rng.IntN(20)
+	k := 1 + m.rng.IntN(m.burst)
 	if m.srv == nil {
 		sent := time.Now()
 		for range k {
@@ -287,7 +299,7 @@ func (m *model) publish() {
 	}
 	maxLen := 0
 	if m.rng.IntN(2) == 0 {
-		maxLen = 30 + m.rng.IntN(170)
+		maxLen = m.burst + 10 + m.rng.IntN(400)
 	}
 	added, err := m.h.xadds(m.ctx(), m.rc, m.prefix+topic, topic, ids, maxLen)
 	trim := "no MAXLEN"
@@ -411,6 +423,7 @@ func (m *model) startNode() {
 			c.Redis.MaxAge = m.maxAge
 			c.Window = replay.Config{RingSize: m.ring, PageSize: m.page, MaxAge: m.maxAge}
 			c.Node.Retry = 50 * time.Millisecond
+			c.Node.SocketSendBuffer, c.Node.ClientBufferBytes = m.sndBuf, m.cliBuf
 		})
 		n = &mNode{name: name, addr: cn.addr, end: func(crash bool) {
 			if crash {
@@ -507,7 +520,7 @@ func (m *model) startClient() {
 		c.start = strings.Join(pos, ",")
 	}
 	if m.rng.IntN(5) == 0 {
-		c.rcvBuf, c.rate = 8<<10, (20+m.rng.IntN(80))<<10
+		c.rcvBuf, c.rate = 4<<10, (4+m.rng.IntN(60))<<10
 	}
 	startWClient(m.t, c)
 	m.clients = append(m.clients, c)
@@ -560,15 +573,17 @@ func (m *model) finish() {
 			}
 		}
 	}
-	events := 0
+	events, gaps, streams := 0, 0, 0
 	for _, c := range m.clients {
 		c.halt()
 		events += len(c.snapshot())
+		gaps += gapsOf(c)
+		streams += c.opened()
 		for _, v := range checkClient(m.h, c) {
 			t.Errorf("seed %d: %s\n\t%s", m.seed, v, c.describe())
 		}
 	}
-	t.Logf("seed %d: %d clients received %d events in %v", m.seed, len(m.clients), events, time.Since(m.began).Round(time.Millisecond))
+	t.Logf("seed %d: %d clients, %d streams, %d events (%d sse-gap) in %v", m.seed, len(m.clients), streams, events, gaps, time.Since(m.began).Round(time.Millisecond))
 }
 
 // startMemNode starts a node with a new embedded broker, as cmd/ssenode
@@ -584,7 +599,7 @@ func (m *model) startMemNode(name string) *mNode {
 		t.Fatal(err)
 	}
 	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn})).With("node", name)
-	n, err := node.New(node.Config{Logger: log, Retry: 50 * time.Millisecond}, mem, w)
+	n, err := node.New(node.Config{Logger: log, Retry: 50 * time.Millisecond, SocketSendBuffer: m.sndBuf, ClientBufferBytes: m.cliBuf}, mem, w)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -410,18 +410,24 @@ type history struct {
 	maxAge time.Duration
 	topics map[string][]*hEpoch
 	seq    map[string]int // payload numbers handed out per topic
+	pad    int            // payloads are padded to this size
 }
 
 func newHistory(maxAge time.Duration) *history {
 	return &history{maxAge: maxAge, topics: make(map[string][]*hEpoch), seq: make(map[string]int)}
 }
 
-// nextPayload returns a payload of topic never used before.
+// nextPayload returns a payload of topic never used before, padded to
+// h.pad bytes or more.
 func (h *history) nextPayload(topic string) string {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.seq[topic]++
-	return payload(topic, h.seq[topic])
+	p := payload(topic, h.seq[topic])
+	if n := h.pad - len(p); n > 0 {
+		p += " " + strings.Repeat("x", n)
+	}
+	return p
 }
 
 // xadds adds one entry per element of ids ("*" or an explicit ID) to key,
@@ -631,10 +637,10 @@ func topicOf(payload string) string {
 //   - Every event is an entry that was published: its ID and payload are
 //     those of an entry of some epoch of the topic's history. Its epoch is
 //     the newest epoch holding it that began before it was received.
-//   - A segment is what the client received between two sse-gap events of
-//     the topic. Within a segment IDs strictly increase and no entry comes
-//     twice. After a gap without "reset":true, IDs stay above the gap's
-//     "requested"; only a reset gap lets them restart lower.
+//   - IDs strictly increase between two sse-gap events of the topic, and no
+//     entry comes twice between two reset gaps ("reset":true). After a gap
+//     without reset, IDs stay above the gap's "requested"; only a reset gap
+//     lets them restart lower and entries come again.
 //   - Owed entries. Let b be an event received and A the client's previous
 //     point for the topic: the previous event a, else the last sse-gap
 //     (position: its "requested"; after a reset gap, none: everything the
@@ -642,9 +648,10 @@ func topicOf(payload string) string {
 //     initial Last-Event-ID; for a live start, no position but only entries
 //     sent after the first stream opened). An entry e of b's epoch is owed
 //     before b when its ID is between A's position and b's ID, it was not
-//     already received in the segment, it was not removed within
-//     removalGrace of being added, and, when A is a gap, it was not removed
-//     before the gap was received (the gap announced it). When a is not part of b's epoch (the
+//     already received (since the last reset gap), it was not removed within
+//     removalGrace of being added, and, when A is a gap or a start from
+//     position 0, it was not removed before A (the gap announced it; "0"
+//     asks for what the window holds). When a is not part of b's epoch (the
 //     history moved under the client) A's position is no bound: every entry
 //     of b's epoch below b is owed, except those that a's epoch held below
 //     a (the client had them or had passed them before the history moved).
@@ -698,12 +705,14 @@ func checkTopic(h *history, c *wClient, items []recvItem, ti int, topic string, 
 		noBound   bool    // a live start: no position, entries sent after ta
 		at        time.Time
 		set       bool // a real event
-		gap       bool // an sse-gap, which announced what had left by then
+		gap       bool // an sse-gap (or a start from 0): what had left by then is accounted for
 	}
 	prev := point{at: firstOpen, noBound: true}
 	if ti < len(starts) && starts[ti] != "" {
 		if id, err := pubsub.ParseID(starts[ti]); err == nil {
-			prev = point{id: id, at: firstOpen}
+			// "0" asks for whatever the window holds: what left before
+			// the stream opened is no gap.
+			prev = point{id: id, at: firstOpen, gap: id.IsZero()}
 		}
 	}
 	seen := map[string]bool{}
@@ -724,9 +733,10 @@ func checkTopic(h *history, c *wClient, items []recvItem, ti int, topic string, 
 			if err1 != nil || err2 != nil {
 				bad("sse-gap data %q: bad IDs", it.data)
 			}
-			seen = map[string]bool{}
 			floor = pubsub.ID{}
-			if !g.Reset {
+			if g.Reset {
+				seen = map[string]bool{} // the history restarts: all of it follows again
+			} else {
 				floor = req
 			}
 			// After a gap the node goes on after the requested position;
