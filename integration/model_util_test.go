@@ -754,14 +754,14 @@ func checkTopic(h *history, c *wClient, items []recvItem, ti int, topic string, 
 		if len(c.topics) > 1 {
 			parts := strings.Split(it.lastID, ",")
 			if len(parts) != len(c.topics) {
-				bad("event %q: id %q does not have %d positions", it.data, it.lastID, len(c.topics))
+				bad("event %q: id %q does not have %d positions", short(it.data), it.lastID, len(c.topics))
 				continue
 			}
 			idStr = parts[ti]
 		}
 		id, err := pubsub.ParseID(idStr)
 		if err != nil {
-			bad("event %q: id %q: %v", it.data, it.lastID, err)
+			bad("event %q: id %q: %v", short(it.data), it.lastID, err)
 			continue
 		}
 		key := entryKey(id, it.data)
@@ -772,11 +772,11 @@ func checkTopic(h *history, c *wClient, items []recvItem, ti int, topic string, 
 			}
 		}
 		if ep == nil {
-			bad("received %s %q, never published", id, it.data)
+			bad("received %s %q, never published", id, short(it.data))
 			continue
 		}
 		if seen[key] {
-			bad("received %s %q twice with no reset gap in between", id, it.data)
+			bad("received %s %q twice with no reset gap in between", id, short(it.data))
 		}
 		if prev.set && !prev.id.Less(id) {
 			bad("received %s after %s with no sse-gap in between: out of order", id, prev.id)
@@ -810,7 +810,7 @@ func checkTopic(h *history, c *wClient, items []recvItem, ti int, topic string, 
 		if len(missing) > 0 {
 			bad("received %s (epoch %d) at %s after %s (received %s) with no sse-gap, but %d entries held by the stream in between were never received, first %s %q (sent %s, gone %s)",
 				id, ep.n, it.at.Format("15:04:05.000"), prevDesc(prev.id, prev.set, prev.noBound), prev.at.Format("15:04:05.000"),
-				len(missing), missing[0].id, missing[0].payload, missing[0].sentAt.Format("15:04:05.000"), fmtTime(ep.gone(missing[0])))
+				len(missing), missing[0].id, short(missing[0].payload), missing[0].sentAt.Format("15:04:05.000"), fmtTime(ep.gone(missing[0])))
 		}
 		seen[key] = true
 		prev = point{id: id, key: key, ep: ep, at: it.at, set: true}
@@ -865,7 +865,7 @@ func (c *wClient) describe() string {
 		}
 	}
 	if n := len(items); n > 0 {
-		fmt.Fprintf(&b, "; last %s %q", items[n-1].lastID, items[n-1].data)
+		fmt.Fprintf(&b, "; last %s %q", items[n-1].lastID, short(items[n-1].data))
 	}
 	if f := c.failures(); len(f) > 0 {
 		fmt.Fprintf(&b, "; stream ends: %d, last %q", len(f), f[len(f)-1])
@@ -878,3 +878,11 @@ func payload(topic string, n int) string { return topic + "|" + strconv.Itoa(n) 
 
 // pickAddr picks the same address for every connection.
 func pickAddr(addr string) func() string { return func() string { return addr } }
+
+// short cuts a payload's padding for messages.
+func short(p string) string {
+	if len(p) > 40 {
+		return p[:40] + "..."
+	}
+	return p
+}
