@@ -45,8 +45,12 @@ var (
 	modelOps   = flag.Int("model.ops", 0, "model checker: operations per seed (env SSE_MODEL_OPS; default 150)")
 )
 
-// modelFixedSeeds run in make test. Seeds 3, 7 and 11 failed on a5870fe
-// (see the report of the commit that added them).
+// modelFixedSeeds run in make test. On a5870fe every one of them fails
+// TestModelRedis (silent skips after DEL/recreate and failovers, clients
+// stuck on a recreated stream, lower IDs and repeats after a gap without
+// reset) and all but 3 and 4 fail TestModelMemory (lower IDs after a gap
+// without reset). 681614392 is the embedded-broker seed that catches a
+// replay checking for trimmed entries on its first page only.
 var modelFixedSeeds = []uint64{1, 2, 3, 4, 5, 6, 7, 681614392}
 
 // modelSeedList returns the seeds to run.
