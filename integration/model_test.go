@@ -573,7 +573,7 @@ func (m *model) finish() {
 	for _, c := range m.live {
 		for _, topic := range c.topics {
 			if !c.waitPayload(time.Until(deadline), topic, last[topic]) {
-				t.Errorf("seed %d: client %s never received the last entry %s of %s\n\t%s", m.seed, c.name, last[topic], topic, c.describe())
+				t.Errorf("seed %d: client %s never received the last entry %s of %s\n\t%s", m.seed, c.name, short(last[topic]), topic, c.describe())
 			}
 		}
 	}
