@@ -200,10 +200,11 @@ func runModel(t *testing.T, m *model, seed uint64, ops int) {
 		m.rc = m.srv.Client(t)
 	}
 	m.logf("seed %d: %s, ring %d, page %d, max age %v, memory max len %d, burst %d, payload %d B, node buffers %d/%d", seed, m.test(), m.ring, m.page, m.maxAge, m.memLen, m.burst, m.pad, m.sndBuf, m.cliBuf)
-	t.Logf("model seed %d (%d operations); replay: go test -count=1 -run '%s/seed=%d' ./integration/ -model.seed=%d", seed, ops, m.test(), seed, seed)
+	replay := fmt.Sprintf("go test -count=1 -run '%s' ./integration/ -model.seed=%d -model.ops=%d", m.test(), seed, ops)
+	t.Logf("model seed %d (%d operations); replay: %s", seed, ops, replay)
 	defer func() {
 		if t.Failed() {
-			t.Logf("schedule of seed %d:\n%s\nreplay: go test -count=1 -run '%s' ./integration/ -model.seed=%d", seed, strings.Join(m.sched, "\n"), m.test(), seed)
+			t.Logf("schedule of seed %d:\n%s\nreplay: %s", seed, strings.Join(m.sched, "\n"), replay)
 		}
 	}()
 	t.Cleanup(m.stopNodes)
