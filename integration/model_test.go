@@ -459,6 +459,10 @@ func (m *model) restartNode() {
 		for _, topic := range m.topics {
 			m.h.newEpoch(topic, at) // the embedded broker's streams die with it
 		}
+		// A process restarts in more than a millisecond: the new broker's
+		// IDs must not reuse the old one's (same millisecond, other
+		// entries), which no node could tell apart.
+		time.Sleep(2 * time.Millisecond)
 	}
 	m.logf("end node %s (crash: %v)", n.name, crash)
 	m.startNode()
