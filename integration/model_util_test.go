@@ -23,6 +23,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -207,6 +208,8 @@ type wClient struct {
 	rcvBuf int
 	rate   int // bytes/s; 0 is unlimited
 
+	fast atomic.Bool // the rate no longer applies (see unthrottle)
+
 	mu        sync.Mutex
 	items     []recvItem
 	lastID    string
@@ -327,7 +330,7 @@ func (c *wClient) stream(ctx context.Context) error {
 	}
 	var r io.Reader = conn
 	if c.rate > 0 {
-		r = &slowReader{r: conn, rate: c.rate}
+		r = &slowReader{r: conn, rate: c.rate, fast: &c.fast}
 	}
 	resp, err := http.ReadResponse(bufio.NewReaderSize(r, 4096), nil)
 	if err != nil {
@@ -361,13 +364,21 @@ func (c *wClient) stream(ctx context.Context) error {
 	}
 }
 
-// slowReader reads at most 512 bytes at a time and rate bytes per second.
+// unthrottle lifts the client's read rate, so that it catches up.
+func (c *wClient) unthrottle() { c.fast.Store(true) }
+
+// slowReader reads at most 512 bytes at a time and rate bytes per second,
+// until fast is set.
 type slowReader struct {
 	r    io.Reader
 	rate int
+	fast *atomic.Bool
 }
 
 func (s *slowReader) Read(p []byte) (int, error) {
+	if s.fast.Load() {
+		return s.r.Read(p)
+	}
 	if len(p) > 512 {
 		p = p[:512]
 	}
