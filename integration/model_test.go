@@ -565,12 +565,11 @@ func (m *model) finish() {
 			m.h.add(topic, id, p, sent)
 			last[topic] = p
 		} else {
-			added, err := m.h.xadds(m.ctx(), m.rc, m.prefix+topic, topic, []string{"*"}, 0)
-			if err != nil {
+			if _, err := m.h.xadds(m.ctx(), m.rc, m.prefix+topic, topic, []string{"*"}, 0); err != nil {
 				t.Fatal(err)
 			}
-			last[topic] = m.h.present(topic)[len(m.h.present(topic))-1].payload
-			_ = added
+			p := m.h.present(topic)
+			last[topic] = p[len(p)-1].payload
 		}
 		m.logf("last entry of %s: %s %s", topic, m.h.lastID(topic), last[topic])
 	}
