@@ -6,14 +6,18 @@ package integration
 // received sequence checked against the recorded history of the streams
 // (checkClient in model_util_test.go says exactly what is checked).
 //
-// make test runs the fixed seeds of modelFixedSeeds. Longer runs:
+// make test runs the fixed seeds of modelFixedSeeds, 150 operations each.
+// Longer runs (the fixed seeds, then random ones; operations per seed with
+// -model.ops or SSE_MODEL_OPS):
 //
+//	make model MODEL_SEEDS=200 MODEL_OPS=300
 //	go test -count=1 -run TestModel ./integration/ -model.seeds=200
 //	SSE_MODEL_SEEDS=200 go test -count=1 -run TestModel ./integration/
 //
-// and one seed, as a failing seed prints it:
+// and one seed, as a failing seed prints it (the same operations in the
+// same order; IDs and timings differ from run to run):
 //
-//	go test -count=1 -run TestModelRedis ./integration/ -model.seed=N
+//	go test -count=1 -run TestModelRedis ./integration/ -model.seed=N -model.ops=150
 
 import (
 	"context"
