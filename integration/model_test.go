@@ -616,7 +616,11 @@ func (m *model) startMemNode(name string) *mNode {
 		t.Fatal(err)
 	}
 	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn})).With("node", name)
-	n, err := node.New(node.Config{Logger: log, Retry: 50 * time.Millisecond, SocketSendBuffer: m.sndBuf, ClientBufferBytes: m.cliBuf}, mem, w)
+	// The model's clients parse like EventSource (an id-only block sets the
+	// last event ID and dispatches nothing), so they get the position
+	// announcement, as startNode's do: without it a stream cut before its
+	// first event comes back live (README, "Position announcement").
+	n, err := node.New(node.Config{Logger: log, Retry: 50 * time.Millisecond, SocketSendBuffer: m.sndBuf, ClientBufferBytes: m.cliBuf, AnnouncePosition: true}, mem, w)
 	if err != nil {
 		t.Fatal(err)
 	}
