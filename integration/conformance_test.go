@@ -583,8 +583,8 @@ Each client subscribes through the repository's own
 (run as host processes, only their addresses rewritten) to two nodes on one
 Redis: one single-topic stream, one two-topic stream, and one stream that
 resumes from a position whose successors were trimmed (`+"`sse-gap`"+`). The
-publisher sends, in each phase, a plain event, a multi-line one (`+"`\n`"+`,
-`+"`\r\n`"+` and `+"`\r`"+` breaks), a typed one and one on the second topic.
+publisher sends, in each phase, a plain event, a multi-line one (`+"`\\n`"+`,
+`+"`\\r\\n`"+` and `+"`\\r`"+` breaks), a typed one and one on the second topic.
 The phases: live; each node killed (as SIGKILL would: every connection
 reset); each node drained (SIGTERM's drain), each time with events published
 while the node is away; idle periods carry heartbeats (`+"`SSE_HEARTBEAT=%v`"+`,
