@@ -614,7 +614,7 @@ func startPublisher(t testing.TB, url, key string, every time.Duration) *publish
 			case <-time.After(every):
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-			_, err := pubsub.PublishTo(ctx, c, "", key, "", []byte(strconv.Itoa(i)), 0)
+			err := c.XAdd(ctx, &redis.XAddArgs{Stream: key, Values: []any{"data", strconv.Itoa(i)}}).Err()
 			cancel()
 			if err != nil {
 				p.errs.Add(1)
