@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -584,6 +585,37 @@ func TestBroker(t *testing.T) {
 			t.Fatalf("watch after close: %v", err)
 		}
 	})
+}
+
+// TestBrokerPublishMaxLen: Publish trims with MAXLEN ~ MaxLen, the default
+// for zero and none for a negative MaxLen (what sseload -maxlen 0 uses).
+func TestBrokerPublishMaxLen(t *testing.T) {
+	srv := redistest.Start(t)
+	mon := startMonitor(t, srv)
+	for _, tt := range []struct {
+		name   string
+		maxLen int64
+		want   string // in the XADD; "" for no MAXLEN
+	}{
+		{"default", 0, `"maxlen" "~" "10000"`},
+		{"set", 5, `"maxlen" "~" "5"`},
+		{"none", -1, ""},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			b, _ := newBroker(t, srv, func(c *pubsub.RedisConfig) { c.MaxLen = tt.maxLen })
+			cmds := mon.sent(t, srv, b.Prefix()+"m", func() {
+				if _, err := b.Publish(ctxT(t), "m", "", []byte("x")); err != nil {
+					t.Fatal(err)
+				}
+			})
+			if len(cmds) != 1 || !strings.Contains(cmds[0], `"xadd"`) {
+				t.Fatalf("commands sent = %q, want one XADD", cmds)
+			}
+			if has := strings.Contains(cmds[0], `"maxlen"`); has != (tt.want != "") || !strings.Contains(cmds[0], tt.want) {
+				t.Errorf("XADD = %s, want MAXLEN %q", cmds[0], tt.want)
+			}
+		})
+	}
 }
 
 // publisher XADDs numbered entries to one key until stopped, retrying

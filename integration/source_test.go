@@ -68,22 +68,22 @@ func (m *monitor) line(t *testing.T) string {
 	return strings.TrimRight(l, "\r\n")
 }
 
-// roundTrips runs f and counts the commands naming key that clients (not
-// scripts) sent meanwhile: each is one round trip. An ECHO sent after f
-// marks the end.
-func (m *monitor) roundTrips(t *testing.T, srv *redistest.Server, key string, f func()) int {
+// sent runs f and returns the commands naming key that clients (not
+// scripts) sent meanwhile, as MONITOR shows them: each is one round trip.
+// An ECHO sent after f marks the end.
+func (m *monitor) sent(t *testing.T, srv *redistest.Server, key string, f func()) []string {
 	t.Helper()
 	f()
 	mark := fmt.Sprintf("%s#%d", key, time.Now().UnixNano())
 	srv.MustDo(t, "ECHO", mark)
-	n := 0
+	var cmds []string
 	for {
 		l := m.line(t)
 		switch {
 		case strings.Contains(l, mark):
-			return n
+			return cmds
 		case strings.Contains(l, `"`+key+`"`) && !strings.Contains(l, " lua]"):
-			n++
+			cmds = append(cmds, l)
 		}
 	}
 }
@@ -142,11 +142,11 @@ func TestSourceReads(t *testing.T) {
 			"Info":  func() error { _, err := b.Info(ctx, "str"); return err },
 			"Watch": func() error { _, err := b.Watch(ctx, "str", 10); return err },
 		} {
-			n := mon.roundTrips(t, srv, key, func() {
+			n := len(mon.sent(t, srv, key, func() {
 				if err := read(); !errors.Is(err, pubsub.ErrWrongType) || !strings.Contains(err.Error(), "type string") {
 					t.Errorf("%s of a string key: %v, want ErrWrongType naming the type", name, err)
 				}
-			})
+			}))
 			if n != 1 {
 				t.Errorf("%s of a string key: %d commands, want 1", name, n)
 			}
