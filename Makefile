@@ -7,7 +7,7 @@ export TESTCONTAINERS_RYUK_DISABLED ?= true
 UNIT_PKGS := ./pubsub/... ./replay/... ./node/... ./cmd/... ./deploy/... ./bench/...
 FUZZTIME ?= 10s
 
-.PHONY: build run test unit fuzz bench-smoke integration seed bench microbench lint vet cluster cluster-down
+.PHONY: build run test unit fuzz bench-smoke integration model seed bench microbench lint vet cluster cluster-down
 
 build:
 	$(GO) build -o bin/ ./cmd/...
@@ -45,6 +45,15 @@ bench-smoke:
 # Redis instead.
 integration: seed
 	$(GO) test -count=1 -timeout 20m ./integration/...
+
+# The model-based checker of the replay window (integration/model_test.go)
+# on more seeds than `make test` runs (its fixed ones, then random ones):
+# `make model MODEL_SEEDS=500 MODEL_OPS=300`. A failing seed prints its
+# schedule and the command that replays it.
+MODEL_SEEDS ?= 200
+MODEL_OPS ?= 150
+model: seed
+	$(GO) test -count=1 -timeout 12h -run 'TestModel' ./integration/ -model.seeds=$(MODEL_SEEDS) -model.ops=$(MODEL_OPS)
 
 seed:
 	@if [ -z "$$SSE_TEST_REDIS_ADDR" ]; then bash integration/seed-images.sh; fi

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# make bench: the whole-system scenarios S1-S8 of issue 5, with Redis and the
-# nodes as local processes (no containers). See bench/README.md.
+# make bench: the whole-system scenarios S1-S8 of issue 5 and the memory-budget
+# scenarios M1-M4 of issue 11, with Redis and the nodes as local processes (no
+# containers). See bench/README.md.
 #
-#   bash bench/run.sh                      full run (10k clients, ~12 minutes on 2 cores)
+#   bash bench/run.sh                      full run (10k clients, ~16 minutes on 2 cores)
 #   BENCH_SCALE=small bash bench/run.sh    quick run (1k/2k clients, ~3 minutes)
 #
 # Knobs (env): BENCH_SCALE (full|small), BENCH_COMMIT (commit to build and
@@ -10,7 +11,9 @@
 # work tree are not measured), BENCH_WORKTREE=1 (build the work tree instead;
 # the commit is then recorded with a "-dirty" suffix), BENCH_OUT (results
 # directory, default bench/results), BENCH_ONLY (space-separated scenarios,
-# e.g. "S1 S2"), BENCH_KEEP=1 (keep the scratch directory).
+# e.g. "S1 S2" or "M1 M2 M3 M4"), BENCH_KEEP=1 (keep the scratch directory),
+# BENCH_NODE_RSS_MAX_MIB (M1-M4 end a run whose node passes this RSS; default
+# half the memory available at start, at most 16 GiB: the machine is shared).
 #
 # Writes <out>/<date>-<commit>.{json,md,png} and the node's pprof profiles
 # for S2 and S3 as <date>-<commit>-<scenario>.{cpu,heap}.pb.gz with a
@@ -22,7 +25,7 @@ cd "$root"
 
 scale=${BENCH_SCALE:-full}
 out=${BENCH_OUT:-$root/bench/results}
-only=${BENCH_ONLY:-S1 S2 S3 S4 S5 S6 S7 S8}
+only=${BENCH_ONLY:-S1 S2 S3 S4 S5 S6 S7 S8 M1 M2 M3 M4}
 commit_ref=${BENCH_COMMIT:-HEAD}
 
 case "$scale" in
@@ -36,6 +39,7 @@ full)
   S5_N=10000
   S6_N=5000; S6_DUR=20s; S6_KILL_AFTER=8
   RAMP=5000
+  M1_N=200; M2_N=200; M3_TOPICS=1000; M4_N=20
   ;;
 small)
   S1_N="1000 2000"; S1_HOLD=3s
@@ -47,6 +51,7 @@ small)
   S5_N=2000
   S6_N=1000; S6_DUR=8s; S6_KILL_AFTER=3
   RAMP=5000
+  M1_N=50; M2_N=20; M3_TOPICS=200; M4_N=5
   ;;
 *) echo "BENCH_SCALE must be full or small" >&2; exit 2 ;;
 esac
@@ -137,14 +142,16 @@ log "redis on 127.0.0.1:$redis_port (pid $redis_pid, no persistence)"
 # Node settings used for every node (recorded in the report).
 node_env=(SSE_REDIS_URL="$redis_url" SSE_LOG_FORMAT=text SSE_LOG_LEVEL=warn SSE_SHUTDOWN_TIMEOUT=3s GODEBUG=gctrace=1)
 
-# start_node NAME: starts a node on free ports; sets NODE_PID NODE_URL NODE_ADMIN
-# NODE_LOG NODE_START (unix seconds, for the gctrace window).
+# start_node NAME [VAR=value...]: starts a node on free ports, with extra
+# settings if given; sets NODE_PID NODE_URL NODE_ADMIN NODE_LOG NODE_START
+# (unix seconds, for the gctrace window).
 start_node() {
   local name=$1 port admin
+  shift
   port=$(free_port); admin=$(free_port)
   NODE_LOG=$work/$name.node.log
   NODE_START=$(date +%s.%N)
-  env "${node_env[@]}" SSE_LISTEN=127.0.0.1:$port SSE_ADMIN_LISTEN=127.0.0.1:$admin \
+  env "${node_env[@]}" "$@" SSE_LISTEN=127.0.0.1:$port SSE_ADMIN_LISTEN=127.0.0.1:$admin \
     "$node_bin" >"$NODE_LOG" 2>&1 &
   NODE_PID=$!
   pids+=("$NODE_PID")
@@ -306,6 +313,55 @@ if runs S8; then
   steady S8 "${S2_N}c-10eps-slow10" "$S2_N" 10 "$S2_DUR" "" -slow-frac 0.1
 fi
 
+# --- M1-M4: memory budgets (issue 11) -----------------------------------------------
+# Each: a fresh node, its RSS sampled every 100 ms from /proc (sseload
+# -node-pid, -rss-every), peak growth over the baseline before any client.
+# A node passing BENCH_NODE_RSS_MAX_MIB ends the run (reported, check failed).
+avail_mib=$(awk '/MemAvailable/{printf "%d", $2/1024}' /proc/meminfo)
+rss_max=${BENCH_NODE_RSS_MAX_MIB:-$((avail_mib / 2 < 16384 ? avail_mib / 2 : 16384))}
+mem_common=(-redis "$redis_url" -src "$SRC" -ramp "$RAMP" -node-rss-max-mib "$rss_max")
+
+# bigevent SCENARIO CLIENTS MIB: one event of MIB MiB to CLIENTS clients, every
+# copy checked whole (size and CRC-32C).
+bigevent() {
+  local sc=$1 n=$2 mib=$3
+  flush
+  start_node "$sc"
+  load "$sc" "${n}c-${mib}MiB" "$NODE_LOG" "$NODE_START" -- -url "$NODE_URL" "${mem_common[@]}" -n "$n" -topics "$sc" \
+    -size $((mib << 20)) -count 1 -rate 1 -duration 10s -drain 180s -buf 65536 -verify -check \
+    -node-pid "$NODE_PID" -scrape "$NODE_ADMIN"
+  stop_node "$NODE_PID"
+}
+runs M1 && bigevent M1 "$M1_N" 10
+runs M2 && bigevent M2 "$M2_N" 50
+
+if runs M3; then
+  # 1,024 entries of 1 KiB in each topic, written by Redis itself: one EVAL
+  # (a loop of XADDs) per topic, the EVALs pipelined with redis-cli --pipe.
+  flush
+  log "M3: preloading $M3_TOPICS topics with 1024 x 1 KiB entries"
+  m3_script="local d=string.rep('x',tonumber(ARGV[2])) for i=1,tonumber(ARGV[1]) do redis.call('XADD',KEYS[1],'*','data',d) end return 0"
+  for ((i = 0; i < M3_TOPICS; i++)); do
+    printf 'EVAL "%s" 1 sse:m3-%d 1024 1024\r\n' "$m3_script" "$i"
+  done | redis-cli -p "$redis_port" --pipe >"$work/m3-preload.txt" 2>&1 || log "M3 preload: $(tail -2 "$work/m3-preload.txt")"
+  log "M3: $(tail -1 "$work/m3-preload.txt"); XLEN of the first and last topic: $(redis-cli -p "$redis_port" xlen sse:m3-0) $(redis-cli -p "$redis_port" xlen "sse:m3-$((M3_TOPICS - 1))")"
+  start_node m3
+  load M3 "${M3_TOPICS}c-${M3_TOPICS}topics" "$NODE_LOG" "$NODE_START" -- -url "$NODE_URL" "${mem_common[@]}" -n "$M3_TOPICS" \
+    -topics m3 -topics-n "$M3_TOPICS" -idle -duration 10s -node-pid "$NODE_PID" -scrape "$NODE_ADMIN"
+  stop_node "$NODE_PID"
+fi
+
+if runs M4; then
+  # A stream of 100 x 1 MiB, then clients that resume from 0 at once, with a
+  # hot ring of 16 entries: most of the replay comes from Redis.
+  flush
+  start_node m4 SSE_RING_SIZE=16
+  load M4 "${M4_N}c-100x1MiB-ring16" "$NODE_LOG" "$NODE_START" -- -url "$NODE_URL" "${mem_common[@]}" -n "$M4_N" -topics m4 \
+    -size $((1 << 20)) -preload 100 -from-start -duration 0s -drain 180s -buf 65536 -verify -check \
+    -node-pid "$NODE_PID" -scrape "$NODE_ADMIN"
+  stop_node "$NODE_PID"
+fi
+
 # --- report ---------------------------------------------------------------------
 {
   echo "commit=$full_commit"
@@ -322,6 +378,7 @@ fi
   echo "redis_cmd=${redis_cmd[*]}"
   echo "node_cmd=$(printf '%q ' "${node_env[@]}") SSE_LISTEN=127.0.0.1:<port> SSE_ADMIN_LISTEN=127.0.0.1:<port> ssenode"
   echo "bench_cmd=BENCH_SCALE=$scale bash bench/run.sh"
+  [ -n "${rss_max:-}" ] && echo "node_rss_max_mib=$rss_max"
   [ -f "$work/s6.killed" ] && echo "s6_killed_at=$(cat "$work/s6.killed")"
   [ -f "$work/floor.txt" ] && cat "$work/floor.txt"
 } >"$work/meta.txt"

@@ -39,6 +39,9 @@ var envVars = map[string]func(string) error{
 	"SSE_REPLAY_MAXLEN":           checkCount,
 	"SSE_REPLAY_MAXAGE":           checkDuration,
 	"SSE_RING_SIZE":               checkCount,
+	"SSE_RING_BYTES":              checkCount,
+	"SSE_REPLAY_PAGE_BYTES":       checkCount,
+	"SSE_REPLAY_CACHE_BYTES":      checkCount,
 	"SSE_CLIENT_BUFFER":           checkCount,
 	"SSE_CLIENT_BUFFER_BYTES":     checkCount,
 	"SSE_SLOW_CLIENT":             oneOf("disconnect", "drop"),
@@ -114,6 +117,11 @@ var sseMetrics = map[string]int{
 	"sse_cluster_members":               gauge,
 	"sse_cluster_share":                 gauge,
 	"sse_rebalance_shed_total":          counter,
+	"sse_ring_bytes":                    gauge,
+	"sse_ring_budget_bytes":             gauge,
+	"sse_replay_cache_bytes":            gauge,
+	"sse_replay_cache_budget_bytes":     gauge,
+	"sse_ring_evictions_total":          counter,
 }
 
 // localImages are the only images compose may name: none can be pulled.

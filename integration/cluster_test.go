@@ -627,7 +627,7 @@ type slowRange struct {
 	calls atomic.Int64
 }
 
-func (s *slowRange) Page(ctx context.Context, topic string, after pubsub.ID, count int) (pubsub.Page, error) {
+func (s *slowRange) Page(ctx context.Context, topic string, after pubsub.ID, count, maxBytes int) (pubsub.Page, error) {
 	if s.calls.Add(1) > 1 {
 		select {
 		case <-time.After(s.delay):
@@ -635,7 +635,7 @@ func (s *slowRange) Page(ctx context.Context, topic string, after pubsub.ID, cou
 			return pubsub.Page{}, ctx.Err()
 		}
 	}
-	return s.Source.Page(ctx, topic, after, count)
+	return s.Source.Page(ctx, topic, after, count, maxBytes)
 }
 
 // TestClusterSlowReplaySourceKeepsStream: while a client resumes from

@@ -215,6 +215,12 @@ func TestRebalanceSwitch(t *testing.T) {
 				startClient(t, firstThen(n1.addr(), n2.addr()), clientOpts{discard: true}, "sw"+strconv.Itoa(i%4))
 			}
 			waitStreams(t, n1, 40)
+			// One event per topic: only streams that hold a position are
+			// shed (an unpositioned one would come back live and miss what
+			// is published meanwhile).
+			for i := range 4 {
+				srv.MustDo(t, "XADD", prefix+"sw"+strconv.Itoa(i), "*", "data", "x")
+			}
 			n2.start(t)
 			// Ten refreshes: time enough to shed all there is to shed.
 			time.Sleep(5 * time.Second)

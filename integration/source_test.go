@@ -100,7 +100,7 @@ func TestSourceReads(t *testing.T) {
 	t.Run("PageState", func(t *testing.T) {
 		b, _ := newBroker(t, srv, nil)
 		key := b.Prefix() + "s"
-		if p, err := b.Page(ctx, "s", pubsub.ID{}, 10); err != nil || p.Info.Exists || p.Read != 0 {
+		if p, err := b.Page(ctx, "s", pubsub.ID{}, 10, 0); err != nil || p.Info.Exists || p.Read != 0 {
 			t.Fatalf("page of a missing stream = %+v, %v", p, err)
 		}
 		var ids []pubsub.ID
@@ -110,7 +110,7 @@ func TestSourceReads(t *testing.T) {
 		srv.MustDo(t, "XTRIM", key, "MAXLEN", "=", "7") // ids[0..2] trimmed
 		srv.MustDo(t, "XDEL", key, ids[5].String())
 		xadd(t, srv, key, "event", "a\nb", "data", "x") // a bad event: skipped, counted in Read
-		p, err := b.Page(ctx, "s", ids[3], 10)
+		p, err := b.Page(ctx, "s", ids[3], 10, 0)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -123,9 +123,42 @@ func TestSourceReads(t *testing.T) {
 		// Trimmed only: MaxDeleted bounds the trimmed IDs (Redis records
 		// none for trimming).
 		srv.MustDo(t, "XTRIM", key, "MAXLEN", "=", "2")
-		p, err = b.Page(ctx, "s", pubsub.ID{}, 1)
+		p, err = b.Page(ctx, "s", pubsub.ID{}, 1, 0)
 		if err != nil || p.Info.First != ids[9] || p.Info.MaxDeleted.Less(ids[8]) || !p.Info.MaxDeleted.Less(ids[9]) || p.Read != 1 {
 			t.Fatalf("after trim: %+v, %v; want First %v and MaxDeleted in [%v, %v)", p, err, ids[9], ids[8], ids[9])
+		}
+	})
+
+	t.Run("PageBytes", func(t *testing.T) {
+		b, _ := newBroker(t, srv, nil)
+		key := b.Prefix() + "pb"
+		var ids []pubsub.ID
+		for range 10 {
+			ids = append(ids, xadd(t, srv, key, "data", strings.Repeat("x", 1000)))
+		}
+		size := 72 + len("data") + 1000 // the script's measure of each entry
+		for _, tt := range []struct {
+			name            string
+			after           pubsub.ID
+			count, maxBytes int
+			want            []pubsub.ID
+			cut             bool
+		}{
+			{"stops at the entry reaching the bound", pubsub.ID{}, 10, 3 * size, ids[:3], true},
+			{"which is in the page", pubsub.ID{}, 10, 3*size - 1, ids[:3], true},
+			{"a bound of two entries", pubsub.ID{}, 10, 2 * size, ids[:2], true},
+			{"a bound of five entries", pubsub.ID{}, 10, 5 * size, ids[:5], true},
+			{"an entry above the bound is a page alone", ids[0], 10, 1, ids[1:2], true},
+			{"full by count first", pubsub.ID{}, 2, 3 * size, ids[:2], false},
+			{"the end of the stream", ids[7], 10, 3 * size, ids[8:], false},
+			{"far from the bound", pubsub.ID{}, 10, 100 * size, ids, false},
+			{"no bound", ids[1], 5, 0, ids[2:7], false},
+		} {
+			p, err := b.Page(ctx, "pb", tt.after, tt.count, tt.maxBytes)
+			if err != nil || !slices.Equal(idsOf(p.Entries), tt.want) || p.Cut != tt.cut || p.Read != len(tt.want) || p.Last != tt.want[len(tt.want)-1] {
+				t.Errorf("%s: Page(%v, %d, %d) = %v read %d last %v cut %v, %v; want %v cut %v",
+					tt.name, tt.after, tt.count, tt.maxBytes, idsOf(p.Entries), p.Read, p.Last, p.Cut, err, tt.want, tt.cut)
+			}
 		}
 	})
 
@@ -138,7 +171,7 @@ func TestSourceReads(t *testing.T) {
 		srv.MustDo(t, "SET", key, "x")
 		mon := startMonitor(t, srv)
 		for name, read := range map[string]func() error{
-			"Page":  func() error { _, err := b.Page(ctx, "str", pubsub.ID{}, 10); return err },
+			"Page":  func() error { _, err := b.Page(ctx, "str", pubsub.ID{}, 10, 0); return err },
 			"Info":  func() error { _, err := b.Info(ctx, "str"); return err },
 			"Watch": func() error { _, err := b.Watch(ctx, "str", 10); return err },
 		} {
@@ -179,7 +212,7 @@ func TestSourceReads(t *testing.T) {
 			return nil
 		})
 		t.Logf("MULTI/EXEC read out of memory: %v", txErr)
-		p, err := b.Page(ctx, "m", ids[1], 10)
+		p, err := b.Page(ctx, "m", ids[1], 10, 0)
 		if err != nil || !slices.Equal(idsOf(p.Entries), ids[2:]) || p.Info.Last != ids[4] {
 			t.Fatalf("page out of memory: %v %+v, %v", idsOf(p.Entries), p.Info, err)
 		}
@@ -213,7 +246,7 @@ func TestSourceReads(t *testing.T) {
 		if got := col.waitEntries(t, "acl", 1, deliverWithin); got[0].ID != second {
 			t.Fatalf("delivered %v, want %v", idsOf(got), second)
 		}
-		if p, err := b.Page(ctx, "acl", pubsub.ID{}, 10); err != nil || len(p.Entries) != 2 {
+		if p, err := b.Page(ctx, "acl", pubsub.ID{}, 10, 0); err != nil || len(p.Entries) != 2 {
 			t.Fatalf("page: %+v, %v", p, err)
 		}
 		if _, err := b.Info(ctx, "acl"); err != nil {

@@ -227,18 +227,33 @@ func (m *Memory) Publish(ctx context.Context, topic, event string, data []byte) 
 // Range returns up to count entries of topic with ID > after, ascending. The
 // result is empty past the end or for a topic that does not exist.
 func (m *Memory) Range(ctx context.Context, topic string, after ID, count int) ([]Entry, error) {
-	p, err := m.Page(ctx, topic, after, count)
+	p, err := m.Page(ctx, topic, after, count, 0)
 	return p.Entries, err
 }
 
 // Page returns up to count entries of topic with ID > after, ascending,
 // with the stream's Info at the same instant (one critical section), as
-// Redis' page read does.
-func (m *Memory) Page(ctx context.Context, topic string, after ID, count int) (Page, error) {
+// Redis' page read does. With maxBytes > 0 the page also stops at the
+// entry that brings it to maxBytes (by Entry.Size), and says Cut if
+// entries that follow were left out: an entry larger than maxBytes is a
+// page alone.
+func (m *Memory) Page(ctx context.Context, topic string, after ID, count, maxBytes int) (Page, error) {
 	if count <= 0 {
 		return Page{}, fmt.Errorf("pubsub: page %q: count %d is not positive", topic, count)
 	}
-	return m.read(ctx, "page", topic, after, count)
+	p, err := m.read(ctx, "page", topic, after, count)
+	if maxBytes > 0 {
+		size := 0
+		for i := range p.Entries {
+			if size += p.Entries[i].Size(); size >= maxBytes && i+1 < len(p.Entries) {
+				clear(p.Entries[i+1:])
+				p.Entries = p.Entries[:i+1]
+				p.Read, p.Last, p.Cut = i+1, p.Entries[i].ID, true
+				break
+			}
+		}
+	}
+	return p, err
 }
 
 // Info describes topic's stream as Redis XINFO STREAM does: Exists is false

@@ -866,7 +866,7 @@ func TestMemoryPage(t *testing.T) {
 	clock := newFakeClock(1000)
 	m := newTestMemory(t, MemoryConfig{MaxLen: 5, Now: clock.Now})
 	ctx := context.Background()
-	if p, err := m.Page(ctx, "t", ID{}, 10); err != nil || p.Info.Exists || p.Read != 0 || len(p.Entries) != 0 {
+	if p, err := m.Page(ctx, "t", ID{}, 10, 0); err != nil || p.Info.Exists || p.Read != 0 || len(p.Entries) != 0 {
 		t.Fatalf("Page of a missing topic = %+v, %v; want empty, not existing", p, err)
 	}
 	var all []ID
@@ -874,18 +874,27 @@ func TestMemoryPage(t *testing.T) {
 		all = append(all, mustPublish(t, m, "t", fmt.Sprint(i)))
 	}
 	info := StreamInfo{Exists: true, Length: 5, First: all[3], Last: all[7], MaxDeleted: all[2]}
+	size := (&Entry{ID: all[0], Data: []byte("0")}).Size() // every entry's
 	tests := []struct {
-		after ID
-		count int
-		want  []ID
+		after    ID
+		count    int
+		maxBytes int
+		want     []ID
+		cut      bool
 	}{
-		{ID{}, 10, all[3:]},
-		{ID{}, 2, all[3:5]},
-		{all[4], 2, all[5:7]},
-		{all[7], 2, nil},
+		{ID{}, 10, 0, all[3:], false},
+		{ID{}, 2, 0, all[3:5], false},
+		{all[4], 2, 0, all[5:7], false},
+		{all[7], 2, 0, nil, false},
+		{ID{}, 10, 2 * size, all[3:5], true},      // stops at the entry that reaches the bound
+		{ID{}, 10, 2*size - 1, all[3:5], true},    // ... which is in the page
+		{ID{}, 10, 1, all[3:4], true},             // an entry above the bound is a page alone
+		{ID{}, 2, 2 * size, all[3:5], false},      // full by count
+		{all[5], 10, 2 * size, all[6:8], false},   // the end of the stream
+		{all[5], 10, 100 * size, all[6:8], false}, // the end, far from the bound
 	}
 	for _, tt := range tests {
-		p, err := m.Page(ctx, "t", tt.after, tt.count)
+		p, err := m.Page(ctx, "t", tt.after, tt.count, tt.maxBytes)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -893,12 +902,12 @@ func TestMemoryPage(t *testing.T) {
 		if len(tt.want) > 0 {
 			last = tt.want[len(tt.want)-1]
 		}
-		if !slices.Equal(ids(p.Entries), tt.want) || p.Info != info || p.Read != len(tt.want) || p.Last != last {
-			t.Errorf("Page(%v, %d) = %v %+v read %d last %v; want %v %+v read %d last %v",
-				tt.after, tt.count, ids(p.Entries), p.Info, p.Read, p.Last, tt.want, info, len(tt.want), last)
+		if !slices.Equal(ids(p.Entries), tt.want) || p.Info != info || p.Read != len(tt.want) || p.Last != last || p.Cut != tt.cut {
+			t.Errorf("Page(%v, %d, %d) = %v %+v read %d last %v cut %v; want %v %+v read %d last %v cut %v",
+				tt.after, tt.count, tt.maxBytes, ids(p.Entries), p.Info, p.Read, p.Last, p.Cut, tt.want, info, len(tt.want), last, tt.cut)
 		}
 	}
-	if _, err := m.Page(ctx, "t", ID{}, 0); err == nil {
+	if _, err := m.Page(ctx, "t", ID{}, 0, 0); err == nil {
 		t.Error("Page with count 0: no error")
 	}
 	if info2, err := m.Info(ctx, "t"); err != nil || info2 != info {

@@ -41,6 +41,17 @@ type Entry struct {
 // Time is the wall-clock time the entry was added, from its ID.
 func (e Entry) Time() time.Time { return time.UnixMilli(int64(e.ID.Ms)) }
 
+// EntryOverhead is what an Entry costs in memory besides its strings and
+// data: the struct itself (ID, two string headers, a slice header).
+const EntryOverhead = 72
+
+// Size is the bytes e holds in memory, the measure of every byte budget
+// of pages and rings: its data, event type and traceparent, plus
+// EntryOverhead.
+func (e *Entry) Size() int {
+	return len(e.Data) + len(e.Event) + len(e.TraceParent) + EntryOverhead
+}
+
 // StreamInfo describes a topic's stream as the replay window needs it.
 type StreamInfo struct {
 	// Exists is false when the stream has no key at all (never written, or lost).
@@ -74,6 +85,9 @@ type Page struct {
 	// Last is the ID of the last entry read, skipped or not; zero when Read
 	// is 0. The next page starts after it.
 	Last ID
+	// Cut means the page stopped at its byte bound and left out entries
+	// that follow: more entries follow, whatever Read says.
+	Cut bool
 }
 
 // Handler receives the entries a broker reads for a watched topic. A broker

@@ -607,7 +607,7 @@ func (b *Redis) Range(ctx context.Context, topic string, after ID, count int) ([
 	var out []Entry
 	for len(out) < count {
 		want := count - len(out)
-		p, err := b.Page(ctx, topic, after, want)
+		p, err := b.Page(ctx, topic, after, want, 0)
 		if err != nil {
 			return nil, err
 		}
@@ -622,11 +622,17 @@ func (b *Redis) Range(ctx context.Context, topic string, after ID, count int) ([
 
 // Page returns up to count entries of topic with ID > after, ascending,
 // and the stream's Info at the same instant: one read-only script call
-// (see stream_read.lua). Entries that cannot be decoded are skipped and
-// reported; Read and Last count them. A missing stream gives an empty Page
-// (Info.Exists false), a key of another type an error wrapping
-// ErrWrongType.
-func (b *Redis) Page(ctx context.Context, topic string, after ID, count int) (Page, error) {
+// (see stream_read.lua). With maxBytes > 0 the page also stops at the
+// entry that brings it to maxBytes (counting 72 per entry plus its field
+// names and values, a little above Entry.Size), and says Cut if entries
+// read after it were left out: an entry larger than maxBytes is a page
+// alone. The bound applies to the reply; Redis still reads count entries
+// (in the script's memory), so callers size count by the entries they
+// expect.
+// Entries that cannot be decoded are skipped and reported; Read and Last
+// count them. A missing stream gives an empty Page (Info.Exists false), a
+// key of another type an error wrapping ErrWrongType.
+func (b *Redis) Page(ctx context.Context, topic string, after ID, count, maxBytes int) (Page, error) {
 	if err := b.check(ctx, "page", topic); err != nil {
 		return Page{}, err
 	}
@@ -637,7 +643,7 @@ func (b *Redis) Page(ctx context.Context, topic string, after ID, count int) (Pa
 	if after == MaxID {
 		mode = readInfo // nothing sorts after it
 	}
-	raw, err := b.readStream(ctx, b.key(topic), mode, after.Next(), count)
+	raw, err := b.readStreamBytes(ctx, b.key(topic), mode, after.Next(), count, maxBytes)
 	if err != nil {
 		return Page{}, fmt.Errorf("pubsub: page %q after %v: %w", topic, after, err)
 	}
@@ -645,7 +651,7 @@ func (b *Redis) Page(ctx context.Context, topic string, after ID, count int) (Pa
 	if !ok {
 		return Page{}, fmt.Errorf("pubsub: page %q: entries of type %T", topic, raw.entries)
 	}
-	return Page{Entries: entries, Info: raw.info, Read: n, Last: last}, nil
+	return Page{Entries: entries, Info: raw.info, Read: n, Last: last, Cut: raw.cut}, nil
 }
 
 // Info describes topic's stream from XINFO STREAM (Redis 7), read with the

@@ -27,13 +27,19 @@ const (
 // rawPage is a streamRead reply before its entries are decoded.
 type rawPage struct {
 	info    StreamInfo
-	entries any // the XRANGE/XREVRANGE reply
+	entries any  // the XRANGE/XREVRANGE reply
+	cut     bool // the byte bound stopped the range early
 }
 
 // readStream runs streamRead on key. A key holding another type gives an
 // error wrapping ErrWrongType, from the same round trip.
 func (b *Redis) readStream(ctx context.Context, key, mode string, start ID, count int) (rawPage, error) {
-	reply, err := streamRead.RunRO(ctx, b.client, []string{key}, mode, start.String(), count).Result()
+	return b.readStreamBytes(ctx, key, mode, start, count, 0)
+}
+
+// readStreamBytes is readStream with a byte bound on a range (0: none).
+func (b *Redis) readStreamBytes(ctx context.Context, key, mode string, start ID, count, maxBytes int) (rawPage, error) {
+	reply, err := streamRead.RunRO(ctx, b.client, []string{key}, mode, start.String(), count, maxBytes).Result()
 	if err != nil {
 		return rawPage{}, redisErr(err)
 	}
@@ -53,8 +59,8 @@ func parseStreamRead(reply any) (rawPage, error) {
 	default:
 		return rawPage{}, fmt.Errorf("%w: type %s", ErrWrongType, typ)
 	}
-	if len(items) != 7 {
-		return rawPage{}, fmt.Errorf("stream read: %d reply items, want 7", len(items))
+	if len(items) != 8 {
+		return rawPage{}, fmt.Errorf("stream read: %d reply items, want 8", len(items))
 	}
 	length, ok1 := items[1].(int64)
 	added, ok2 := items[4].(int64)
@@ -89,5 +95,6 @@ func parseStreamRead(reply any) (rawPage, error) {
 			info.MaxDeleted = bound
 		}
 	}
-	return rawPage{info: info, entries: items[6]}, nil
+	cut, _ := items[7].(int64)
+	return rawPage{info: info, entries: items[6], cut: cut == 1}, nil
 }

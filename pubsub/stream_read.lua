@@ -9,10 +9,17 @@
 --          "rev": the newest entries, newest first; "info": no entries
 -- ARGV[2]  the first ID of a range
 -- ARGV[3]  the number of entries
+-- ARGV[4]  "range" only, optional: a byte bound; the reply stops at the
+--          entry that brings it to this many bytes (72 per entry plus its
+--          field names and values), so that large entries make short
+--          replies. An entry larger than the bound is a page alone. The
+--          script still reads ARGV[3] entries (one XRANGE): the caller sizes
+--          the count by the entries' expected size. 0: no bound.
 --
 -- Reply: {type} when the key is not a stream ("none" when missing), else
 -- {"stream", length, last-generated-id, max-deleted-entry-id,
---  entries-added, first-entry-id or "", entries}.
+--  entries-added, first-entry-id or "", entries, cut}, where cut is 1 when
+-- the byte bound dropped entries that were read (more follow).
 local key = KEYS[1]
 local t = redis.call('TYPE', key)['ok']
 if t ~= 'stream' then
@@ -28,12 +35,33 @@ if info['first-entry'] then
   first = info['first-entry'][1]
 end
 local entries = {}
+local cut = 0
 if ARGV[1] == 'range' then
   entries = redis.call('XRANGE', key, ARGV[2], '+', 'COUNT', ARGV[3])
+  local limit = tonumber(ARGV[4] or '0') or 0
+  if limit > 0 then
+    -- Keep the entries up to the one that brings the reply to the bound.
+    local bytes = 0
+    for i, e in ipairs(entries) do
+      bytes = bytes + 72
+      if type(e[2]) == 'table' then
+        for _, s in ipairs(e[2]) do
+          bytes = bytes + #s
+        end
+      end
+      if bytes >= limit and i < #entries then
+        for k = #entries, i + 1, -1 do
+          entries[k] = nil
+        end
+        cut = 1
+        break
+      end
+    end
+  end
 elseif ARGV[1] == 'rev' then
   entries = redis.call('XREVRANGE', key, '+', '-', 'COUNT', ARGV[3])
 end
 -- Before Redis 7 the last two fields do not exist: nothing is known deleted.
 return {t, info['length'], info['last-generated-id'],
   info['max-deleted-entry-id'] or '0-0', info['entries-added'] or 0,
-  first, entries}
+  first, entries, cut}

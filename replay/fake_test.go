@@ -141,7 +141,7 @@ func (f *fakeSource) Unwatch(topic string) {
 	}
 }
 
-func (f *fakeSource) Page(ctx context.Context, topic string, after pubsub.ID, count int) (pubsub.Page, error) {
+func (f *fakeSource) Page(ctx context.Context, topic string, after pubsub.ID, count, maxBytes int) (pubsub.Page, error) {
 	f.ranges.Add(1)
 	for {
 		m := f.maxCount.Load()
@@ -164,6 +164,13 @@ func (f *fakeSource) Page(ctx context.Context, topic string, after pubsub.ID, co
 	p := pubsub.Page{Info: s.infoLocked()}
 	k := sort.Search(len(s.entries), func(i int) bool { return after.Less(s.entries[i].ID) })
 	end := min(len(s.entries), k+count)
+	size := 0
+	for i := k; i < end && maxBytes > 0; i++ {
+		if size += s.entries[i].Size(); size >= maxBytes {
+			p.Cut = i+1 < end
+			end = i + 1
+		}
+	}
 	p.Entries = append([]pubsub.Entry{}, s.entries[k:end]...)
 	if p.Read = len(p.Entries); p.Read > 0 {
 		p.Last = p.Entries[p.Read-1].ID

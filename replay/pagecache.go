@@ -11,10 +11,10 @@ import (
 // reconnect storm that arrive one after another (not only those whose reads
 // overlap) share the reads of pages behind the ring.
 //
-// Only full pages are kept: the first count entries after a position never
-// change once the stream holds that many (new entries have larger IDs;
-// trimming only removes, and an entry trimmed since it was read still
-// existed). A short page is the stream's tail at read time and may have
+// Only full pages are kept (count entries, or cut by the byte bound): the
+// first entries after a position never change once the stream holds them
+// (new entries have larger IDs; trimming only removes, and an entry
+// trimmed since it was read still existed). A short page is the stream's tail at read time and may have
 // grown, so it is never cached. Unless the stream changed under it:
 // trimmed into it, an entry of it deleted, or the stream deleted and
 // recreated. So a cached page is served only if the stream's state, read
@@ -24,8 +24,9 @@ import (
 // what Redis cannot tell: see the package doc). Window.Reset drops a
 // topic's pages and state.
 //
-// Memory is bounded by maxBytes of payload plus the entries' headers: a
-// fixed amount per node, whatever the number of clients or topics.
+// Memory is bounded by maxBytes of entries (pubsub.Entry.Size: payload and
+// headers): a fixed amount per node, whatever the number of clients or
+// topics. A page larger than a quarter of it is not kept.
 type pageCache struct {
 	ttl      time.Duration // immutable
 	maxBytes int           // immutable
@@ -52,9 +53,8 @@ type cachedPage struct {
 }
 
 const (
-	pageCacheTTL   = 5 * time.Second
-	pageCacheBytes = 16 << 20
-	maxStates      = 4096
+	pageCacheTTL = 5 * time.Second
+	maxStates    = 4096
 )
 
 func (c *pageCache) get(k rangeKey, now time.Time) (*pubsub.Page, bool) {
@@ -70,7 +70,7 @@ func (c *pageCache) get(k rangeKey, now time.Time) (*pubsub.Page, bool) {
 func (c *pageCache) put(k rangeKey, page *pubsub.Page, now time.Time) {
 	size := 0
 	for i := range page.Entries {
-		size += len(page.Entries[i].Data) + len(page.Entries[i].Event) + 64
+		size += page.Entries[i].Size()
 	}
 	if size > c.maxBytes/4 {
 		return // one page may not crowd out the rest
@@ -104,6 +104,13 @@ func (c *pageCache) put(k rangeKey, page *pubsub.Page, now time.Time) {
 	c.pages[k] = &cachedPage{page: page, bytes: size, expires: now.Add(c.ttl)}
 	c.fifo = append(c.fifo, k)
 	c.bytes += size
+}
+
+// size returns the bytes the kept pages hold.
+func (c *pageCache) size() int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return int64(c.bytes)
 }
 
 // noteState records info as topic's state, read by a call that started at

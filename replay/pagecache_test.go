@@ -46,9 +46,9 @@ func TestSequentialReplaysShareFullPages(t *testing.T) {
 }
 
 func TestPageCacheBound(t *testing.T) {
-	c := pageCache{ttl: time.Minute, maxBytes: 64 * 10 * 4}
+	c := pageCache{ttl: time.Minute, maxBytes: pubsub.EntryOverhead * 10 * 4}
 	now := time.Unix(0, 0)
-	page := &pubsub.Page{Entries: make([]pubsub.Entry, 10)} // 640 bytes by the cache's count
+	page := &pubsub.Page{Entries: make([]pubsub.Entry, 10)} // 10 * pubsub.EntryOverhead bytes by the cache's count
 	for i := range 10 {
 		c.put(rangeKey{topic: "t", after: pubsub.ID{Ms: uint64(i)}, count: 10}, page, now)
 		if c.bytes > c.maxBytes {
@@ -75,8 +75,8 @@ func TestPageCacheReplacesExpired(t *testing.T) {
 		if _, ok := c.get(k, now); !ok {
 			t.Fatalf("round %d: page not cached", round)
 		}
-		if c.bytes != 640 || len(c.pages) != 1 {
-			t.Fatalf("round %d: %d bytes in %d pages, want 640 in 1", round, c.bytes, len(c.pages))
+		if c.bytes != 10*pubsub.EntryOverhead || len(c.pages) != 1 {
+			t.Fatalf("round %d: %d bytes in %d pages, want %d in 1", round, c.bytes, len(c.pages), 10*pubsub.EntryOverhead)
 		}
 		now = now.Add(2 * time.Second) // expired
 		if _, ok := c.get(k, now); ok {

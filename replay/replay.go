@@ -112,6 +112,10 @@ func (w *Window) Replay(ctx context.Context, topic string, after pubsub.ID,
 	res := Result{Last: after}
 	cursor := after
 	checked := false // the ring was checked against the stream's state
+	// seenMean is the largest mean entry size of the source pages read, so
+	// that a topic whose ring knows no entry sizes still gets pages
+	// bounded by PageBytes after the first.
+	seenMean := 0
 	// gappedAt is the cursor a gap was last announced at: one gap per
 	// discontinuity, not one per rule that sees it.
 	gappedAt, gapped := pubsub.ID{}, false
@@ -144,7 +148,7 @@ func (w *Window) Replay(ctx context.Context, topic string, after pubsub.ID,
 		if bufp == nil {
 			bufp = w.pages.Get().(*[]pubsub.Entry)
 		}
-		page, covered, unchecked := w.ringPage(topic, cursor, (*bufp)[:0], !checked)
+		page, covered, unchecked, mean := w.ringPage(topic, cursor, (*bufp)[:0], !checked)
 		if unchecked {
 			// A failed check leaves the ring as it is: its entries are
 			// still every entry after its floor that the reader saw, and a
@@ -176,10 +180,12 @@ func (w *Window) Replay(ctx context.Context, topic string, after pubsub.ID,
 
 		res.From = FromRedis
 		from := cursor
-		p, err := w.sourcePage(ctx, topic, from)
+		count := w.pageCount(max(mean, seenMean))
+		p, err := w.sourcePage(ctx, topic, from, count)
 		if err != nil {
 			return res, err
 		}
+		seenMean = max(seenMean, pageMean(p.Entries))
 		info := &p.Info
 		if g, restart := startGap(topic, cursor, info); g != nil {
 			if err := announce(*g); err != nil {
@@ -211,7 +217,7 @@ func (w *Window) Replay(ctx context.Context, topic string, after pubsub.ID,
 		if cursor.Less(p.Last) {
 			cursor = p.Last // entries skipped by the source were read too
 		}
-		if p.Read < w.pageSize {
+		if p.Read < count && !p.Cut {
 			// The source had nothing more when read; later entries come
 			// live. Something after the cursor was deleted: a gap, even
 			// with no entry after it to announce it before.
@@ -246,16 +252,39 @@ func startGap(topic string, cursor pubsub.ID, info *pubsub.StreamInfo) (g *Gap, 
 	return nil, false
 }
 
-// sourcePage reads the page of topic after from, through the cache of full
-// pages and the flight that shares reads among concurrent Replays.
-func (w *Window) sourcePage(ctx context.Context, topic string, from pubsub.ID) (*pubsub.Page, error) {
-	key := rangeKey{topic, from, w.pageSize}
+// pageCount is how many entries a source page asks for, given the mean
+// entry size of the topic (0 if unknown): PageSize, or as many as
+// PageBytes holds, at least one.
+func (w *Window) pageCount(mean int) int {
+	if mean <= 0 {
+		return w.pageSize
+	}
+	return max(1, min(w.pageSize, w.pageBytes/mean))
+}
+
+// pageMean is the mean Entry.Size of entries, 0 for none.
+func pageMean(entries []pubsub.Entry) int {
+	if len(entries) == 0 {
+		return 0
+	}
+	total := 0
+	for i := range entries {
+		total += entries[i].Size()
+	}
+	return total / len(entries)
+}
+
+// sourcePage reads the page of count entries of topic after from, through
+// the cache of full pages and the flight that shares reads among
+// concurrent Replays.
+func (w *Window) sourcePage(ctx context.Context, topic string, from pubsub.ID, count int) (*pubsub.Page, error) {
+	key := rangeKey{topic, from, count}
 	if p, ok := w.cachedPage(ctx, key); ok {
 		return p, nil
 	}
 	p, err := w.ranges.do(ctx, key, func(ctx context.Context) (*pubsub.Page, error) {
 		resets, at := w.resets.Load(), w.now()
-		p, err := w.src.Page(ctx, topic, from, w.pageSize)
+		p, err := w.src.Page(ctx, topic, from, count, w.pageBytes)
 		if err != nil {
 			return nil, err
 		}
@@ -263,7 +292,7 @@ func (w *Window) sourcePage(ctx context.Context, topic string, from pubsub.ID) (
 		// old stream: never keep it.
 		if w.resets.Load() == resets {
 			w.recent.noteState(topic, p.Info, at)
-			if p.Read == w.pageSize {
+			if p.Read == count || p.Cut {
 				w.recent.put(key, &p, w.now())
 			}
 		}
@@ -328,30 +357,40 @@ func holds(s *pubsub.StreamInfo, c pubsub.ID, p *pubsub.Page) bool {
 	return true
 }
 
-// ringPage copies to buf up to PageSize ring entries of topic newer than
-// cursor, if the ring covers cursor; covered is false when the topic is not
-// active or the ring does not cover cursor. With check, a ring that covers
-// cursor but was not checked against the stream within infoReuse is
-// reported unchecked, and nothing is copied.
-func (w *Window) ringPage(topic string, cursor pubsub.ID, buf []pubsub.Entry, check bool) (page []pubsub.Entry, covered, unchecked bool) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	st := w.topics[topic]
-	if st == nil || st.phase != active {
-		return nil, false, false
-	}
-	w.evictAgedLocked(st)
-	r := &st.ring
-	// Above last the ring knows nothing: the position may come from another
-	// node ahead of us, or be one this stream never had. The source decides.
-	if !r.covers(cursor, st.last) {
-		return nil, false, false
-	}
-	if check && (st.checkedAt.IsZero() || w.now().Sub(st.checkedAt) >= infoReuse) {
-		return nil, false, true
-	}
-	for i := r.after(cursor); i < r.n && len(buf) < w.pageSize; i++ {
-		buf = append(buf, *r.at(i))
-	}
-	return buf, true, false
+// ringPage copies to buf ring entries of topic newer than cursor, up to
+// PageSize entries or the first to reach PageBytes, if the ring covers
+// cursor; covered is false when the topic is not active or the ring does
+// not cover cursor. With check, a ring that covers cursor but was not
+// checked against the stream within infoReuse is reported unchecked, and
+// nothing is copied. mean is the ring's mean entry size (0 if unknown or
+// the topic is not active), to size source pages.
+func (w *Window) ringPage(topic string, cursor pubsub.ID, buf []pubsub.Entry, check bool) (page []pubsub.Entry, covered, unchecked bool, mean int) {
+	w.withRing(topic, func(st *topicState) {
+		if st.phase != active {
+			return
+		}
+		w.evictAgedLocked(st)
+		r := &st.ring
+		mean = r.meanSize
+		// Above last the ring knows nothing: the position may come from
+		// another node ahead of us, or be one this stream never had. The
+		// source decides.
+		if !r.covers(cursor, st.last) {
+			return
+		}
+		if check && (st.checkedAt.IsZero() || w.now().Sub(st.checkedAt) >= infoReuse) {
+			unchecked = true
+			return
+		}
+		w.touch(st)
+		covered = true
+		bytes := 0
+		for i := r.after(cursor); i < r.n && len(buf) < w.pageSize && bytes < w.pageBytes; i++ {
+			e := r.at(i)
+			buf = append(buf, *e)
+			bytes += e.Size()
+		}
+		page = buf
+	})
+	return page, covered, unchecked, mean
 }

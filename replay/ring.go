@@ -2,9 +2,31 @@ package replay
 
 import (
 	"sort"
+	"sync/atomic"
 
 	"github.com/ssecluster/ssecluster/pubsub"
 )
+
+// evictReason says why entries left a ring, for metrics.
+type evictReason uint8
+
+// Reasons entries leave a ring before the topic is released.
+const (
+	evictSize   evictReason = iota // the ring held RingSize entries
+	evictAge                       // older than MaxAge
+	evictStream                    // trimmed or deleted from the stream (floor raised to MaxDeleted)
+	evictBudget                    // the node's rings exceeded RingBytes
+	numEvictReasons
+)
+
+// ringAccount is what all the rings of a Window hold together: bytes
+// (pubsub.Entry.Size) and entries evicted by reason. Rings add to it when settled,
+// once per locked operation rather than per entry: fewer writes to memory
+// every topic shares.
+type ringAccount struct {
+	bytes   atomic.Int64
+	evicted [numEvictReasons]atomic.Uint64
+}
 
 // minRingAlloc is the first allocation of a ring's buffer. Buffers grow by
 // doubling up to the ring's capacity, so a quiet topic does not pin
@@ -14,12 +36,25 @@ const minRingAlloc = 16
 
 // ring is a bounded circular buffer of one topic's newest entries, in
 // strictly ascending ID order, with the coverage floor of the replay window.
-// It is not safe for concurrent use: Window guards it with its mutex.
+// It is not safe for concurrent use: Window guards it with the topic's
+// lock.
 type ring struct {
 	buf  []pubsub.Entry // circular storage, len(buf) <= max
 	head int            // index in buf of the oldest entry
 	n    int            // entries held
 	max  int            // capacity, >= 1
+
+	// bytes is the Entry.Size sum of the held entries, also counted in
+	// acct (nil: not counted, in tests) by settle, with the evictions.
+	bytes int64
+	acct  *ringAccount
+	// unsettled is what acct does not know yet.
+	unsettledBytes   int64
+	unsettledEvicted [numEvictReasons]uint32
+	// meanSize is a moving mean of the Entry.Size of pushed entries, kept
+	// across evictions and clears: what a page of the topic's entries
+	// costs. 0 until the first push.
+	meanSize int
 
 	// floor is the coverage floor: every entry with an ID above floor that
 	// exists is held here or will be appended later. MaxID after clear:
@@ -33,6 +68,41 @@ type ring struct {
 	// maxDeleted (any other is a gap the source must announce). Zero
 	// until checked.
 	first, maxDeleted pubsub.ID
+}
+
+// account adds delta bytes to the ring, and to its account when settled.
+func (r *ring) account(delta int64) {
+	r.bytes += delta
+	r.unsettledBytes += delta
+}
+
+// settle adds to the account what changed since the last settle. Every
+// locked operation on a ring ends with it.
+func (r *ring) settle() {
+	if r.acct == nil {
+		return
+	}
+	if r.unsettledBytes != 0 {
+		r.acct.bytes.Add(r.unsettledBytes)
+		r.unsettledBytes = 0
+	}
+	for why, n := range r.unsettledEvicted {
+		if n != 0 {
+			r.acct.evicted[why].Add(uint64(n))
+			r.unsettledEvicted[why] = 0
+		}
+	}
+}
+
+// count accounts for e, just stored in buf.
+func (r *ring) count(e *pubsub.Entry) {
+	size := e.Size()
+	r.account(int64(size))
+	if r.meanSize == 0 {
+		r.meanSize = size
+	} else {
+		r.meanSize += (size - r.meanSize) / 8
+	}
 }
 
 // covers reports whether the ring answers position c, for a topic whose
@@ -70,19 +140,24 @@ func (r *ring) reserve(want int) {
 
 // push appends e as the newest entry, evicting the oldest when full. The
 // caller guarantees e is newer than every held entry.
-func (r *ring) push(e pubsub.Entry) {
+func (r *ring) push(e *pubsub.Entry) {
 	if r.floor == pubsub.MaxID {
 		// First entry after a clear: the entries after it are delivered
 		// in order, those before it are unknown.
 		r.floor = e.ID
 	}
 	if r.n == r.max {
-		r.evictOldest()
+		r.evictOldest(evictSize)
 	}
 	if r.n == len(r.buf) {
 		r.reserve(r.n + 1)
 	}
-	*r.at(r.n) = e
+	j := r.head + r.n
+	if j >= len(r.buf) {
+		j -= len(r.buf)
+	}
+	r.buf[j] = *e
+	r.count(&r.buf[j])
 	r.n++
 }
 
@@ -97,12 +172,14 @@ func (r *ring) pushFront(e pubsub.Entry) {
 		r.head += len(r.buf)
 	}
 	r.buf[r.head] = e
+	r.count(&r.buf[r.head])
 	r.n++
 }
 
 // popFront drops the oldest entry without touching floor (for entries that
 // were never part of the window, see finishLoad).
 func (r *ring) popFront() {
+	r.account(-int64(r.buf[r.head].Size()))
 	r.buf[r.head] = pubsub.Entry{} // let its Data be collected
 	r.head++
 	if r.head == len(r.buf) {
@@ -113,10 +190,11 @@ func (r *ring) popFront() {
 
 // evictOldest drops the oldest entry e and raises floor to e.ID: entries
 // after it are still all here.
-func (r *ring) evictOldest() {
+func (r *ring) evictOldest(why evictReason) {
 	r.floor = r.buf[r.head].ID
 	r.evicted = true
 	r.popFront()
+	r.unsettledEvicted[why]++
 }
 
 // clear drops every entry; the ring covers nothing until the next push.
@@ -128,6 +206,14 @@ func (r *ring) clear() {
 	r.first, r.maxDeleted = pubsub.ID{}, pubsub.ID{}
 }
 
+// free empties the ring and releases its buffer, for a topic that leaves
+// the window; its bytes leave the account.
+func (r *ring) free() {
+	r.clear()
+	r.settle()
+	r.buf = nil
+}
+
 // raiseFloor evicts the entries at or below id and raises floor to id:
 // positions at or below it are no longer the ring's to answer.
 func (r *ring) raiseFloor(id pubsub.ID) {
@@ -135,7 +221,7 @@ func (r *ring) raiseFloor(id pubsub.ID) {
 		return
 	}
 	for r.n > 0 && !id.Less(r.buf[r.head].ID) {
-		r.evictOldest()
+		r.evictOldest(evictStream)
 	}
 	r.floor = id
 }
@@ -143,7 +229,7 @@ func (r *ring) raiseFloor(id pubsub.ID) {
 // evictBefore evicts every entry added before cutoffMs (Unix milliseconds).
 func (r *ring) evictBefore(cutoffMs uint64) {
 	for r.n > 0 && r.buf[r.head].ID.Ms < cutoffMs {
-		r.evictOldest()
+		r.evictOldest(evictAge)
 	}
 }
 

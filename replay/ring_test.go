@@ -27,7 +27,8 @@ func ringState(t testing.TB, w *Window, topic string) (ms []uint64, floor pubsub
 func TestRingPushWrapGrow(t *testing.T) {
 	r := ring{max: 40}
 	for ms := uint64(1); ms <= 100; ms++ {
-		r.push(entry(ms))
+		e := entry(ms)
+		r.push(&e)
 		if r.n != min(int(ms), 40) {
 			t.Fatalf("after %d pushes n = %d", ms, r.n)
 		}

@@ -3,11 +3,37 @@
 // topic that has local subscribers, backed by paged reads from the broker
 // for positions the ring does not cover, with exact gap detection.
 //
-// Memory is bounded by RingSize entries per active topic plus one page of
-// PageSize entries per Replay in progress, whatever the publish rate or how
-// far behind a client is. Concurrent Replays that need the same page of the
-// same topic share one source read, so a reconnect storm costs the source a
-// number of reads that grows with topics and pages, not with clients.
+// Memory is bounded in entries and in bytes (an entry counts its data,
+// event type and traceparent plus a fixed 72 bytes), whatever the publish
+// rate or how far behind a client is:
+//
+//   - each active topic's ring holds at most RingSize entries, and all
+//     rings together at most RingBytes. Past that budget the coldest data
+//     leaves first: the oldest entries of the topics least recently
+//     appended to or replayed from (a topic's recency is its last Append
+//     or ring read), down to 7/8 of the budget, so that one sweep serves
+//     many appends. A ring that lost entries this way only has a higher
+//     floor: positions below it are served from source pages, with the
+//     gap rule (a raised floor is not a deletion, so no gap). An entry
+//     larger than the whole budget is evicted as soon as it is pushed:
+//     clients get it live, a resume reads it from the source;
+//   - a Replay holds one page at a time, of at most PageSize entries and
+//     PageBytes but for its last entry: ring and source pages stop at the
+//     entry that brings them to PageBytes (the source cuts its reply where
+//     it reads: in the Redis script, see pubsub.Redis.Page), and source
+//     reads ask for no more entries than PageBytes holds by the topic's
+//     mean entry size (a moving mean over its ring's pushes, and the
+//     pages this Replay read), so that Redis reads little past the bound
+//     (while no size is known, a Replay's first source read asks for
+//     PageSize entries: Redis reads them, the reply is cut). A single
+//     entry larger than PageBytes is a page alone: delivered, never
+//     refused;
+//   - full source pages kept for reconnect storms hold at most
+//     PageCacheBytes together.
+//
+// Concurrent Replays that need the same page of the same topic share one
+// source read, so a reconnect storm costs the source a number of reads
+// that grows with topics and pages, not with clients.
 //
 // # The gap rule
 //
@@ -59,9 +85,11 @@
 package replay
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -77,16 +105,21 @@ type Source interface {
 	// Unwatch stops delivering topic; it must not block.
 	Unwatch(topic string)
 	// Page returns up to count entries with ID > after, ascending, and the
-	// stream's state at the same instant, for the gap rule.
-	Page(ctx context.Context, topic string, after pubsub.ID, count int) (pubsub.Page, error)
+	// stream's state at the same instant, for the gap rule; with maxBytes
+	// > 0 it stops at the entry that brings the page to about maxBytes
+	// (by pubsub.Entry.Size) and says Cut if it left entries out.
+	Page(ctx context.Context, topic string, after pubsub.ID, count, maxBytes int) (pubsub.Page, error)
 	// Info describes topic's stream, to check a ring against it.
 	Info(ctx context.Context, topic string) (pubsub.StreamInfo, error)
 }
 
 // Defaults for zero Config fields.
 const (
-	DefaultRingSize = 1024
-	DefaultPageSize = 256
+	DefaultRingSize       = 1024
+	DefaultRingBytes      = 64 << 20
+	DefaultPageSize       = 256
+	DefaultPageBytes      = 4 << 20
+	DefaultPageCacheBytes = 16 << 20
 )
 
 // Config configures a Window. Zero fields take the documented defaults.
@@ -97,10 +130,19 @@ type Config struct {
 	// MaxAge evicts ring entries older than this (by the time in their ID);
 	// 0 means no age limit.
 	MaxAge time.Duration
+	// RingBytes is the budget of all rings together, by entry size (see
+	// the package doc); 0 means DefaultRingBytes (64 MiB).
+	RingBytes int64
 	// PageSize is the number of entries read from the source per Range call
 	// and copied from the ring per step of a Replay; 0 means DefaultPageSize
 	// (256).
 	PageSize int
+	// PageBytes bounds the bytes of a page (see the package doc); 0 means
+	// DefaultPageBytes (4 MiB).
+	PageBytes int
+	// PageCacheBytes bounds the full source pages kept for reconnect
+	// storms; 0 means DefaultPageCacheBytes (16 MiB).
+	PageCacheBytes int
 	// Now is the clock for MaxAge; nil means time.Now.
 	Now func() time.Time
 }
@@ -110,14 +152,29 @@ type Config struct {
 // Close. Its methods are safe for concurrent use.
 type Window struct {
 	// Immutable after New.
-	src      Source
-	ringSize int
-	pageSize int
-	maxAge   time.Duration
-	now      func() time.Time
+	src       Source
+	ringSize  int
+	ringBytes int64
+	pageSize  int
+	pageBytes int
+	maxAge    time.Duration
+	now       func() time.Time
 
-	mu     sync.Mutex
+	// mu guards the map and the topics' life (phase and what goes with
+	// it); each topic's ring has its own lock (topicState.mu), so that
+	// appends and replays of different topics do not contend. Lock order:
+	// mu (shared or exclusive) before a topicState.mu, and never two
+	// topicState.mu at once.
+	mu     sync.RWMutex
 	topics map[string]*topicState // guarded by mu
+
+	// rings is what all rings hold, against ringBytes.
+	rings ringAccount
+	// clock orders Appends and ring reads, for the coldest-first eviction.
+	clock atomic.Uint64
+	// sweeping is held by the one goroutine bringing the rings back under
+	// ringBytes; the others go on.
+	sweeping sync.Mutex
 
 	infos  flight[string, ringCheck]
 	states flight[string, pubsub.StreamInfo] // to check cached pages
@@ -158,7 +215,8 @@ type rangeKey struct {
 	count int
 }
 
-// phase is where a topic is in its life. Transitions, all under Window.mu:
+// phase is where a topic is in its life. Transitions, all under Window.mu
+// held exclusively:
 // (absent) -> loading -> active -> closing -> (absent), or loading -> failed.
 // Exactly one Watch or Unwatch call is in flight in loading and closing,
 // none otherwise, so calls for one topic never overlap or reorder.
@@ -171,8 +229,16 @@ const (
 	failed               // Watch failed; the state is out of the map
 )
 
-// topicState is one topic's entry in Window.topics, guarded by Window.mu.
+// topicState is one topic's entry in Window.topics. Its life (phase, refs,
+// done, loadErr, retry) changes under Window.mu held exclusively and is
+// read under Window.mu; its ring (ring, last, checkedAt, stale) is used
+// under mu and Window.mu held shared, or under Window.mu held exclusively
+// (which excludes every holder of mu).
 type topicState struct {
+	mu sync.Mutex
+	// touched is Window.clock at the topic's last Append or ring read.
+	touched atomic.Uint64
+
 	phase phase
 	// refs counts subscribers that hold the topic, plus those waiting for
 	// its load (they hold it once the load succeeds).
@@ -211,20 +277,20 @@ func New(src Source, cfg Config) (*Window, error) {
 	if cfg.MaxAge < 0 {
 		return nil, fmt.Errorf("replay: MaxAge %s is negative", cfg.MaxAge)
 	}
+	if cfg.RingBytes < 0 || cfg.PageBytes < 0 || cfg.PageCacheBytes < 0 {
+		return nil, fmt.Errorf("replay: RingBytes %d, PageBytes %d, PageCacheBytes %d: none may be negative",
+			cfg.RingBytes, cfg.PageBytes, cfg.PageCacheBytes)
+	}
 	w := &Window{
-		src:      src,
-		ringSize: cfg.RingSize,
-		pageSize: cfg.PageSize,
-		maxAge:   cfg.MaxAge,
-		now:      cfg.Now,
-		topics:   make(map[string]*topicState),
-		recent:   pageCache{ttl: pageCacheTTL, maxBytes: pageCacheBytes},
-	}
-	if w.ringSize == 0 {
-		w.ringSize = DefaultRingSize
-	}
-	if w.pageSize == 0 {
-		w.pageSize = DefaultPageSize
+		src:       src,
+		ringSize:  orDefault(cfg.RingSize, DefaultRingSize),
+		ringBytes: orDefault(cfg.RingBytes, DefaultRingBytes),
+		pageSize:  orDefault(cfg.PageSize, DefaultPageSize),
+		pageBytes: orDefault(cfg.PageBytes, DefaultPageBytes),
+		maxAge:    cfg.MaxAge,
+		now:       cfg.Now,
+		topics:    make(map[string]*topicState),
+		recent:    pageCache{ttl: pageCacheTTL, maxBytes: orDefault(cfg.PageCacheBytes, DefaultPageCacheBytes)},
 	}
 	if w.now == nil {
 		w.now = time.Now
@@ -235,6 +301,14 @@ func New(src Source, cfg Config) (*Window, error) {
 		return &b
 	}
 	return w, nil
+}
+
+// orDefault returns v, or def when v is 0.
+func orDefault[T int | int64](v, def T) T {
+	if v == 0 {
+		return def
+	}
+	return v
 }
 
 // Acquire marks topic active for one more local subscriber. The first
@@ -249,10 +323,13 @@ func (w *Window) Acquire(ctx context.Context, topic string) error {
 		w.mu.Lock()
 		st := w.topics[topic]
 		if st == nil {
-			st = &topicState{phase: loading, refs: 1, done: make(chan struct{}), ring: ring{max: w.ringSize}}
+			st = &topicState{phase: loading, refs: 1, done: make(chan struct{}), ring: ring{max: w.ringSize, acct: &w.rings}}
+			st.touched.Store(w.clock.Add(1))
 			w.topics[topic] = st
 			w.mu.Unlock()
-			return w.load(ctx, topic, st)
+			err := w.load(ctx, topic, st)
+			w.keepBudget()
+			return err
 		}
 		switch st.phase {
 		case active:
@@ -310,7 +387,7 @@ func (w *Window) load(ctx context.Context, topic string, st *topicState) (err er
 		defer w.mu.Unlock()
 		if err != nil {
 			st.phase, st.loadErr, st.retry = failed, err, ctx.Err() != nil
-			st.ring = ring{}
+			st.ring.free()
 			delete(w.topics, topic)
 			err = fmt.Errorf("replay: watch %q: %w", topic, err)
 		} else if st.stale {
@@ -326,6 +403,7 @@ func (w *Window) load(ctx context.Context, topic string, st *topicState) (err er
 			st.phase = active
 			w.evictAgedLocked(st)
 		}
+		st.ring.settle()
 		close(st.done)
 	}()
 	tail, err = w.src.Watch(ctx, topic, w.ringSize)
@@ -357,7 +435,7 @@ func (w *Window) Release(topic string) {
 		}
 		st.phase = closing
 		st.done = make(chan struct{})
-		st.ring = ring{}
+		st.ring.free()
 		w.mu.Unlock()
 		w.unwatch(topic, st)
 		return
@@ -380,22 +458,33 @@ func (w *Window) unwatch(topic string, st *topicState) {
 // calls it from the broker's reader goroutine, before fan-out. Entries of
 // a topic that is not active or loading are ignored, as are entries not
 // newer than the newest seen (late or repeated deliveries). It does no I/O
-// and allocates only when a ring grows toward its capacity.
+// and allocates only when a ring grows toward its capacity. When the rings
+// exceed RingBytes, it evicts the coldest entries (see the package doc).
 func (w *Window) Append(topic string, entries []pubsub.Entry) {
 	if len(entries) == 0 {
 		return
 	}
-	w.mu.Lock()
-	defer w.mu.Unlock()
+	w.append(topic, entries)
+	w.keepBudget()
+}
+
+// append is Append but for the budget, which needs the locks released.
+func (w *Window) append(topic string, entries []pubsub.Entry) {
+	w.mu.RLock()
+	defer w.mu.RUnlock()
 	st := w.topics[topic]
 	if st == nil || (st.phase != active && st.phase != loading) {
 		return
 	}
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	defer st.ring.settle()
+	w.touch(st)
 	for i := range entries {
 		if !st.last.Less(entries[i].ID) {
 			continue
 		}
-		st.ring.push(entries[i])
+		st.ring.push(&entries[i])
 		st.last = entries[i].ID
 	}
 	if st.phase == active {
@@ -411,18 +500,14 @@ func (w *Window) Append(topic string, entries []pubsub.Entry) {
 // (pubsub.Handler with no entries), before closing the topic's streams.
 func (w *Window) Reset(topic string) {
 	w.forget(topic)
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	st := w.topics[topic]
-	if st == nil {
-		return
-	}
-	switch st.phase {
-	case active:
-		st.resetLocked()
-	case loading:
-		st.stale = true
-	}
+	w.withRing(topic, func(st *topicState) {
+		switch st.phase {
+		case active:
+			st.resetLocked()
+		case loading:
+			st.stale = true
+		}
+	})
 }
 
 // forget drops topic's cached pages and state, and keeps reads in flight
@@ -433,7 +518,7 @@ func (w *Window) forget(topic string) {
 }
 
 // resetLocked empties st's ring: it covers nothing until the next entry is
-// pushed. w.mu must be held.
+// pushed. st's ring must be locked (see topicState).
 func (st *topicState) resetLocked() {
 	st.ring.clear()
 	st.last = pubsub.ID{}
@@ -447,12 +532,8 @@ func (w *Window) checkRing(ctx context.Context, topic string) error {
 	defer cancel()
 	c, err := w.infos.do(ctx, topic, func(ctx context.Context) (ringCheck, error) {
 		c := ringCheck{resets: w.resets.Load()}
-		w.mu.Lock()
 		c.at = w.now()
-		if c.st = w.topics[topic]; c.st != nil {
-			c.last = c.st.last
-		}
-		w.mu.Unlock()
+		w.withRing(topic, func(st *topicState) { c.st, c.last = st, st.last })
 		var err error
 		c.info, err = w.src.Info(ctx, topic)
 		return c, err
@@ -460,17 +541,17 @@ func (w *Window) checkRing(ctx context.Context, topic string) error {
 	if err != nil {
 		return fmt.Errorf("replay: stream info of %q: %w", topic, err)
 	}
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if st := w.topics[topic]; st == c.st && st != nil && st.phase == active && w.resets.Load() == c.resets {
-		st.applyCheckLocked(c)
-	}
+	w.withRing(topic, func(st *topicState) {
+		if st == c.st && st.phase == active && w.resets.Load() == c.resets {
+			st.applyCheckLocked(c)
+		}
+	})
 	return nil
 }
 
 // applyCheckLocked makes st's ring answer as the stream in c does: every
 // position it covers gets from it what a source page would give, with no
-// gap. w.mu must be held.
+// gap. st's ring must be locked.
 func (st *topicState) applyCheckLocked(c ringCheck) {
 	info := &c.info
 	if (!info.Exists && !c.last.IsZero()) || info.Last.Less(c.last) {
@@ -503,16 +584,41 @@ func (st *topicState) applyCheckLocked(c ringCheck) {
 // newest entry, or the Tail.Last it was loaded with); ok is false unless the
 // topic is active (loaded).
 func (w *Window) Last(topic string) (id pubsub.ID, ok bool) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	st := w.topics[topic]
-	if st == nil || st.phase != active {
+	w.withRing(topic, func(st *topicState) {
+		id, ok = st.last, st.phase == active
+	})
+	if !ok {
 		return pubsub.ID{}, false
 	}
-	return st.last, true
+	return id, true
 }
 
-// evictAgedLocked evicts st's entries older than MaxAge. w.mu must be held.
+// withRing calls f with topic's state and its ring locked, if the topic is
+// in the window; f must not take Window.mu.
+func (w *Window) withRing(topic string, f func(st *topicState)) {
+	w.mu.RLock()
+	defer w.mu.RUnlock()
+	st := w.topics[topic]
+	if st == nil {
+		return
+	}
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	f(st)
+	st.ring.settle()
+}
+
+// touch marks st as the most recently used topic. The clock moves only
+// when another topic was used since, so that a busy topic does not keep
+// writing to memory every topic shares.
+func (w *Window) touch(st *topicState) {
+	if st.touched.Load() != w.clock.Load() {
+		st.touched.Store(w.clock.Add(1))
+	}
+}
+
+// evictAgedLocked evicts st's entries older than MaxAge. st's ring must be
+// locked.
 func (w *Window) evictAgedLocked(st *topicState) {
 	if w.maxAge <= 0 || st.ring.n == 0 {
 		return
@@ -522,4 +628,79 @@ func (w *Window) evictAgedLocked(st *topicState) {
 		return
 	}
 	st.ring.evictBefore(uint64(cutoff))
+}
+
+// keepBudget brings the rings back under RingBytes when they exceed it,
+// evicting the oldest entries of the coldest active topics first (least
+// recently appended to or read) down to 7/8 of the budget. One goroutine
+// sweeps at a time; the others go on, and an append racing with the end
+// of a sweep is evicted by the next one.
+func (w *Window) keepBudget() {
+	if w.rings.bytes.Load() <= w.ringBytes || !w.sweeping.TryLock() {
+		return
+	}
+	defer w.sweeping.Unlock()
+	low := w.ringBytes - w.ringBytes/8
+	type candidate struct {
+		st      *topicState
+		touched uint64
+	}
+	w.mu.RLock()
+	cold := make([]candidate, 0, len(w.topics))
+	for _, st := range w.topics {
+		if st.phase == active {
+			cold = append(cold, candidate{st, st.touched.Load()})
+		}
+	}
+	w.mu.RUnlock()
+	slices.SortFunc(cold, func(a, b candidate) int { return cmp.Compare(a.touched, b.touched) })
+	for _, c := range cold {
+		if w.rings.bytes.Load() <= low {
+			return
+		}
+		w.mu.RLock()
+		if c.st.phase == active { // not released since
+			c.st.mu.Lock()
+			for c.st.ring.n > 0 && w.rings.bytes.Load() > low {
+				c.st.ring.evictOldest(evictBudget)
+				c.st.ring.settle()
+			}
+			c.st.mu.Unlock()
+		}
+		w.mu.RUnlock()
+	}
+}
+
+// Stats is what the window holds against its budgets, for metrics.
+type Stats struct {
+	// RingBytes is what all rings hold, by entry size; RingBudget is
+	// Config.RingBytes.
+	RingBytes, RingBudget int64
+	// PageCacheBytes is what the kept pages hold; PageCacheBudget is
+	// Config.PageCacheBytes.
+	PageCacheBytes, PageCacheBudget int64
+	// Evicted counts the entries that left rings of active topics, by
+	// reason: "size" (RingSize), "age" (MaxAge), "stream" (trimmed or
+	// deleted from the stream) and "budget" (RingBytes).
+	Evicted map[string]uint64
+}
+
+// evictReasonNames are the Stats.Evicted keys, by evictReason.
+var evictReasonNames = [numEvictReasons]string{
+	evictSize: "size", evictAge: "age", evictStream: "stream", evictBudget: "budget",
+}
+
+// Stats returns the window's use of its budgets; it takes no topic's lock.
+func (w *Window) Stats() Stats {
+	s := Stats{
+		RingBytes:       w.rings.bytes.Load(),
+		RingBudget:      w.ringBytes,
+		PageCacheBytes:  w.recent.size(),
+		PageCacheBudget: int64(w.recent.maxBytes),
+		Evicted:         make(map[string]uint64, numEvictReasons),
+	}
+	for i, name := range evictReasonNames {
+		s.Evicted[name] = w.rings.evicted[i].Load()
+	}
+	return s
 }

@@ -1,7 +1,7 @@
 // Command chart turns the sseload reports of a bench/run.sh run into the
 // results files: one JSON document with every report, the machine and the
-// exact commands; a markdown table of scenarios S1-S8 against the issue's
-// targets; and a PNG chart of node memory per stream and latency p99 against
+// exact commands; a markdown table of scenarios S1-S8 and M1-M4 against the
+// issues' targets; and a PNG chart of node memory per stream and latency p99 against
 // connections.
 //
 //	chart -manifest m.tsv -meta meta.txt -json r.json -md r.md -png r.png
@@ -399,7 +399,8 @@ func summarize(runs []*Run, m map[string]string) *Result {
 			by[r.Scenario] = append(by[r.Scenario], r)
 		}
 	}
-	res.Rows = []Row{s1(by["S1"]), s2(by["S2"], m), s3(by["S3"]), s4(by["S4"]), s5(by["S5"]), s6(by["S6"], m), s7(by["S3"]), s8(by["S8"], by["S2"])}
+	res.Rows = []Row{s1(by["S1"]), s2(by["S2"], m), s3(by["S3"]), s4(by["S4"]), s5(by["S5"]), s6(by["S6"], m), s7(by["S3"]), s8(by["S8"], by["S2"]),
+		m1(by["M1"]), m2(by["M2"]), m3(by["M3"]), m4(by["M4"])}
 	return res
 }
 
@@ -684,6 +685,109 @@ func s8(runs, base []*Run) Row {
 			p99, ref, 100*(p99/math.Max(ref, 1e-9)-1), lossText(r), r.num("connections", "slow_clients"), heap/(1<<20),
 			maxMetric(r, "sse_slow_client_disconnects_total"), maxMetric(r, "sse_frames_dropped_total")),
 		yes(within && r.num("check", "lost") == 0)}
+}
+
+// mib is bytes in MiB.
+func mib(b float64) float64 { return b / (1 << 20) }
+
+// memRun is the first run of a memory scenario and its node's RSS.
+type memRun struct {
+	r            obj
+	clients      float64
+	mem          string  // the node's RSS, in words
+	growth, peak float64 // MiB; +Inf without samples
+}
+
+// memRow is the row of a memory scenario from its first run, built by
+// measure (scenario as run, measured, met), or the row that says it did
+// not run.
+func memRow(id, sc, target string, runs []*Run, measure func(m memRun) (string, string, string)) Row {
+	if len(runs) == 0 {
+		return notRun(id, sc, target)
+	}
+	m := memRun{r: runs[0].Report, clients: clients(runs[0])}
+	m.mem, m.growth, m.peak = memText(m.r)
+	ran, measured, met := measure(m)
+	return Row{id, ran, target, measured, met}
+}
+
+// memText is the first node's RSS over a run: peak, baseline, growth,
+// VmHWM. growth and peak (MiB) are returned for the targets.
+func memText(r obj) (text string, growth, peak float64) {
+	mems := r.list("node_memory")
+	if len(mems) == 0 {
+		return "no node RSS samples", math.Inf(1), math.Inf(1)
+	}
+	m := mems[0]
+	peak, growth = mib(m.num("peak_rss_bytes")), mib(m.num("peak_growth_bytes"))
+	text = fmt.Sprintf("node RSS peak %.0f MiB (baseline %.0f MiB, growth %.0f MiB; VmHWM %.0f MiB; %.0f samples)",
+		peak, mib(m.num("baseline_rss_bytes")), growth, mib(m.num("hwm_bytes")), m.num("samples"))
+	if m.get("over_limit") == true {
+		text += fmt.Sprintf("; **stopped: RSS passed the bench's limit of %.0f MiB**", r.num("config", "node_rss_max_mib"))
+	}
+	return text, growth, peak
+}
+
+// deliveredText says how many clients got what, for the -verify runs.
+func deliveredText(r obj) string {
+	return fmt.Sprintf("%.0f of %.0f clients opened; %.0f deliveries, %.0f whole, %.0f corrupt, %s; drain complete %v in %.1f s; check passed %v",
+		r.num("connections", "clients_opened"), r.num("config", "clients"), r.num("deliveries"), r.num("check", "whole"), r.num("check", "corrupt"),
+		lossText(r), r.get("drain_complete"), r.num("drain_s"), r.get("check", "passed"))
+}
+
+// scaled marks a target met at a smaller scale than the issue's.
+func scaled(met string, n, want float64) string {
+	if n < want {
+		return fmt.Sprintf("(%.0f clients only) %s", n, met)
+	}
+	return met
+}
+
+// bigEvent is M1 and M2: one event of sizeMiB to 200 clients, whole, and
+// the node's peak RSS growth within maxGrowthMiB (0: no target).
+func bigEvent(id string, runs []*Run, sizeMiB int, maxGrowthMiB float64) Row {
+	sc := fmt.Sprintf("one %d MiB event to 200 clients", sizeMiB)
+	target := "every client receives it whole"
+	if maxGrowthMiB > 0 {
+		target += fmt.Sprintf("; peak RSS growth ≤ %.0f MiB", maxGrowthMiB)
+	}
+	return memRow(id, sc, target, runs, func(m memRun) (string, string, string) {
+		ok := m.r.get("check", "passed") == true && m.r.num("check", "whole") == m.clients
+		if maxGrowthMiB > 0 {
+			ok = ok && m.growth <= maxGrowthMiB
+		}
+		return fmt.Sprintf("one %.0f MiB event to %.0f clients", mib(m.r.num("config", "size")), m.clients),
+			deliveredText(m.r) + "; " + m.mem, scaled(yes(ok), m.clients, 200)
+	})
+}
+
+func m1(runs []*Run) Row { return bigEvent("M1", runs, 10, 64) }
+func m2(runs []*Run) Row { return bigEvent("M2", runs, 50, 0) }
+
+func m3(runs []*Run) Row {
+	const sc, target = "1,000 idle clients on 1,000 topics, each holding 1,024 × 1 KiB", "node RSS ≤ 256 MiB (default settings)"
+	return memRow("M3", sc, target, runs, func(m memRun) (string, string, string) {
+		r := m.r
+		return fmt.Sprintf("%.0f idle clients on %.0f topics, each holding 1,024 × 1 KiB", m.clients, topicCount(r)),
+			fmt.Sprintf("%.0f of %.0f clients opened, open at end %.0f; %s", r.num("connections", "clients_opened"), m.clients, r.num("connections", "open_at_end"), m.mem),
+			scaled(yes(m.peak <= 256 && r.num("connections", "clients_never_connected") == 0), m.clients, 1000)
+	})
+}
+
+// topicCount is how many topics the run's clients used.
+func topicCount(r obj) float64 {
+	t, _ := r.get("config", "topics").([]any)
+	return float64(len(t))
+}
+
+func m4(runs []*Run) Row {
+	const sc, target = "20 clients resume from 0 on a stream of 100 × 1 MiB, SSE_RING_SIZE=16", "all receive all 100; peak RSS growth ≤ 256 MiB"
+	return memRow("M4", sc, target, runs, func(m memRun) (string, string, string) {
+		pre := m.r.num("config", "preload")
+		ok := m.r.get("check", "passed") == true && m.r.num("check", "whole") == m.clients*pre && m.growth <= 256
+		return fmt.Sprintf("%.0f clients resume from 0 on a stream of %.0f × 1 MiB, SSE_RING_SIZE=16", m.clients, pre),
+			deliveredText(m.r) + "; " + m.mem, scaled(yes(ok), m.clients, 20)
+	})
 }
 
 func markdown(res *Result) string {

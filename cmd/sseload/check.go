@@ -111,6 +111,8 @@ type tally struct {
 	foreign    int64 // events that are not this run's payloads
 	gaps       int64 // sse-gap events
 	gapLost    int64 // seqs skipped after an sse-gap: reported losses
+	whole      int64 // -verify: payloads received with the published size and CRC
+	corrupt    int64 // -verify: payloads whose size or CRC differ
 }
 
 // plus adds o's counts to t.
@@ -124,6 +126,8 @@ func (t *tally) plus(o *tally) {
 	t.foreign += o.foreign
 	t.gaps += o.gaps
 	t.gapLost += o.gapLost
+	t.whole += o.whole
+	t.corrupt += o.corrupt
 }
 
 // totals are the run-wide sums of the clients' tallies. A client adds its
@@ -177,8 +181,13 @@ func newSlot(log *pubLog) slot {
 }
 
 // open sets the baseline at the first successful open of a stream: every
-// seq from the log's started count on must be received.
-func (s *slot) open() {
+// seq from the log's started count on must be received, or every seq of the
+// run when the client started from the beginning (-from-start).
+func (s *slot) open(fromStart bool) {
+	if fromStart {
+		s.last.Store(-1)
+		return
+	}
 	s.last.Store(s.log.started.Load() - 1)
 }
 

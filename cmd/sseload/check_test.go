@@ -86,7 +86,7 @@ func TestSlotCheck(t *testing.T) {
 				log.record(seq, idOrFailed(seq, failed))
 			}
 			s := newSlot(log)
-			s.open()
+			s.open(false)
 			for log.started.Load() < int64(tt.published) {
 				seq, _ := log.begin()
 				log.record(seq, idOrFailed(seq, failed))
@@ -141,7 +141,7 @@ func TestSlotPendingID(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			log := new(pubLog)
 			s := newSlot(log)
-			s.open()
+			s.open(false)
 			for range 2 {
 				seq, _ := log.begin()
 				if seq == 0 {

@@ -47,16 +47,21 @@ type client struct {
 
 	urlIdx int
 	lr     *lineReader
-	lastID []byte // the EventSource last event ID buffer
-	retry  time.Duration
-	t      tally
-	flushF func()
+	// lastID is EventSource's last event ID string, sent on reconnect;
+	// idBuf is its last event ID buffer, set by id: fields and copied to
+	// lastID when an event is dispatched. A stream cut inside an event
+	// (a large one, say) resumes from before it, as a browser does.
+	lastID, idBuf []byte
+	retry         time.Duration
+	t             tally
+	flushF        func()
 
 	// Event being parsed.
 	evGap   bool
 	hasData bool
 	pOK     bool
 	p       payload
+	sum     lineSum // the data line's, with -verify
 
 	// Shared with the controller.
 	opened    atomic.Bool // a stream has opened at least once
@@ -213,7 +218,7 @@ func (c *client) open(ctx context.Context, lostAt *time.Time) error {
 	r.connsOpen.Add(1)
 	if !c.opened.Load() {
 		for i := range c.slots {
-			c.slots[i].open()
+			c.slots[i].open(r.cfg.FromStart)
 		}
 		c.opened.Store(true)
 	} else {
@@ -329,6 +334,7 @@ func (c *client) readHeaders() (chunked bool, err error) {
 func (c *client) readEvents() error {
 	lr := c.lr
 	c.evGap, c.hasData, c.pOK = false, false, false
+	c.idBuf = append(c.idBuf[:0], c.lastID...)
 	for {
 		line, err := lr.readLine()
 		if err != nil {
@@ -356,12 +362,21 @@ func (c *client) readEvents() error {
 			c.hasData = true
 			if c.evGap {
 				c.gap(value)
-			} else {
-				c.p, c.pOK = scanPayload(value)
+				continue
+			}
+			c.p, c.pOK = scanPayload(value)
+			if c.r.sums != nil {
+				c.sum = lineSum{}
+				c.sum.write(value)
+				if lr.skip {
+					lr.sum = &c.sum // the line reader hashes the rest
+				} else {
+					c.sum.content()
+				}
 			}
 		case "id":
 			if bytes.IndexByte(value, 0) < 0 {
-				c.lastID = append(c.lastID[:0], value...)
+				c.idBuf = append(c.idBuf[:0], value...)
 			}
 		case "event":
 			c.evGap = string(value) == "sse-gap"
@@ -375,6 +390,7 @@ func (c *client) readEvents() error {
 
 // dispatch ends one event at a blank line.
 func (c *client) dispatch() {
+	c.lastID = append(c.lastID[:0], c.idBuf...)
 	hasData, gap, ok := c.hasData, c.evGap, c.pOK
 	c.evGap, c.hasData, c.pOK = false, false, false
 	if !hasData || gap {
@@ -386,6 +402,9 @@ func (c *client) dispatch() {
 			if int64(ti) == p.topic {
 				c.r.lat.Record(c.idx, max(c.lr.now.UnixNano()-p.ts, 0))
 				c.slots[k].event(&c.t, p.seq, idPart(c.lastID, k))
+				if c.r.sums != nil {
+					c.r.sums.check(&c.t, p.topic, p.seq, c.sum.payloadSum)
+				}
 				return
 			}
 		}

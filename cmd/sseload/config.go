@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
 
@@ -54,7 +55,18 @@ type Config struct {
 	Progress      bool          `json:"-"`
 	NodePIDs      []int         `json:"node_pids,omitempty"`
 	Scrape        []string      `json:"scrape,omitempty"`
+	// The memory-budget scenarios (bench M1-M4).
+	TopicsN    int           `json:"topics_n,omitempty"`
+	Count      int64         `json:"count,omitempty"`
+	Preload    int64         `json:"preload,omitempty"`
+	FromStart  bool          `json:"from_start,omitempty"`
+	Verify     bool          `json:"verify,omitempty"`
+	RSSEvery   time.Duration `json:"rss_every"`
+	NodeRSSMax int64         `json:"node_rss_max_mib,omitempty"`
 }
+
+// maxSize bounds -size: the largest event the memory scenarios send is 50 MiB.
+const maxSize = 64 << 20
 
 // target is one node URL, split for writing requests by hand.
 type target struct {
@@ -109,6 +121,13 @@ func parseFlags(args []string, stderr io.Writer) (*Config, error) {
 	fs.BoolVar(&c.Progress, "progress", true, "print a progress line on stderr every second")
 	fs.StringVar(&pids, "node-pid", "", "node process `IDs`, comma-separated: their RSS and CPU time are sampled at each phase")
 	fs.StringVar(&scrape, "scrape", "", "node admin `URLs`, comma-separated: their /metrics are sampled at each phase")
+	fs.IntVar(&c.TopicsN, "topics-n", 0, "with one -topics name P, use the N topics P-0 ... P-(N-1)")
+	fs.Int64Var(&c.Count, "count", 0, "publish at most this many events per topic (0: until -duration ends)")
+	fs.Int64Var(&c.Preload, "preload", 0, "before the clients connect, publish this many events per topic as fast as possible; the clients must receive them too with -from-start")
+	fs.BoolVar(&c.FromStart, "from-start", false, "first connect with Last-Event-ID 0 and expect every event of the run, preloaded ones included")
+	fs.BoolVar(&c.Verify, "verify", false, "check every received payload whole: its size and CRC-32C against what was published")
+	fs.DurationVar(&c.RSSEvery, "rss-every", 100*time.Millisecond, "with -node-pid, sample the nodes' RSS this often for the peak (0: off)")
+	fs.Int64Var(&c.NodeRSSMax, "node-rss-max-mib", 0, "with -node-pid, end the run (interrupted) when a node's RSS exceeds this many MiB, to protect a shared machine (0: no limit)")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -117,6 +136,9 @@ func parseFlags(args []string, stderr io.Writer) (*Config, error) {
 	}
 	c.URLs = splitList(urls)
 	c.Topics = splitList(topics)
+	if c.TopicsN > 0 && len(c.Topics) == 1 {
+		c.Topics = numberedTopics(c.Topics[0], c.TopicsN)
+	}
 	c.Src = splitList(src)
 	c.Scrape = splitList(scrape)
 	for _, p := range splitList(pids) {
@@ -160,6 +182,9 @@ func (c *Config) validate() error {
 	if len(c.Topics) == 0 {
 		bad("-topics: need at least one topic")
 	}
+	if c.TopicsN < 0 || (c.TopicsN > 0 && len(c.Topics) != c.TopicsN) {
+		bad("-topics-n %d: needs exactly one -topics name", c.TopicsN)
+	}
 	for _, t := range c.Topics {
 		if err := pubsub.ValidateTopic(t); err != nil {
 			bad("-topics %q: %w", t, err)
@@ -179,8 +204,8 @@ func (c *Config) validate() error {
 	if c.Duration < 0 {
 		bad("-duration %v: must not be negative", c.Duration)
 	}
-	if c.Size < 0 || c.Size > 1<<20 {
-		bad("-size %d: must be 0 to 1 MiB", c.Size)
+	if c.Size < 0 || c.Size > maxSize {
+		bad("-size %d: must be 0 to %d MiB", c.Size, maxSize>>20)
 	}
 	if strings.ContainsAny(c.Event, "\r\n") || strings.HasPrefix(c.Event, "sse-") {
 		bad("-event %q: no line breaks, and sse- names are reserved", c.Event)
@@ -218,6 +243,21 @@ func (c *Config) validate() error {
 	if c.StormEvents > 0 && (c.Idle || c.SlowFrac > 0) {
 		bad("-storm-events cannot be combined with -idle or -slow-frac")
 	}
+	if c.Count < 0 || c.Preload < 0 || c.Preload > MaxPublished {
+		bad("-count and -preload must be 0 to %d", MaxPublished)
+	}
+	if (c.Preload > 0 || c.Verify) && c.Idle {
+		bad("-preload and -verify publish: not with -idle")
+	}
+	if (c.Preload > 0 || c.FromStart) && c.Churn > 0 {
+		bad("-preload and -from-start: not with -churn")
+	}
+	if c.FromStart && c.StormEvents > 0 {
+		bad("-from-start and -storm-events: choose one")
+	}
+	if c.RSSEvery < 0 || c.NodeRSSMax < 0 {
+		bad("-rss-every and -node-rss-max-mib must not be negative")
+	}
 	if strings.ContainsAny(c.Token, "\r\n") || strings.ContainsAny(c.PublishToken, "\r\n") {
 		bad("-token and -publish-token must not hold line breaks")
 	}
@@ -225,6 +265,15 @@ func (c *Config) validate() error {
 		c.Out = ""
 	}
 	return errors.Join(errs...)
+}
+
+// numberedTopics is prefix-0 ... prefix-(n-1).
+func numberedTopics(prefix string, n int) []string {
+	out := make([]string, n)
+	for i := range out {
+		out[i] = prefix + "-" + strconv.Itoa(i)
+	}
+	return out
 }
 
 // parseTarget splits a node URL. Only plain http:// is spoken: the client
@@ -258,9 +307,11 @@ func (c *Config) MarshalJSON() ([]byte, error) {
 		Drain        string `json:"drain"`
 		ChurnHold    string `json:"churn_hold"`
 		StormTimeout string `json:"storm_timeout"`
+		RSSEvery     string `json:"rss_every"`
 	}{
 		plain:    (*plain)(c),
 		Duration: c.Duration.String(), Retry: c.Retry.String(), ConnectWait: c.ConnectWait.String(),
 		Drain: c.Drain.String(), ChurnHold: c.ChurnHold.String(), StormTimeout: c.StormTimeout.String(),
+		RSSEvery: c.RSSEvery.String(),
 	})
 }

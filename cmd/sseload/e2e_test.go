@@ -24,6 +24,8 @@ type fakeSSE struct {
 	cutAfter    int   // close each stream after this many events (0: never)
 	dropSeq     int64 // payload seq never sent to anyone (-1: none)
 	dupSeq      int64 // payload seq sent twice (-1: none)
+	corruptSeq  int64 // payload seq sent with its last pad byte changed (-1: none)
+	cutInSeq    int64 // payload seq cut in the middle on first streams, not on resumes (-1: none)
 	gapOnResume int   // on a resume, send sse-gap and skip this many entries of the first topic
 	status      int   // answer subscribes with this status (0: 200)
 	retryMs     int   // retry: sent to clients
@@ -53,7 +55,7 @@ type fakeMsg struct {
 }
 
 func newFakeSSE() *fakeSSE {
-	return &fakeSSE{dropSeq: -1, dupSeq: -1, retryMs: 10, streams: map[string][]fakeEntry{}, subs: map[*fakeSub]bool{}}
+	return &fakeSSE{dropSeq: -1, dupSeq: -1, corruptSeq: -1, cutInSeq: -1, retryMs: 10, streams: map[string][]fakeEntry{}, subs: map[*fakeSub]bool{}}
 }
 
 func (f *fakeSSE) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -176,6 +178,14 @@ func (f *fakeSSE) serveEvents(w http.ResponseWriter, r *http.Request) {
 			ids[i] = id.String()
 		}
 		fmt.Fprintf(&b, "id: %s\ndata: %s\n\n", strings.Join(ids, ","), m.e.data)
+		if m.e.seq == f.corruptSeq {
+			b.Bytes()[b.Len()-5] = 'y' // the payload's last pad byte, before "}\n\n
+		}
+		if m.e.seq == f.cutInSeq && !resume {
+			_, _ = w.Write(b.Bytes()[:b.Len()/2])
+			_ = rc.Flush()
+			panic(http.ErrAbortHandler)
+		}
 		if m.e.seq == f.dupSeq {
 			b.Write(b.Bytes())
 		}
@@ -358,31 +368,42 @@ func TestEndToEnd(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			f := newFakeSSE()
-			if tt.fake != nil {
-				tt.fake(f)
-			}
-			srv := httptest.NewServer(f)
-			defer srv.Close()
-			cfg := testConfig(srv)
-			if tt.cfg != nil {
-				tt.cfg(cfg)
-			}
-			if err := cfg.validate(); err != nil {
-				t.Fatal(err)
-			}
-			var stderr bytes.Buffer
-			rep, err := run(context.Background(), cfg, &stderr)
-			if err != nil {
-				t.Fatal(err)
-			}
+			rep, f := runAgainstFake(t, tt.fake, tt.cfg)
 			tt.check(t, rep, f)
-			if t.Failed() {
-				b, _ := json.MarshalIndent(rep, "", " ")
-				t.Logf("report: %s\nstderr: %s", b, stderr.String())
-			}
 		})
 	}
+}
+
+// runAgainstFake runs sseload against a fresh fake server set up by fake
+// (nil: as it is), with testConfig changed by cfg (nil: as it is). The
+// report is logged if the test fails.
+func runAgainstFake(t *testing.T, fake func(*fakeSSE), cfg func(*Config)) (*Report, *fakeSSE) {
+	t.Helper()
+	f := newFakeSSE()
+	if fake != nil {
+		fake(f)
+	}
+	srv := httptest.NewServer(f)
+	t.Cleanup(srv.Close)
+	c := testConfig(srv)
+	if cfg != nil {
+		cfg(c)
+	}
+	if err := c.validate(); err != nil {
+		t.Fatal(err)
+	}
+	var stderr bytes.Buffer
+	rep, err := run(context.Background(), c, &stderr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			b, _ := json.MarshalIndent(rep, "", " ")
+			t.Logf("report: %s\nstderr: %s", b, stderr.String())
+		}
+	})
+	return rep, f
 }
 
 func passed(t *testing.T, rep *Report) {
@@ -451,6 +472,14 @@ func TestConfigValidate(t *testing.T) {
 		{[]string{"-idle", "-event", "sse-x"}, "-event"},
 		{[]string{"-idle", "-node-pid", "abc"}, "-node-pid"},
 		{[]string{"-idle", "extra"}, "unexpected arguments"},
+		{[]string{"-redis", "redis://x", "-size", "52428800", "-count", "1", "-verify"}, ""},
+		{[]string{"-redis", "redis://x", "-size", "67108865"}, "-size"},
+		{[]string{"-redis", "redis://x", "-preload", "100", "-from-start", "-duration", "0s"}, ""},
+		{[]string{"-idle", "-verify"}, "not with -idle"},
+		{[]string{"-redis", "redis://x", "-from-start", "-churn", "2"}, "not with -churn"},
+		{[]string{"-redis", "redis://x", "-from-start", "-storm-events", "5"}, "choose one"},
+		{[]string{"-idle", "-topics", "a,b", "-topics-n", "3"}, "-topics-n"},
+		{[]string{"-idle", "-node-rss-max-mib", "-1"}, "-node-rss-max-mib"},
 	}
 	for _, tt := range tests {
 		_, err := parseFlags(tt.args, new(bytes.Buffer))
@@ -460,6 +489,10 @@ func TestConfigValidate(t *testing.T) {
 		case tt.want != "" && (err == nil || !strings.Contains(err.Error(), tt.want)):
 			t.Errorf("%q: error %v, want one with %q", tt.args, err, tt.want)
 		}
+	}
+	cfg, err := parseFlags([]string{"-idle", "-topics", "m3", "-topics-n", "3"}, new(bytes.Buffer))
+	if err != nil || strings.Join(cfg.Topics, ",") != "m3-0,m3-1,m3-2" {
+		t.Errorf("-topics-n 3: topics %v, %v", cfg.Topics, err)
 	}
 	tg, err := parseTarget("http://127.0.0.1:8080")
 	if err != nil || tg.path != "/events" || tg.addr != "127.0.0.1:8080" {

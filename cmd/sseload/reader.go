@@ -49,7 +49,10 @@ type lineReader struct {
 	lineMark bool  // csTrailer: at the start of a trailer line
 
 	skip bool // discarding the rest of an overlong line
-	err  error
+	// sum, when set during a skip, is fed the skipped bytes; it is cleared
+	// when the line ends (-verify hashes whole data lines).
+	sum *lineSum
+	err error
 
 	// now is the time the last read returned data: the arrival time of
 	// every event in that read, taken once per read instead of per event.
@@ -85,6 +88,10 @@ func (r *lineReader) readLine() ([]byte, error) {
 			r.pos += i + 1
 			if r.skip {
 				r.skip = false
+				if r.sum != nil {
+					r.sum.write(line)
+					r.sum = nil // a CR still held back was the line ending's
+				}
 				continue
 			}
 			if n := len(line); n > 0 && line[n-1] == '\r' {
@@ -93,6 +100,9 @@ func (r *lineReader) readLine() ([]byte, error) {
 			return line, nil
 		}
 		if r.skip {
+			if r.sum != nil {
+				r.sum.write(r.buf[r.pos:r.dec])
+			}
 			r.pos = r.dec
 		}
 		if r.err != nil {

@@ -24,6 +24,9 @@ type Report struct {
 	// Resume is the time from a stream lost to the next one open.
 	Resume LatencyReport `json:"resume"`
 
+	// Preloaded events were published before the clients connected (-preload).
+	Preloaded      int64   `json:"preloaded,omitempty"`
+	PreloadSeconds float64 `json:"preload_s,omitempty"`
 	PublishSeconds float64 `json:"publish_s,omitempty"`
 	DrainSeconds   float64 `json:"drain_s,omitempty"`
 	DrainComplete  bool    `json:"drain_complete"`
@@ -33,6 +36,9 @@ type Report struct {
 	PerConn *PerConnReport `json:"per_conn,omitempty"`
 	// Phase is CPU over the publishing phase, per million deliveries.
 	Phase *PhaseReport `json:"publish_phase,omitempty"`
+	// NodeMemory is each -node-pid's RSS sampled every -rss-every: the
+	// peak and its growth over the baseline.
+	NodeMemory []NodeMemReport `json:"node_memory,omitempty"`
 
 	Storm         *StormReport     `json:"storm,omitempty"`
 	Churn         []RoundReport    `json:"churn,omitempty"`
@@ -68,16 +74,19 @@ type PubReport struct {
 
 // CheckReport is the loss, duplicate and order check.
 type CheckReport struct {
-	Lost       int64    `json:"lost"`
-	Duplicated int64    `json:"duplicated"`
-	OutOfOrder int64    `json:"out_of_order"`
-	IDMismatch int64    `json:"id_mismatch"`
-	Unverified int64    `json:"unverified"`
-	Foreign    int64    `json:"foreign"`
-	Gaps       int64    `json:"gaps"`
-	GapLost    int64    `json:"gap_lost"`
-	Passed     bool     `json:"passed"`
-	Failures   []string `json:"failures,omitempty"`
+	Lost       int64 `json:"lost"`
+	Duplicated int64 `json:"duplicated"`
+	OutOfOrder int64 `json:"out_of_order"`
+	IDMismatch int64 `json:"id_mismatch"`
+	Unverified int64 `json:"unverified"`
+	Foreign    int64 `json:"foreign"`
+	Gaps       int64 `json:"gaps"`
+	GapLost    int64 `json:"gap_lost"`
+	// Whole and Corrupt count -verify's payload checks (size and CRC-32C).
+	Whole    int64    `json:"whole,omitempty"`
+	Corrupt  int64    `json:"corrupt,omitempty"`
+	Passed   bool     `json:"passed"`
+	Failures []string `json:"failures,omitempty"`
 }
 
 // LoadGenReport is the load generator's own cost.
@@ -209,17 +218,19 @@ func (rep *Report) finish(r *runner) {
 		rep.Published.PerTopic = append(rep.Published.PerTopic, l.done.Load())
 	}
 	if rep.PublishSeconds > 0 {
-		rep.Published.PerSec = float64(rep.Published.Events) / rep.PublishSeconds
+		// Preloaded events went out before the publishing phase.
+		rep.Published.PerSec = float64(rep.Published.Events-rep.Preloaded) / rep.PublishSeconds
 	}
 
 	t := r.tot.load()
 	rep.Deliveries = t.deliveries
-	if rep.PublishSeconds > 0 {
+	if rep.PublishSeconds > 0 && rep.Preloaded == 0 {
 		rep.DeliveriesPerSec = float64(t.deliveries) / rep.PublishSeconds
 	}
 	rep.Check = CheckReport{
 		Lost: t.lost, Duplicated: t.dup, OutOfOrder: t.ooo, IDMismatch: t.mismatch,
 		Unverified: t.unverified, Foreign: t.foreign, Gaps: t.gaps, GapLost: t.gapLost,
+		Whole: t.whole, Corrupt: t.corrupt,
 	}
 	rep.Latency = r.lat.Snapshot().report()
 	rep.Resume = r.resume.Snapshot().report()
@@ -248,6 +259,17 @@ func (rep *Report) verdict(cfg *Config) {
 	}
 	if ch.IDMismatch != 0 {
 		fail("id_mismatch=%d", ch.IDMismatch)
+	}
+	if ch.Corrupt != 0 {
+		fail("corrupt=%d (payload size or CRC differs from what was published)", ch.Corrupt)
+	}
+	if want := cfg.Preload * int64(len(cfg.Topics)); rep.Preloaded < want {
+		fail("preloaded %d of %d events", rep.Preloaded, want)
+	}
+	for _, m := range rep.NodeMemory {
+		if m.OverLimit {
+			fail("node %d RSS above -node-rss-max-mib %d", m.PID, cfg.NodeRSSMax)
+		}
 	}
 	if ch.Gaps != 0 && !cfg.AllowGaps {
 		fail("gaps=%d (gap_lost=%d)", ch.Gaps, ch.GapLost)

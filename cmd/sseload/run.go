@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -23,6 +24,7 @@ type runner struct {
 	run         uint64 // nonce in every payload of this run
 	targets     []target
 	logs        []*pubLog // per topic
+	sums        *sumLog   // with -verify
 	pub         publisher
 	dialers     []*net.Dialer
 	slowDialers []*net.Dialer
@@ -78,6 +80,9 @@ func newRunner(cfg *Config, stderr io.Writer) (*runner, error) {
 		}
 		if err != nil {
 			return nil, err
+		}
+		if cfg.Verify {
+			r.sums = new(sumLog)
 		}
 	}
 	return r, nil
@@ -138,6 +143,10 @@ func (r *runner) startGroup(ctx context.Context, n, base int) *group {
 		for j := range k {
 			c.topics[j] = (base + i + j) % len(r.cfg.Topics)
 			c.slots[j] = newSlot(r.logs[c.topics[j]])
+		}
+		if r.cfg.FromStart {
+			// EventSource's Last-Event-ID: one position per topic.
+			c.lastID = []byte(strings.Repeat(",0", k)[1:])
 		}
 		c.urlIdx = (base + i) % len(r.targets)
 		c.flushF = c.flush
@@ -249,10 +258,14 @@ func (r *runner) waitCaughtUp(ctx context.Context, g *group, finals []int64, tim
 // publishAll runs one publishLoop per topic and waits for them.
 func (r *runner) publishAll(ctx context.Context, stop <-chan struct{}, rate float64, count int64, until time.Time) []pubStats {
 	stats := make([]pubStats, len(r.cfg.Topics))
+	pub := r.pub
+	if r.sums != nil {
+		pub = &summingPublisher{publisher: r.pub, log: r.sums}
+	}
 	var wg sync.WaitGroup
 	for i, t := range r.cfg.Topics {
 		wg.Go(func() {
-			stats[i] = publishLoop(ctx, stop, r.pub, r.logs[i], t, i, r.run, rate, r.cfg.Size, count, until)
+			stats[i] = publishLoop(ctx, stop, pub, r.logs[i], t, i, r.run, rate, r.cfg.Size, count, until)
 			r.published.Add(stats[i].sent)
 			r.pubErrors.Add(stats[i].errors)
 		})
@@ -309,6 +322,9 @@ func runBound(cfg *Config) time.Duration {
 	}
 	phase := ramp + 2*cfg.ConnectWait
 	d := phase + cfg.Duration + cfg.Drain + 2*cfg.StormTimeout + time.Minute
+	if cfg.Preload > 0 {
+		d += preloadTimeout
+	}
 	if cfg.Churn > 0 {
 		d += time.Duration(cfg.Churn) * (phase + cfg.ChurnHold)
 	}
@@ -348,6 +364,10 @@ func run(ctx context.Context, cfg *Config, stderr io.Writer) (*Report, error) {
 		cmdBefore, _ = rp.commandStats(ctx)
 	}
 	base := r.sample(ctx, "baseline", true)
+	var watch *rssWatch
+	if len(cfg.NodePIDs) > 0 && cfg.RSSEvery > 0 {
+		watch = startRSSWatch(cfg.NodePIDs, cfg.RSSEvery, cfg.NodeRSSMax<<20, cancel)
+	}
 
 	if cfg.Churn > 0 {
 		r.churn(ctx, rep)
@@ -360,6 +380,9 @@ func run(ctx context.Context, cfg *Config, stderr io.Writer) (*Report, error) {
 			rep.RedisCommands = diffCommands(cmdBefore, after)
 		}
 	}
+	if watch != nil {
+		rep.NodeMemory = watch.stop(base)
+	}
 	rep.Interrupted = outer.Err() != nil || ctx.Err() != nil
 	rep.finish(r)
 	return rep, nil
@@ -369,6 +392,9 @@ func run(ctx context.Context, cfg *Config, stderr io.Writer) (*Report, error) {
 // with -idle), optionally a reconnect storm, drain, check.
 func (r *runner) steady(ctx context.Context, rep *Report, base Sample) {
 	cfg := r.cfg
+	if cfg.Preload > 0 {
+		r.preload(ctx, rep)
+	}
 	g := r.startGroup(ctx, cfg.Clients, 0)
 	rep.Connections.RampSeconds = time.Since(r.start).Seconds()
 	r.waitConnected(ctx, g, cfg.ConnectWait)
@@ -384,7 +410,7 @@ func (r *runner) steady(ctx context.Context, rep *Report, base Sample) {
 		r.sample(ctx, "end", false)
 	} else {
 		pubStart := time.Now()
-		r.publishAll(ctx, nil, cfg.Rate, 0, pubStart.Add(cfg.Duration))
+		r.publishAll(ctx, nil, cfg.Rate, cfg.Count, pubStart.Add(cfg.Duration))
 		rep.PublishSeconds = time.Since(pubStart).Seconds()
 		pubEnd := r.sample(ctx, "published", false)
 		rep.Phase = phaseCPU(conn, pubEnd)
@@ -413,6 +439,22 @@ func (r *runner) steady(ctx context.Context, rep *Report, base Sample) {
 		}
 	}
 	r.tot.add(&t)
+}
+
+// preloadTimeout bounds -preload.
+const preloadTimeout = 2 * time.Minute
+
+// preload publishes cfg.Preload events per topic back to back before any
+// client connects: a stream to resume from (-from-start).
+func (r *runner) preload(ctx context.Context, rep *Report) {
+	start := time.Now()
+	pctx, cancel := context.WithTimeout(ctx, preloadTimeout)
+	defer cancel()
+	for _, st := range r.publishAll(pctx, nil, 0, r.cfg.Preload, time.Time{}) {
+		rep.Preloaded += st.sent
+	}
+	rep.PreloadSeconds = time.Since(start).Seconds()
+	r.sample(ctx, "preloaded", false)
 }
 
 // storm takes every client offline, publishes StormEvents per topic, then

@@ -131,24 +131,28 @@ func procSample(pid int) ProcSample {
 }
 
 // readRSS returns VmRSS from a /proc/<pid>/status file, in bytes.
-func readRSS(path string) (int64, error) {
+func readRSS(path string) (int64, error) { return readStatusBytes(path, "VmRSS") }
+
+// readStatusBytes returns a kB field (VmRSS, VmHWM) of a /proc/<pid>/status
+// file, in bytes.
+func readStatusBytes(path, field string) (int64, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return 0, fmt.Errorf("sseload: %w", err)
 	}
 	for line := range strings.Lines(string(b)) {
-		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+		if v, ok := strings.CutPrefix(line, field+":"); ok {
 			f := strings.Fields(v)
 			if len(f) >= 1 {
 				kb, err := strconv.ParseInt(f[0], 10, 64)
 				if err != nil {
-					return 0, fmt.Errorf("sseload: %s: VmRSS %q: %w", path, v, err)
+					return 0, fmt.Errorf("sseload: %s: %s %q: %w", path, field, v, err)
 				}
 				return kb << 10, nil
 			}
 		}
 	}
-	return 0, fmt.Errorf("sseload: %s: no VmRSS", path)
+	return 0, fmt.Errorf("sseload: %s: no %s", path, field)
 }
 
 // clockTicks is USER_HZ, 100 on every Linux this runs on.

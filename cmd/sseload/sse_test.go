@@ -98,10 +98,10 @@ func TestReadEvents(t *testing.T) {
 			want:   tally{deliveries: 1}, lastID: a1, retry: defaultRetry,
 		},
 		{
-			name:   "unterminated last event is not dispatched",
+			name:   "unterminated last event is not dispatched, and its ID is not the last event ID",
 			topics: []int{0},
-			stream: "id: " + a0 + "\n" + data(0, 0),
-			lastID: a0, retry: defaultRetry,
+			stream: "id: " + a0 + "\n" + data(0, 0) + "\nid: " + a1 + "\n" + data(0, 1),
+			want:   tally{deliveries: 1}, lastID: a0, retry: defaultRetry,
 		},
 	}
 	for _, tt := range tests {

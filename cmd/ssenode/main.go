@@ -100,11 +100,13 @@ func run(args []string, env map[string]string, stdout, stderr io.Writer) int {
 		_ = stopTracing(ctx)
 	}()
 
-	w, err := replay.New(b, replay.Config{RingSize: cfg.RingSize, MaxAge: cfg.ReplayMaxAge})
+	w, err := replay.New(b, replay.Config{RingSize: cfg.RingSize, MaxAge: cfg.ReplayMaxAge,
+		RingBytes: cfg.RingBytes, PageBytes: cfg.PageBytes, PageCacheBytes: cfg.CacheBytes})
 	if err != nil {
 		log.Error("replay window", "err", err)
 		return 1
 	}
+	registerReplayMetrics(reg, w)
 	auth, err := newAuth(cfg, log)
 	if err != nil {
 		log.Error("subscribe auth", "err", err)

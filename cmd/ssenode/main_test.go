@@ -56,6 +56,9 @@ func TestConfigErrors(t *testing.T) {
 		// variable and the fix, and never quotes the password.
 		{map[string]string{"SSE_REDIS_URL": "redis://u:p@ss/w:rd@localhost:6379/0"}, "SSE_REDIS_URL: pubsub: bad redis URL: cannot parse it: a user or password holding @ / : # ? must be percent-encoded"},
 		{map[string]string{"SSE_RETRY": "-1s"}, "SSE_RETRY"},
+		{map[string]string{"SSE_RING_BYTES": "0"}, "SSE_RING_BYTES"},
+		{map[string]string{"SSE_REPLAY_PAGE_BYTES": "-1"}, "SSE_REPLAY_PAGE_BYTES"},
+		{map[string]string{"SSE_REPLAY_CACHE_BYTES": "16MiB"}, "SSE_REPLAY_CACHE_BYTES"},
 	}
 	for _, tt := range tests {
 		var out, errOut bytes.Buffer
