@@ -53,8 +53,6 @@ type Memory struct {
 	dirty []*stream // watched streams with entries the reader may not have delivered; guarded by dmu
 }
 
-var _ Publisher = (*Memory)(nil)
-
 // stream is one topic's bounded log plus its delivery state.
 type stream struct {
 	topic string // immutable

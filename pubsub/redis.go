@@ -181,8 +181,6 @@ type Redis struct {
 	nodes   map[string]*redis.Client // Cluster mode: one small pool per node for CLIENT UNBLOCK; guarded by mu
 }
 
-var _ Publisher = (*Redis)(nil)
-
 // NewRedis validates cfg and builds the broker and its client. It does not
 // connect: Redis need not be up until the first command.
 func NewRedis(cfg RedisConfig) (*Redis, error) {
