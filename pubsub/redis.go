@@ -19,10 +19,10 @@ import (
 // Defaults of RedisConfig's zero fields.
 const (
 	DefaultRedisPrefix  = "sse:"
-	DefaultRedisMaxLen  = 10000
-	DefaultRedisReaders = 2
-	DefaultRedisBlock   = 5 * time.Second
-	DefaultRedisCount   = 512
+	defaultRedisMaxLen  = 10000
+	defaultRedisReaders = 2
+	defaultRedisBlock   = 5 * time.Second
+	defaultRedisCount   = 512
 )
 
 // maxRedisReaders bounds cfg.Readers: each reader holds a connection, and
@@ -268,16 +268,16 @@ func (c RedisConfig) withDefaults() (RedisConfig, redisMode, error) {
 		c.Prefix = DefaultRedisPrefix
 	}
 	if c.MaxLen == 0 {
-		c.MaxLen = DefaultRedisMaxLen
+		c.MaxLen = defaultRedisMaxLen
 	}
 	if c.Readers == 0 {
-		c.Readers = DefaultRedisReaders
+		c.Readers = defaultRedisReaders
 	}
 	if c.Block == 0 {
-		c.Block = DefaultRedisBlock
+		c.Block = defaultRedisBlock
 	}
 	if c.Count == 0 {
-		c.Count = DefaultRedisCount
+		c.Count = defaultRedisCount
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
