@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -586,6 +587,37 @@ func TestBroker(t *testing.T) {
 	})
 }
 
+// TestBrokerPublishMaxLen: Publish trims with MAXLEN ~ MaxLen, the default
+// for zero and none for a negative MaxLen (what sseload -maxlen 0 uses).
+func TestBrokerPublishMaxLen(t *testing.T) {
+	srv := redistest.Start(t)
+	mon := startMonitor(t, srv)
+	for _, tt := range []struct {
+		name   string
+		maxLen int64
+		want   string // in the XADD; "" for no MAXLEN
+	}{
+		{"default", 0, `"maxlen" "~" "10000"`},
+		{"set", 5, `"maxlen" "~" "5"`},
+		{"none", -1, ""},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			b, _ := newBroker(t, srv, func(c *pubsub.RedisConfig) { c.MaxLen = tt.maxLen })
+			cmds := mon.sent(t, srv, b.Prefix()+"m", func() {
+				if _, err := b.Publish(ctxT(t), "m", "", []byte("x")); err != nil {
+					t.Fatal(err)
+				}
+			})
+			if len(cmds) != 1 || !strings.Contains(cmds[0], `"xadd"`) {
+				t.Fatalf("commands sent = %q, want one XADD", cmds)
+			}
+			if has := strings.Contains(cmds[0], `"maxlen"`); has != (tt.want != "") || !strings.Contains(cmds[0], tt.want) {
+				t.Errorf("XADD = %s, want MAXLEN %q", cmds[0], tt.want)
+			}
+		})
+	}
+}
+
 // publisher XADDs numbered entries to one key until stopped, retrying
 // failed ones; the stream itself is the record of what was published.
 type publisher struct {
@@ -614,7 +646,7 @@ func startPublisher(t testing.TB, url, key string, every time.Duration) *publish
 			case <-time.After(every):
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-			_, err := pubsub.PublishTo(ctx, c, "", key, "", []byte(strconv.Itoa(i)), 0)
+			err := c.XAdd(ctx, &redis.XAddArgs{Stream: key, Values: []any{"data", strconv.Itoa(i)}}).Err()
 			cancel()
 			if err != nil {
 				p.errs.Add(1)

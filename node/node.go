@@ -27,8 +27,11 @@ import (
 	"github.com/ssecluster/ssecluster/replay"
 )
 
-// Broker is what the node needs from where events come from.
+// Broker is the one broker a node uses: it delivers, publishes, answers
+// health checks and, as the replay.Source of the node's window, serves
+// replays (New's window must read the same broker).
 type Broker interface {
+	replay.Source
 	// Start begins delivering the entries of watched topics to h.
 	Start(h pubsub.Handler) error
 	// Publish appends an event to a topic.

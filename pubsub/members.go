@@ -17,7 +17,7 @@ import (
 
 // Defaults of MembersConfig's zero fields.
 const (
-	DefaultMembersRefresh = 2 * time.Second
+	defaultMembersRefresh = 2 * time.Second
 	// A TTL of three refreshes lets one refresh fail (a Redis blip) without
 	// the node disappearing from the others' view.
 	defaultTTLRefreshes = 3
@@ -125,7 +125,7 @@ func newMembers(s memberStore, cfg MembersConfig) (*Members, error) {
 		return nil, fmt.Errorf("%w: Status is required", ErrBadMembers)
 	}
 	if cfg.Refresh == 0 {
-		cfg.Refresh = DefaultMembersRefresh
+		cfg.Refresh = defaultMembersRefresh
 	}
 	if cfg.TTL == 0 {
 		cfg.TTL = defaultTTLRefreshes * cfg.Refresh

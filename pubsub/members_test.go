@@ -31,7 +31,7 @@ func TestMembersConfig(t *testing.T) {
 				t.Errorf("error %v is not ErrBadMembers", err)
 			}
 			if err == nil {
-				if m.ID() == "" || m.Refresh() != DefaultMembersRefresh || m.TTL() != 3*DefaultMembersRefresh {
+				if m.ID() == "" || m.Refresh() != defaultMembersRefresh || m.TTL() != 3*defaultMembersRefresh {
 					t.Errorf("defaults: id %q refresh %v TTL %v", m.ID(), m.Refresh(), m.TTL())
 				}
 				m.Close()

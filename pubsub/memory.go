@@ -11,14 +11,14 @@ import (
 	"time"
 )
 
-// DefaultMemoryMaxLen is the number of entries the in-memory broker keeps per
+// defaultMemoryMaxLen is the number of entries the in-memory broker keeps per
 // topic when MemoryConfig.MaxLen is zero.
-const DefaultMemoryMaxLen = 10000
+const defaultMemoryMaxLen = 10000
 
 // MemoryConfig configures the embedded in-memory broker.
 type MemoryConfig struct {
 	// MaxLen is the number of entries kept per topic; older entries are
-	// trimmed on every publish. Zero means DefaultMemoryMaxLen (10000).
+	// trimmed on every publish. Zero means 10000.
 	MaxLen int
 	// MaxAge trims entries whose ID time is older than Now-MaxAge, on publish
 	// and lazily when a topic is read. Zero means no age limit.
@@ -52,8 +52,6 @@ type Memory struct {
 	dmu   sync.Mutex
 	dirty []*stream // watched streams with entries the reader may not have delivered; guarded by dmu
 }
-
-var _ Publisher = (*Memory)(nil)
 
 // stream is one topic's bounded log plus its delivery state.
 type stream struct {
@@ -92,7 +90,7 @@ func NewMemory(cfg MemoryConfig) (*Memory, error) {
 		topics: make(map[string]*stream),
 	}
 	if m.maxLen == 0 {
-		m.maxLen = DefaultMemoryMaxLen
+		m.maxLen = defaultMemoryMaxLen
 	}
 	if m.now == nil {
 		m.now = time.Now

@@ -150,8 +150,8 @@ func TestNewMemoryConfig(t *testing.T) {
 		})
 	}
 	m := newTestMemory(t, MemoryConfig{})
-	if m.maxLen != DefaultMemoryMaxLen || m.maxAge != 0 || m.now == nil {
-		t.Fatalf("zero config: maxLen %d maxAge %v, want %d, 0", m.maxLen, m.maxAge, DefaultMemoryMaxLen)
+	if m.maxLen != defaultMemoryMaxLen || m.maxAge != 0 || m.now == nil {
+		t.Fatalf("zero config: maxLen %d maxAge %v, want %d, 0", m.maxLen, m.maxAge, defaultMemoryMaxLen)
 	}
 }
 

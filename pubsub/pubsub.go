@@ -8,7 +8,6 @@
 package pubsub
 
 import (
-	"context"
 	"errors"
 	"time"
 )
@@ -112,10 +111,4 @@ type Tail struct {
 	// Entries are up to the requested number of newest entries, oldest first,
 	// all at or before Last.
 	Entries []Entry
-}
-
-// Publisher appends events to topics.
-type Publisher interface {
-	// Publish appends an entry to topic and returns its ID.
-	Publish(ctx context.Context, topic, event string, data []byte) (ID, error)
 }

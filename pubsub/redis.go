@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"log/slog"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -18,10 +19,10 @@ import (
 // Defaults of RedisConfig's zero fields.
 const (
 	DefaultRedisPrefix  = "sse:"
-	DefaultRedisMaxLen  = 10000
-	DefaultRedisReaders = 2
-	DefaultRedisBlock   = 5 * time.Second
-	DefaultRedisCount   = 512
+	defaultRedisMaxLen  = 10000
+	defaultRedisReaders = 2
+	defaultRedisBlock   = 5 * time.Second
+	defaultRedisCount   = 512
 )
 
 // maxRedisReaders bounds cfg.Readers: each reader holds a connection, and
@@ -58,7 +59,8 @@ type RedisConfig struct {
 	// slot: one reader connection per node, but a single shard.
 	Prefix string
 	// MaxLen is the approximate length (MAXLEN ~) Publish trims a stream to.
-	// Zero means 10000.
+	// Zero means 10000; negative means no MAXLEN (a load generator's
+	// publisher that leaves trimming to the nodes' own settings).
 	MaxLen int64
 	// MaxAge, when positive, makes the broker trim the streams of watched
 	// topics with XTRIM MINID ~ (now-MaxAge) every min(MaxAge/4, 30s). Zero
@@ -179,8 +181,6 @@ type Redis struct {
 	nodes   map[string]*redis.Client // Cluster mode: one small pool per node for CLIENT UNBLOCK; guarded by mu
 }
 
-var _ Publisher = (*Redis)(nil)
-
 // NewRedis validates cfg and builds the broker and its client. It does not
 // connect: Redis need not be up until the first command.
 func NewRedis(cfg RedisConfig) (*Redis, error) {
@@ -254,8 +254,6 @@ func (c RedisConfig) withDefaults() (RedisConfig, redisMode, error) {
 		return fail("URL or Addrs is required")
 	}
 	switch {
-	case c.MaxLen < 0:
-		return fail("MaxLen %d is negative", c.MaxLen)
 	case c.MaxAge < 0:
 		return fail("MaxAge %v is negative", c.MaxAge)
 	case c.Readers < 0 || c.Readers > maxRedisReaders:
@@ -270,16 +268,16 @@ func (c RedisConfig) withDefaults() (RedisConfig, redisMode, error) {
 		c.Prefix = DefaultRedisPrefix
 	}
 	if c.MaxLen == 0 {
-		c.MaxLen = DefaultRedisMaxLen
+		c.MaxLen = defaultRedisMaxLen
 	}
 	if c.Readers == 0 {
-		c.Readers = DefaultRedisReaders
+		c.Readers = defaultRedisReaders
 	}
 	if c.Block == 0 {
-		c.Block = DefaultRedisBlock
+		c.Block = defaultRedisBlock
 	}
 	if c.Count == 0 {
-		c.Count = DefaultRedisCount
+		c.Count = defaultRedisCount
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -359,10 +357,6 @@ func (b *Redis) commonOptions(opt *redis.Options, r *reader) {
 		opt.OnConnect = r.onConnect(opt.Addr, false)
 	}
 }
-
-// Client returns the broker's shared client, for admin commands and tests.
-// It is closed by Close.
-func (b *Redis) Client() redis.UniversalClient { return b.client }
 
 // Prefix returns the key prefix in use (the default applied).
 func (b *Redis) Prefix() string { return b.cfg.Prefix }
@@ -503,23 +497,17 @@ func (b *Redis) Unwatch(topic string) {
 	}
 }
 
-// Publish appends an entry to topic with PublishTo and the broker's prefix
-// and MaxLen.
+// Publish appends an entry to topic's stream, as any Go publisher would:
+//
+//	XADD <Prefix><topic> MAXLEN ~ <MaxLen> * data <data> [event <event>]
+//
+// with no MAXLEN when MaxLen is negative. topic must pass ValidateTopic and
+// event must not hold CR or LF (ErrBadEvent). A key of another type gives
+// an error wrapping ErrWrongType.
 func (b *Redis) Publish(ctx context.Context, topic, event string, data []byte) (ID, error) {
 	if b.closed.Load() {
 		return ID{}, ErrClosed
 	}
-	return PublishTo(ctx, b.client, b.cfg.Prefix, topic, event, data, b.cfg.MaxLen)
-}
-
-// PublishTo appends an entry to topic's stream on c, for Go publishers:
-//
-//	XADD <prefix><topic> MAXLEN ~ <maxLen> * data <data> [event <event>]
-//
-// maxLen <= 0 adds no MAXLEN. topic must pass ValidateTopic and event must
-// not hold CR or LF (ErrBadEvent). A key of another type gives an error
-// wrapping ErrWrongType.
-func PublishTo(ctx context.Context, c redis.Cmdable, prefix, topic, event string, data []byte, maxLen int64) (ID, error) {
 	if err := ValidateTopic(topic); err != nil {
 		return ID{}, fmt.Errorf("pubsub: publish %q: %w", topic, err)
 	}
@@ -531,11 +519,11 @@ func PublishTo(ctx context.Context, c redis.Cmdable, prefix, topic, event string
 	if event != "" {
 		values = append(values, fieldEvent, event)
 	}
-	args := &redis.XAddArgs{Stream: prefix + topic, Values: values}
-	if maxLen > 0 {
-		args.MaxLen, args.Approx = maxLen, true
+	args := &redis.XAddArgs{Stream: b.key(topic), Values: values}
+	if b.cfg.MaxLen > 0 {
+		args.MaxLen, args.Approx = b.cfg.MaxLen, true
 	}
-	s, err := c.XAdd(ctx, args).Result()
+	s, err := b.client.XAdd(ctx, args).Result()
 	if err != nil {
 		return ID{}, fmt.Errorf("pubsub: publish %q: %w", topic, redisErr(err))
 	}
@@ -544,6 +532,66 @@ func PublishTo(ctx context.Context, c redis.Cmdable, prefix, topic, event string
 		return ID{}, fmt.Errorf("pubsub: publish %q: reply: %w", topic, err)
 	}
 	return id, nil
+}
+
+// CommandCalls returns how many times Redis ran each command since its
+// stats were last reset (INFO commandstats: command name -> calls), summed
+// over the masters in Cluster mode. A load generator reads it before and
+// after a run to report the commands the nodes cost Redis.
+func (b *Redis) CommandCalls(ctx context.Context) (map[string]int64, error) {
+	if b.closed.Load() {
+		return nil, ErrClosed
+	}
+	calls := make(map[string]int64)
+	var mu sync.Mutex // ForEachMaster runs fn concurrently
+	add := func(ctx context.Context, c *redis.Client) error {
+		s, err := c.Info(ctx, "commandstats").Result()
+		if err != nil {
+			return err
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		for name, n := range parseCommandStats(s) {
+			calls[name] += n
+		}
+		return nil
+	}
+	var err error
+	switch c := b.client.(type) {
+	case *redis.ClusterClient:
+		err = c.ForEachMaster(ctx, add)
+	case *redis.Client:
+		err = add(ctx, c)
+	default: // Sentinel's failover client is a *redis.Client; nothing else is built
+		err = fmt.Errorf("client %T", c)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("pubsub: redis INFO commandstats: %w", err)
+	}
+	return calls, nil
+}
+
+// parseCommandStats reads lines like "cmdstat_xadd:calls=12,usec=34,...".
+func parseCommandStats(s string) map[string]int64 {
+	m := make(map[string]int64)
+	for line := range strings.Lines(s) {
+		line, ok := strings.CutPrefix(strings.TrimSpace(line), "cmdstat_")
+		if !ok {
+			continue
+		}
+		name, rest, ok := strings.Cut(line, ":")
+		if !ok {
+			continue
+		}
+		for kv := range strings.SplitSeq(rest, ",") {
+			if v, ok := strings.CutPrefix(kv, "calls="); ok {
+				if n, err := strconv.ParseInt(v, 10, 64); err == nil {
+					m[name] = n
+				}
+			}
+		}
+	}
+	return m
 }
 
 // Range returns up to count entries of topic with ID > after, ascending;

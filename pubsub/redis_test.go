@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"runtime"
 	"slices"
@@ -40,7 +41,7 @@ func TestRedisConfigValidation(t *testing.T) {
 		{name: "password percent-encoded", cfg: RedisConfig{URL: "redis://u:p%40ss%2Fw%3Ard%23@localhost:6379/0"}, mode: modeSingle},
 		{name: "master with url", cfg: RedisConfig{URL: "redis://x", MasterName: "m"}, wantErr: "MasterName"},
 		{name: "empty addr", cfg: RedisConfig{Addrs: []string{"a:1", ""}}, wantErr: "empty address"},
-		{name: "negative maxlen", cfg: RedisConfig{URL: "redis://x", MaxLen: -1}, wantErr: "MaxLen"},
+		{name: "negative maxlen means none", cfg: RedisConfig{URL: "redis://x", MaxLen: -1}, mode: modeSingle},
 		{name: "negative maxage", cfg: RedisConfig{URL: "redis://x", MaxAge: -time.Second}, wantErr: "MaxAge"},
 		{name: "negative readers", cfg: RedisConfig{URL: "redis://x", Readers: -1}, wantErr: "Readers"},
 		{name: "too many readers", cfg: RedisConfig{URL: "redis://x", Readers: 65}, wantErr: "Readers"},
@@ -91,7 +92,7 @@ func TestRedisConfigDefaults(t *testing.T) {
 		c.Count != 512 || c.MaxAge != 0 || c.Logger == nil || c.Now == nil {
 		t.Fatalf("defaults = %+v", c)
 	}
-	if len(b.readers) != 2 || b.Prefix() != "sse:" || b.Client() == nil {
+	if len(b.readers) != 2 || b.Prefix() != "sse:" || b.client == nil {
 		t.Fatalf("readers %d, prefix %q", len(b.readers), b.Prefix())
 	}
 }
@@ -224,8 +225,8 @@ func TestRedisArgumentChecks(t *testing.T) {
 	if _, err := b.Publish(ctx, "t", "a\nb", nil); !errors.Is(err, ErrBadEvent) {
 		t.Errorf("Publish event with LF = %v", err)
 	}
-	if _, err := PublishTo(ctx, b.Client(), "p:", "t t", "", nil, 0); !errors.Is(err, ErrBadTopic) {
-		t.Errorf("PublishTo bad topic = %v", err)
+	if _, err := b.Publish(ctx, "t t", "", nil); !errors.Is(err, ErrBadTopic) {
+		t.Errorf("Publish bad topic = %v", err)
 	}
 	cctx, cancel := context.WithCancel(ctx)
 	cancel()
@@ -557,5 +558,26 @@ func TestRedisNeedsReload(t *testing.T) {
 		if got := needsReload(tt.err); got != tt.want {
 			t.Errorf("needsReload(%v) = %v, want %v", tt.err, got, tt.want)
 		}
+	}
+}
+
+// TestParseCommandStats: CommandCalls reads the calls of each command and
+// ignores the other fields and sections.
+func TestParseCommandStats(t *testing.T) {
+	tests := []struct {
+		name, in string
+		want     map[string]int64
+	}{
+		{"empty", "", map[string]int64{}},
+		{"two commands", "# Commandstats\r\ncmdstat_xadd:calls=12,usec=34,usec_per_call=2.83\r\ncmdstat_client|unblock:calls=3,usec=1\r\n",
+			map[string]int64{"xadd": 12, "client|unblock": 3}},
+		{"other lines", "# Server\r\nredis_version:7.0.15\r\ncmdstat_get:usec=3\r\ncmdstat_bad\r\ncmdstat_set:calls=x\r\n", map[string]int64{}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := parseCommandStats(tt.in); !maps.Equal(got, tt.want) {
+				t.Errorf("parseCommandStats = %v, want %v", got, tt.want)
+			}
+		})
 	}
 }

@@ -2,8 +2,8 @@ package pubsub
 
 import "fmt"
 
-// MaxTopicLen is the longest topic name accepted, in bytes.
-const MaxTopicLen = 200
+// maxTopicLen is the longest topic name accepted, in bytes.
+const maxTopicLen = 200
 
 // ValidateTopic checks a topic name against the contract: 1 to 200 bytes of
 // [A-Za-z0-9._:/@-].
@@ -11,8 +11,8 @@ func ValidateTopic(t string) error {
 	if len(t) == 0 {
 		return fmt.Errorf("%w: empty name", ErrBadTopic)
 	}
-	if len(t) > MaxTopicLen {
-		return fmt.Errorf("%w: %d bytes, at most %d", ErrBadTopic, len(t), MaxTopicLen)
+	if len(t) > maxTopicLen {
+		return fmt.Errorf("%w: %d bytes, at most %d", ErrBadTopic, len(t), maxTopicLen)
 	}
 	for i := 0; i < len(t); i++ {
 		if !topicByte[t[i]] {

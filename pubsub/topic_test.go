@@ -14,7 +14,7 @@ func TestValidateTopic(t *testing.T) {
 	}{
 		{"letters and digits", "AZaz09", true},
 		{"one byte", "a", true},
-		{"200 bytes", strings.Repeat("a", MaxTopicLen), true},
+		{"200 bytes", strings.Repeat("a", maxTopicLen), true},
 		{"dot", "a.b", true},
 		{"underscore", "a_b", true},
 		{"colon", "a:b", true},
@@ -24,7 +24,7 @@ func TestValidateTopic(t *testing.T) {
 		{"only punctuation", "._:/@-", true},
 
 		{"empty", "", false},
-		{"201 bytes", strings.Repeat("a", MaxTopicLen+1), false},
+		{"201 bytes", strings.Repeat("a", maxTopicLen+1), false},
 		{"space", "a b", false},
 		{"newline", "a\nb", false},
 		{"carriage return", "a\r", false},

@@ -115,33 +115,31 @@ type Source interface {
 
 // Defaults for zero Config fields.
 const (
-	DefaultRingSize       = 1024
-	DefaultRingBytes      = 64 << 20
-	DefaultPageSize       = 256
-	DefaultPageBytes      = 4 << 20
-	DefaultPageCacheBytes = 16 << 20
+	defaultRingSize       = 1024
+	defaultRingBytes      = 64 << 20
+	defaultPageSize       = 256
+	defaultPageBytes      = 4 << 20
+	defaultPageCacheBytes = 16 << 20
 )
 
 // Config configures a Window. Zero fields take the documented defaults.
 type Config struct {
-	// RingSize is the number of entries held per active topic; 0 means
-	// DefaultRingSize (1024).
+	// RingSize is the number of entries held per active topic; 0 means 1024.
 	RingSize int
 	// MaxAge evicts ring entries older than this (by the time in their ID);
 	// 0 means no age limit.
 	MaxAge time.Duration
 	// RingBytes is the budget of all rings together, by entry size (see
-	// the package doc); 0 means DefaultRingBytes (64 MiB).
+	// the package doc); 0 means 64 MiB.
 	RingBytes int64
 	// PageSize is the number of entries read from the source per Range call
-	// and copied from the ring per step of a Replay; 0 means DefaultPageSize
-	// (256).
+	// and copied from the ring per step of a Replay; 0 means 256.
 	PageSize int
 	// PageBytes bounds the bytes of a page (see the package doc); 0 means
-	// DefaultPageBytes (4 MiB).
+	// 4 MiB.
 	PageBytes int
 	// PageCacheBytes bounds the full source pages kept for reconnect
-	// storms; 0 means DefaultPageCacheBytes (16 MiB).
+	// storms; 0 means 16 MiB.
 	PageCacheBytes int
 	// Now is the clock for MaxAge; nil means time.Now.
 	Now func() time.Time
@@ -283,14 +281,14 @@ func New(src Source, cfg Config) (*Window, error) {
 	}
 	w := &Window{
 		src:       src,
-		ringSize:  orDefault(cfg.RingSize, DefaultRingSize),
-		ringBytes: orDefault(cfg.RingBytes, DefaultRingBytes),
-		pageSize:  orDefault(cfg.PageSize, DefaultPageSize),
-		pageBytes: orDefault(cfg.PageBytes, DefaultPageBytes),
+		ringSize:  orDefault(cfg.RingSize, defaultRingSize),
+		ringBytes: orDefault(cfg.RingBytes, defaultRingBytes),
+		pageSize:  orDefault(cfg.PageSize, defaultPageSize),
+		pageBytes: orDefault(cfg.PageBytes, defaultPageBytes),
 		maxAge:    cfg.MaxAge,
 		now:       cfg.Now,
 		topics:    make(map[string]*topicState),
-		recent:    pageCache{ttl: pageCacheTTL, maxBytes: orDefault(cfg.PageCacheBytes, DefaultPageCacheBytes)},
+		recent:    pageCache{ttl: pageCacheTTL, maxBytes: orDefault(cfg.PageCacheBytes, defaultPageCacheBytes)},
 	}
 	if w.now == nil {
 		w.now = time.Now

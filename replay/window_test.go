@@ -40,7 +40,7 @@ func TestNewConfig(t *testing.T) {
 			if w.ringSize <= 0 || w.pageSize <= 0 || w.now == nil {
 				t.Errorf("defaults not applied: %+v", w)
 			}
-			if tt.name == "defaults" && (w.ringSize != DefaultRingSize || w.pageSize != DefaultPageSize) {
+			if tt.name == "defaults" && (w.ringSize != defaultRingSize || w.pageSize != defaultPageSize) {
 				t.Errorf("ring %d page %d, want defaults", w.ringSize, w.pageSize)
 			}
 		})

@@ -11,8 +11,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
 	"github.com/ssecluster/ssecluster/pubsub"
 )
 
@@ -23,58 +21,36 @@ type publisher interface {
 	close() error
 }
 
-// redisPublisher XADDs with pubsub.PublishTo, as any Go publisher would.
+// redisPublisher XADDs with a pubsub.Redis broker that is never started:
+// its Publish is what any Go publisher would call, and it owns the only
+// Redis client sseload needs.
 type redisPublisher struct {
-	client *redis.Client
-	prefix string
-	event  string
-	maxLen int64
+	b     *pubsub.Redis
+	event string
 }
 
+// newRedisPublisher publishes to the server at rawURL, to streams
+// <prefix><topic> trimmed to maxLen (0: not trimmed).
 func newRedisPublisher(rawURL, prefix, event string, maxLen int64) (*redisPublisher, error) {
-	opt, err := redis.ParseURL(rawURL)
+	if maxLen == 0 {
+		maxLen = -1 // pubsub's "no MAXLEN"; its zero means the default
+	}
+	b, err := pubsub.NewRedis(pubsub.RedisConfig{URL: rawURL, Prefix: prefix, MaxLen: maxLen})
 	if err != nil {
 		return nil, fmt.Errorf("sseload: -redis %q: %w", rawURL, err)
 	}
-	return &redisPublisher{client: redis.NewClient(opt), prefix: prefix, event: event, maxLen: maxLen}, nil
+	return &redisPublisher{b: b, event: event}, nil
 }
 
 func (p *redisPublisher) publish(ctx context.Context, topic string, data []byte) (pubsub.ID, error) {
-	return pubsub.PublishTo(ctx, p.client, p.prefix, topic, p.event, data, p.maxLen)
+	return p.b.Publish(ctx, topic, p.event, data)
 }
 
-func (p *redisPublisher) close() error { return p.client.Close() }
+func (p *redisPublisher) close() error { return p.b.Close() }
 
 // commandStats returns INFO commandstats as command -> calls.
 func (p *redisPublisher) commandStats(ctx context.Context) (map[string]int64, error) {
-	s, err := p.client.Info(ctx, "commandstats").Result()
-	if err != nil {
-		return nil, fmt.Errorf("sseload: redis INFO commandstats: %w", err)
-	}
-	return parseCommandStats(s), nil
-}
-
-// parseCommandStats reads lines like "cmdstat_xadd:calls=12,usec=34,...".
-func parseCommandStats(s string) map[string]int64 {
-	m := make(map[string]int64)
-	for line := range strings.Lines(s) {
-		line, ok := strings.CutPrefix(strings.TrimSpace(line), "cmdstat_")
-		if !ok {
-			continue
-		}
-		name, rest, ok := strings.Cut(line, ":")
-		if !ok {
-			continue
-		}
-		for kv := range strings.SplitSeq(rest, ",") {
-			if v, ok := strings.CutPrefix(kv, "calls="); ok {
-				if n, err := strconv.ParseInt(v, 10, 64); err == nil {
-					m[name] = n
-				}
-			}
-		}
-	}
-	return m
+	return p.b.CommandCalls(ctx)
 }
 
 // httpPublisher uses a node's POST /publish, the way to publish to an

@@ -43,12 +43,18 @@ func environ() map[string]string {
 	return m
 }
 
-// broker is what main needs of either broker beyond what node and replay use.
+// broker is what main needs of either broker beyond what node (and its
+// replay window) uses.
 type broker interface {
 	node.Broker
-	replay.Source
 	Close() error
 }
+
+// Both brokers serve a node and its window.
+var (
+	_ broker = (*pubsub.Redis)(nil)
+	_ broker = (*pubsub.Memory)(nil)
+)
 
 func run(args []string, env map[string]string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("ssenode", flag.ContinueOnError)
