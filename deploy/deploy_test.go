@@ -52,7 +52,7 @@ var envVars = map[string]func(string) error{
 	"SSE_MAX_TOPICS":              checkCount,
 	"SSE_SOCKET_SNDBUF":           checkCount,
 	"SSE_HIJACK":                  oneOf("true", "false"),
-	"SSE_ANNOUNCE_POSITION":       oneOf("true", "false"),
+	"SSE_ANNOUNCE_POSITION":       oneOf("auto", "true", "false"),
 	"SSE_SHUTDOWN_TIMEOUT":        checkDuration,
 	"SSE_LOG_LEVEL":               oneOf("debug", "info", "warn", "error"),
 	"SSE_LOG_FORMAT":              oneOf("json", "text"),

@@ -212,7 +212,7 @@ func (n *Node) ServeEvents(w http.ResponseWriter, r *http.Request) {
 		slots:    make([]int, len(req.topics)),
 		pos:      req.pos,
 		ip:       ip,
-		announce: !req.resume && n.cfg.AnnouncePosition,
+		announce: !req.resume && (n.cfg.AnnouncePosition || n.cfg.AnnounceToBrowsers && r.Header.Get("Sec-Fetch-Mode") != ""),
 		retry:    n.retryLine(),
 	}
 	c.positioned.Store(req.resume)

@@ -108,8 +108,17 @@ func dial(t testing.TB, url string, lastID string) *sseClient {
 
 func tryDial(t testing.TB, url string, lastID string) (*sseClient, int, string) {
 	t.Helper()
+	return tryDialHeader(t, url, lastID, nil)
+}
+
+// tryDialHeader is tryDial with extra request headers.
+func tryDialHeader(t testing.TB, url string, lastID string, hdr http.Header) (*sseClient, int, string) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	for k, v := range hdr {
+		req.Header[k] = v
+	}
 	if lastID != "" {
 		req.Header.Set("Last-Event-ID", lastID)
 	}

@@ -79,6 +79,11 @@ type Config struct {
 	// deliver it as an empty event; so false, the default, sends none
 	// (see README "Position announcement").
 	AnnouncePosition bool
+	// AnnounceToBrowsers sends the announcement of AnnouncePosition only to
+	// requests that carry Sec-Fetch-Mode, which browsers send with every
+	// fetch and whose EventSource never dispatches a block without data:
+	// browsers resume without loss, client libraries get no empty event.
+	AnnounceToBrowsers bool
 	// NoHijack keeps HTTP/1.1 streams on the net/http path (a goroutine and
 	// net/http's buffers per stream) instead of taking the connection over.
 	NoHijack bool

@@ -261,6 +261,8 @@ func TestOpeningRetryAndHeartbeats(t *testing.T) {
 	tests := []struct {
 		name       string
 		announce   bool
+		browsers   bool   // AnnounceToBrowsers
+		secFetch   string // the request's Sec-Fetch-Mode
 		lastID     string
 		idle, next []string // non-blank lines before the publish, and up to its event's id
 	}{
@@ -268,11 +270,21 @@ func TestOpeningRetryAndHeartbeats(t *testing.T) {
 		{name: "resume", lastID: "0-0", next: []string{"retry: R", "id: ID"}},
 		{name: "announce", announce: true, idle: []string{"retry: R", "id: 0-0"}, next: []string{"id: ID"}},
 		{name: "announce, resume", announce: true, lastID: "0-0", next: []string{"retry: R", "id: ID"}},
+		{name: "browsers, a browser", browsers: true, secFetch: "cors", idle: []string{"retry: R", "id: 0-0"}, next: []string{"id: ID"}},
+		{name: "browsers, a library", browsers: true, next: []string{"retry: R", "id: ID"}},
+		{name: "browsers, a browser resuming", browsers: true, secFetch: "cors", lastID: "0-0", next: []string{"retry: R", "id: ID"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			tn := newTestNode(t, testOpts{cfg: Config{Heartbeat: 20 * time.Millisecond, Retry: 1500 * time.Millisecond, AnnouncePosition: tt.announce}})
-			c := dial(t, tn.srv.URL+"/events?topic=h", tt.lastID)
+			tn := newTestNode(t, testOpts{cfg: Config{Heartbeat: 20 * time.Millisecond, Retry: 1500 * time.Millisecond, AnnouncePosition: tt.announce, AnnounceToBrowsers: tt.browsers}})
+			var hdr http.Header
+			if tt.secFetch != "" {
+				hdr = http.Header{"Sec-Fetch-Mode": {tt.secFetch}}
+			}
+			c, status, body := tryDialHeader(t, tn.srv.URL+"/events?topic=h", tt.lastID, hdr)
+			if c == nil {
+				t.Fatalf("status %d: %s", status, body)
+			}
 			var id string
 			// read collects the non-blank lines until stop says so.
 			read := func(stop func(line string, blanks int) bool) []string {

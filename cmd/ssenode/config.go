@@ -51,7 +51,7 @@ type config struct {
 	MaxTopics         int           `env:"MAX_TOPICS" envDefault:"16" help:"topics one stream may subscribe to"`
 	SocketSndbuf      int           `env:"SOCKET_SNDBUF" envDefault:"65536" help:"kernel send buffer per stream (SO_SNDBUF); a slow client's backlog then waits in its bounded queue (0: kernel default)"`
 	Hijack            bool          `env:"HIJACK" envDefault:"true" help:"take HTTP/1.1 streams over from net/http: no goroutine and no net/http buffers per idle stream"`
-	AnnouncePosition  bool          `env:"ANNOUNCE_POSITION" envDefault:"false" help:"send a stream opened without a position its starting position (an id-only block) so a stream cut before its first event resumes without loss; browsers ignore the block, client libraries deliver it as an empty event"`
+	AnnouncePosition  string        `env:"ANNOUNCE_POSITION" envDefault:"auto" help:"send a stream opened without a position its starting position (an id-only block) so a stream cut before its first event resumes without loss: auto (to browsers only, recognised by Sec-Fetch-Mode; browsers ignore the block), true (to every client; libraries such as go-sse, launchdarkly and r3labs deliver it as an empty event) or false"`
 	ShutdownTimeout   time.Duration `env:"SHUTDOWN_TIMEOUT" envDefault:"10s" help:"time SIGTERM gives streams to move before the process exits"`
 
 	TLSCertFile    string `env:"TLS_CERT_FILE" help:"PEM certificate (chain) file: with SSE_TLS_KEY_FILE the public listener serves HTTPS and HTTP/2"`
@@ -132,6 +132,9 @@ func (c config) validate() error {
 	}
 	if c.ClientBuffer < 1 || c.ClientBufferBytes < 1 {
 		errs = append(errs, fmt.Errorf("SSE_CLIENT_BUFFER=%d, SSE_CLIENT_BUFFER_BYTES=%d: must be positive", c.ClientBuffer, c.ClientBufferBytes))
+	}
+	if c.AnnouncePosition != "auto" && c.AnnouncePosition != "true" && c.AnnouncePosition != "false" {
+		errs = append(errs, fmt.Errorf("SSE_ANNOUNCE_POSITION=%q: want auto, true or false", c.AnnouncePosition))
 	}
 	if c.SlowClient != "disconnect" && c.SlowClient != "drop" {
 		errs = append(errs, fmt.Errorf("SSE_SLOW_CLIENT=%q: want disconnect or drop", c.SlowClient))
