@@ -181,8 +181,9 @@ func TestEncodeFramesBatches(t *testing.T) {
 }
 
 // A client skips the events of a batch it already had from replay, and a
-// client of several topics gets a composite id before each body.
-func TestAppendFrameSkipsAndComposes(t *testing.T) {
+// client of several topics gets a composite id before each body; the
+// frame's bytes are gathered by reference.
+func TestGatherSkipsAndComposes(t *testing.T) {
 	entries := []pubsub.Entry{
 		{ID: pubsub.ID{Ms: 1, Seq: 1}, Data: []byte("a")},
 		{ID: pubsub.ID{Ms: 1, Seq: 2}, Data: []byte("b")},
@@ -205,23 +206,19 @@ func TestAppendFrameSkipsAndComposes(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			for _, via := range []string{"append", "write"} {
-				c := &client{topics: tt.topics, pos: append([]pubsub.ID(nil), tt.pos...)}
-				var got []byte
-				var n int
-				if via == "append" {
-					got, n = c.appendFrame(nil, f)
-				} else {
-					s := discardSink{keep: true}
-					var err error
-					if n, err = c.write(&s, f); err != nil {
-						t.Fatal(err)
-					}
-					got = s.buf
-				}
-				if string(got) != tt.want || n != tt.n {
-					t.Fatalf("%s: got %q (%d), want %q (%d)", via, got, n, tt.want, tt.n)
-				}
+			c := &client{topics: tt.topics, pos: append([]pubsub.ID(nil), tt.pos...)}
+			var w wire
+			f.retain(1) // the wire takes a reference over
+			n := c.gather(&w, f)
+			if ps := w.pieces(); n > 0 && &ps[len(ps)-1][0] != &f.buf[len(f.buf)-len(ps[len(ps)-1])] {
+				t.Fatal("the frame's bytes were copied, not referenced")
+			}
+			var s discardSink
+			s.keep = true
+			_ = s.send(&w)
+			w.reset()
+			if got := string(s.buf); got != tt.want || n != tt.n {
+				t.Fatalf("got %q (%d), want %q (%d)", got, n, tt.want, tt.n)
 			}
 		})
 	}

@@ -11,7 +11,6 @@ import (
 	"os"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -307,7 +306,7 @@ func (n *Node) reject(w http.ResponseWriter, outcome, msg string) {
 // start writes the stream's opening (a retry: line and a comment) and
 // replays what the client missed. It returns "" on success, else why the
 // stream must end.
-func (n *Node) start(ctx context.Context, s sink, c *client) (reason string) {
+func (n *Node) start(ctx context.Context, s sink, w *wire, c *client) (reason string) {
 	ctx, span := n.startSpan(ctx, "sse.subscribe", func() []attribute.KeyValue {
 		return []attribute.KeyValue{attribute.StringSlice("sse.topics", c.topics)}
 	})
@@ -322,7 +321,6 @@ func (n *Node) start(ctx context.Context, s sink, c *client) (reason string) {
 	// would be dispatched as an empty event by client libraries that take
 	// any block (r3labs/sse, and the bytes left after the last blank line
 	// of a broken connection) as an event; retry: rides the first event.
-	b := make([]byte, 0, 64)
 	if c.announce {
 		// Opt-in (Config.AnnouncePosition): the opening tells a client
 		// that came without a position where it starts. An id: field with
@@ -330,18 +328,18 @@ func (n *Node) start(ctx context.Context, s sink, c *client) (reason string) {
 		// event, so a stream that ends before its first event still
 		// resumes without loss; literal client libraries dispatch it as
 		// an empty event.
-		b = c.appendRetry(b)
+		b := c.appendRetry(make([]byte, 0, 64))
 		b = append(b, "id: "...)
 		b = replay.AppendLastEventID(b, c.pos)
-		b = append(b, "\n\n"...)
+		w.add(append(b, "\n\n"...))
 	} else {
-		b = append(b, opening...)
+		w.ref(opening)
 	}
-	if err := n.writeFlush(s, b); err != nil {
+	if err := n.send(s, w); err != nil {
 		return n.writeFailed(err)
 	}
 	for i, t := range c.topics {
-		if err := n.replay(ctx, s, c, i, t); err != nil {
+		if err := n.replay(ctx, s, w, c, i, t); err != nil {
 			// net/http cancels the request's context when a write fails:
 			// look at the write error first.
 			if errors.Is(err, errWrite) {
@@ -386,7 +384,9 @@ func (c *client) appendRetry(b []byte) []byte {
 // writer is the request goroutine itself.
 func (n *Node) stream(r *http.Request, s sink, c *client, signal <-chan struct{}) string {
 	ctx := r.Context()
-	if reason := n.start(ctx, s, c); reason != "" {
+	w := new(wire)
+	defer w.reset()
+	if reason := n.start(ctx, s, w, c); reason != "" {
 		return reason
 	}
 	hb := time.NewTimer(n.cfg.Heartbeat)
@@ -399,7 +399,8 @@ func (n *Node) stream(r *http.Request, s sink, c *client, signal <-chan struct{}
 		case <-n.drainCh:
 			return reasonDrain
 		case <-hb.C:
-			if err := n.writeFlush(s, heartbeat); err != nil {
+			w.ref(heartbeat)
+			if err := n.send(s, w); err != nil {
 				return n.writeFailed(err)
 			}
 			hb.Reset(n.cfg.Heartbeat)
@@ -417,15 +418,10 @@ func (n *Node) stream(r *http.Request, s sink, c *client, signal <-chan struct{}
 			if len(batch) == 0 {
 				continue
 			}
-			n.m.queueDepth.Observe(float64(len(batch)))
-			err := n.writeBatch(s, c, batch)
-			for i, f := range batch {
-				f.Release()
-				batch[i] = nil
-			}
-			if err != nil {
+			if err := n.sendLive(s, w, c, batch); err != nil {
 				return n.writeFailed(err)
 			}
+			clear(batch)
 			hb.Reset(n.cfg.Heartbeat)
 		}
 	}
@@ -452,62 +448,34 @@ func (n *Node) writeFailed(err error) string {
 	return reasonWriteError
 }
 
-func (n *Node) writeFlush(s sink, b []byte) error {
+// send writes what w gathered to s, within the write timeout, and lets go
+// of w's frames whatever happens.
+func (n *Node) send(s sink, w *wire) error {
+	defer w.reset()
 	if err := s.SetWriteDeadline(time.Now().Add(n.cfg.WriteTimeout)); err != nil {
 		return fmt.Errorf("%w: set deadline: %w", errWrite, err)
 	}
-	if _, err := s.Write(b); err != nil {
+	if err := s.send(w); err != nil {
 		return fmt.Errorf("%w: %w", errWrite, err)
-	}
-	if err := s.Flush(); err != nil {
-		return fmt.Errorf("%w: flush: %w", errWrite, err)
 	}
 	return nil
 }
 
-// batchBufs hold a batch of several frames while it is written, so that the
-// batch goes out in one Write and so in one HTTP/1.1 chunk: an event is never
-// split across chunks by the response's small internal buffer.
-var batchBufs = sync.Pool{New: func() any { b := make([]byte, 0, 16<<10); return &b }}
-
-// writeBatch writes every frame the client has not seen yet, then flushes
-// once.
-func (n *Node) writeBatch(s sink, c *client, batch []*Frame) error {
-	start := time.Now()
-	if err := s.SetWriteDeadline(start.Add(n.cfg.WriteTimeout)); err != nil {
-		return fmt.Errorf("%w: set deadline: %w", errWrite, err)
+// sendLive writes a batch of live frames, taken from the client's queue,
+// as one write; w takes over the batch's references.
+func (n *Node) sendLive(s sink, w *wire, c *client, batch []*Frame) error {
+	n.m.queueDepth.Observe(float64(len(batch)))
+	for _, f := range batch {
+		c.gather(w, f)
 	}
-	var sent int
-	if len(batch) == 1 && len(c.topics) == 1 {
-		var err error
-		if sent, err = c.write(s, batch[0]); err != nil {
-			return err
-		}
-	} else {
-		bp := batchBufs.Get().(*[]byte)
-		buf := (*bp)[:0]
-		for _, f := range batch {
-			var k int
-			buf, k = c.appendFrame(buf, f)
-			sent += k
-		}
-		var err error
-		if len(buf) > 0 {
-			_, err = s.Write(buf)
-		}
-		if cap(buf) <= 1<<20 {
-			*bp = buf[:0]
-			batchBufs.Put(bp)
-		}
-		if err != nil {
-			return fmt.Errorf("%w: %w", errWrite, err)
-		}
-	}
+	sent := w.events
 	if sent == 0 {
+		w.reset()
 		return nil
 	}
-	if err := s.Flush(); err != nil {
-		return fmt.Errorf("%w: flush: %w", errWrite, err)
+	start := time.Now()
+	if err := n.send(s, w); err != nil {
+		return err
 	}
 	n.m.flush.Observe(time.Since(start).Seconds())
 	n.m.delivered.Add(float64(sent))
@@ -522,82 +490,51 @@ func (c *client) topicOf(f *Frame) int {
 	return c.topicIndex(f.topic)
 }
 
-// appendFrame appends the events of f that the client has not had yet
+// gather adds to w the events of f that the client has not had yet
 // (replay may have sent the first ones), as the client must see them: with
-// a composite id line before each body when it follows several topics. It
-// advances the client's position and returns how many events it appended.
-func (c *client) appendFrame(b []byte, f *Frame) ([]byte, int) {
+// a composite id line before each body when it follows several topics.
+// The frame's bytes go by reference; w takes over the caller's reference
+// to f. It advances the client's position and returns how many events it
+// added.
+func (c *client) gather(w *wire, f *Frame) int {
+	w.hold(f)
 	i := c.topicOf(f)
 	if i < 0 {
-		return b, 0
+		return 0
 	}
 	k := f.after(c.pos[i])
 	if k == len(f.events) {
-		return b, 0
+		return 0
 	}
-	b = c.appendRetry(b)
+	if c.retry != nil {
+		w.add(c.retry)
+		c.retry = nil
+	}
+	sent := len(f.events) - k
+	w.events += sent
 	if len(c.topics) == 1 {
 		c.pos[0] = f.ID()
-		return append(b, f.buf[f.events[k].start:]...), len(f.events) - k
+		w.ref(f.buf[f.events[k].start:])
+		return sent
 	}
 	for j := k; j < len(f.events); j++ {
 		c.pos[i] = f.events[j].id
-		b = append(b, "id: "...)
-		b = replay.AppendLastEventID(b, c.pos)
-		b = append(b, '\n')
-		b = append(b, f.buf[f.events[j].body:f.end(j)]...)
-	}
-	return b, len(f.events) - k
-}
-
-// write sends the events of f the client has not had yet and returns how
-// many.
-func (c *client) write(s sink, f *Frame) (int, error) {
-	if len(c.topics) == 1 {
-		k := f.after(c.pos[0])
-		if k == len(f.events) {
-			return 0, nil
-		}
-		c.pos[0] = f.ID()
-		if c.retry != nil {
-			if _, err := s.Write(c.appendRetry(nil)); err != nil {
-				return 0, fmt.Errorf("%w: %w", errWrite, err)
-			}
-		}
-		if _, err := s.Write(f.buf[f.events[k].start:]); err != nil {
-			return 0, fmt.Errorf("%w: %w", errWrite, err)
-		}
-		return len(f.events) - k, nil
-	}
-	i := c.topicOf(f)
-	if i < 0 {
-		return 0, nil
-	}
-	sent := 0
-	for j := f.after(c.pos[i]); j < len(f.events); j++ {
-		c.pos[i] = f.events[j].id
-		// Only the id line goes through scratch, so it stays small.
-		c.scratch = c.appendRetry(c.scratch[:0])
-		c.scratch = append(c.scratch, "id: "...)
+		// Only the id line is the client's own.
+		c.scratch = append(c.scratch[:0], "id: "...)
 		c.scratch = replay.AppendLastEventID(c.scratch, c.pos)
 		c.scratch = append(c.scratch, '\n')
-		if _, err := s.Write(c.scratch); err != nil {
-			return sent, fmt.Errorf("%w: %w", errWrite, err)
-		}
-		if _, err := s.Write(f.buf[f.events[j].body:f.end(j)]); err != nil {
-			return sent, fmt.Errorf("%w: %w", errWrite, err)
-		}
-		sent++
+		w.add(c.scratch)
+		w.ref(f.buf[f.events[j].body:f.end(j)])
 	}
-	return sent, nil
+	return sent
 }
 
 // replay sends topic i's missed entries, an sse-gap event first if some
-// were lost, flushing as it goes.
-func (n *Node) replay(ctx context.Context, s sink, c *client, i int, topic string) error {
+// were lost. Each entry is encoded once into a frame that goes out by
+// reference, and the client's byte budget (SSE_CLIENT_BUFFER_BYTES) bounds
+// what waits to be written, as it bounds the live queue.
+func (n *Node) replay(ctx context.Context, s sink, w *wire, c *client, i int, topic string) error {
 	ctx, span := n.startSpan(ctx, "sse.replay", replayAttrs(topic, c.pos[i]))
-	var gapBuf []byte
-	var deadlineSet time.Time
 	sent := 0
 	res, err := n.window.Replay(ctx, topic, c.pos[i],
 		func(g replay.Gap) error {
@@ -609,40 +546,23 @@ func (n *Node) replay(ctx context.Context, s sink, c *client, i int, topic strin
 			if g.Reset {
 				c.pos[i] = pubsub.ID{}
 			}
-			gapBuf = c.appendRetry(gapBuf[:0])
-			gapBuf = append(gapBuf, "event: sse-gap\ndata: "...)
-			gapBuf = g.AppendJSON(gapBuf)
-			gapBuf = append(gapBuf, "\n\n"...)
-			return n.writeFlush(s, gapBuf)
+			b := c.appendRetry(nil)
+			b = append(b, "event: sse-gap\ndata: "...)
+			b = g.AppendJSON(b)
+			w.add(append(b, "\n\n"...))
+			return n.send(s, w)
 		},
 		func(e pubsub.Entry) error {
-			f := EncodeFrame(topic, &e)
-			defer f.Release()
-			// The deadline bounds writes to the client, not the waits for
-			// the source between them: renew it once half of it is gone.
-			if now := time.Now(); now.Sub(deadlineSet) > n.cfg.WriteTimeout/2 {
-				deadlineSet = now
-				if err := s.SetWriteDeadline(now.Add(n.cfg.WriteTimeout)); err != nil {
-					return fmt.Errorf("%w: set deadline: %w", errWrite, err)
-				}
+			sent += c.gather(w, encodeFrame(topic, oneEntry(&e), frameSize(&e)))
+			if w.size < n.cfg.ClientBufferBytes {
+				return nil
 			}
-			k, err := c.write(s, f)
-			if err != nil || k == 0 {
-				return err
-			}
-			sent += k
-			if sent%256 == 0 {
-				// Keep the deadline per write batch, not per replay.
-				if err := s.Flush(); err != nil {
-					return fmt.Errorf("%w: flush: %w", errWrite, err)
-				}
-				deadlineSet = time.Now()
-				if err := s.SetWriteDeadline(deadlineSet.Add(n.cfg.WriteTimeout)); err != nil {
-					return fmt.Errorf("%w: set deadline: %w", errWrite, err)
-				}
-			}
-			return nil
+			return n.send(s, w)
 		})
+	if err == nil && w.size > 0 {
+		err = n.send(s, w)
+	}
+	w.reset()
 	replayResult(span, res, sent)
 	endSpan(span, err)
 	if sent > 0 || res.Count > 0 {
@@ -650,18 +570,5 @@ func (n *Node) replay(ctx context.Context, s sink, c *client, i int, topic strin
 		n.m.replayEvents.Add(float64(sent))
 		n.m.delivered.Add(float64(sent))
 	}
-	if err != nil {
-		return err
-	}
-	if sent > 0 {
-		if time.Since(deadlineSet) > n.cfg.WriteTimeout/2 {
-			if err := s.SetWriteDeadline(time.Now().Add(n.cfg.WriteTimeout)); err != nil {
-				return fmt.Errorf("%w: set deadline: %w", errWrite, err)
-			}
-		}
-		if err := s.Flush(); err != nil {
-			return fmt.Errorf("%w: flush: %w", errWrite, err)
-		}
-	}
-	return nil
+	return err
 }

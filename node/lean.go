@@ -7,7 +7,6 @@ import (
 	"net/http"
 	"os"
 	"runtime"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -144,13 +143,11 @@ func (n *Node) hijack(w http.ResponseWriter, c *client, drop bool) *leanConn {
 // then hand over to the pool. The request goroutine returns right after.
 func (lc *leanConn) open(r *http.Request) {
 	n := lc.n
-	s := &chunkSink{conn: lc.conn}
-	s.buf = appendResponseHeader(s.buf, lc.header)
+	s := &connSink{conn: lc.conn, header: appendResponseHeader(nil, lc.header)}
 	lc.header = nil
-	s.raw = len(s.buf)
 	// The request's context ends when the handler returns, and net/http no
 	// longer watches a hijacked connection: replay runs under the node's.
-	if reason := n.start(n.ctx, s, lc.c); reason != "" {
+	if reason := n.start(n.ctx, s, new(wire), lc.c); reason != "" {
 		lc.close(reason)
 		return
 	}
@@ -290,14 +287,11 @@ func (l *lean) worker() {
 type leanWriter struct {
 	l     *lean
 	batch []*Frame
-	buf   []byte
+	out   *wire
 }
 
-// chunkHead is room before a chunk's payload for its size line.
-const chunkHead = 18
-
-// serve writes what one stream has ready, as one chunk, then gives the
-// stream up (it is scheduled again if more arrived).
+// serve writes what one stream has ready, as one chunk in one vectored
+// write, then gives the stream up (it is scheduled again if more arrived).
 func (w *leanWriter) serve(lc *leanConn) {
 	n := lc.n
 	if lc.done.Load() {
@@ -321,71 +315,52 @@ func (w *leanWriter) serve(lc *leanConn) {
 		lc.close(reasonSlowClient)
 		return
 	}
-	w.buf = append(w.buf[:0], make([]byte, chunkHead)...)
-	sent := 0
-	for i, f := range w.batch {
-		var k int
-		w.buf, k = lc.c.appendFrame(w.buf, f)
-		sent += k
-		f.Release()
-		w.batch[i] = nil
+	if w.out == nil {
+		w.out = new(wire)
+	}
+	out := w.out
+	for _, f := range w.batch {
+		lc.c.gather(out, f)
 	}
 	if len(w.batch) > 0 {
 		n.m.queueDepth.Observe(float64(len(w.batch)))
+		clear(w.batch)
 	}
-	if hb := lc.hbDue.Swap(false); sent == 0 {
+	if cap(w.batch) > 1024 {
+		w.batch = nil
+	}
+	if hb := lc.hbDue.Swap(false); out.events == 0 {
 		if !hb {
+			out.reset()
 			lc.release()
 			return
 		}
-		w.buf = append(w.buf, heartbeat...)
+		out.ref(heartbeat)
 	}
 	start := time.Now()
-	chunk := frameChunk(w.buf)
+	vec := out.chunk()
 	_ = lc.conn.SetWriteDeadline(start.Add(min(poolWriteTimeout, n.cfg.WriteTimeout)))
-	m, err := lc.conn.Write(chunk)
-	if err != nil && errors.Is(err, os.ErrDeadlineExceeded) && m < len(chunk) && n.cfg.WriteTimeout > poolWriteTimeout {
+	_, err := vec.WriteTo(lc.conn)
+	if err != nil && errors.Is(err, os.ErrDeadlineExceeded) && len(vec) > 0 && n.cfg.WriteTimeout > poolWriteTimeout {
 		// The client's socket buffer is full: finish on a goroutine of
-		// the stream's own, so the pool moves on. It still owns sched.
-		rest := append([]byte(nil), chunk[m:]...)
+		// the stream's own, so the pool moves on. It still owns sched,
+		// and takes the wire (the frames stay referenced, not copied).
+		w.out = nil
 		w.l.wg.Add(1)
-		go w.l.finishWrite(lc, rest, start, sent)
-		w.shrink()
+		go w.l.finishWrite(lc, out, vec, start)
 		return
 	}
-	w.shrink()
+	lc.finished(out, start, err)
+}
+
+// finished records the end of a write of out, which started at start, and
+// closes the stream if it failed, or gives up writing if not.
+func (lc *leanConn) finished(out *wire, start time.Time, err error) {
+	sent := out.events
+	out.reset()
 	if err != nil {
-		lc.close(n.writeFailed(err))
-		return
-	}
-	lc.wrote(start, sent)
-	lc.release()
-}
-
-// wrote records a completed write.
-func (lc *leanConn) wrote(start time.Time, sent int) {
-	now := time.Now()
-	lc.lastWrite.Store(now.UnixNano())
-	if sent > 0 {
-		lc.n.m.flush.Observe(now.Sub(start).Seconds())
-		lc.n.m.delivered.Add(float64(sent))
-	}
-}
-
-// finishWrite writes the rest of a chunk for a slow client, within the
-// write timeout counted from the first attempt.
-func (l *lean) finishWrite(lc *leanConn, rest []byte, start time.Time, sent int) {
-	defer l.wg.Done()
-	_ = lc.conn.SetWriteDeadline(start.Add(lc.n.cfg.WriteTimeout))
-	// An overflow that cut the pool writer's write must not wait out the
-	// deadline just set; one after this check cuts this write (schedule).
-	if why, ok := lc.c.q.overflow(); ok {
-		lc.n.m.slowDisconnects.WithLabelValues(why.reason()).Inc()
-		lc.close(reasonSlowClient)
-		return
-	}
-	if _, err := lc.conn.Write(rest); err != nil {
 		if why, ok := lc.c.q.overflow(); ok {
+			// The write was cut because the queue overflowed.
 			lc.n.m.slowDisconnects.WithLabelValues(why.reason()).Inc()
 			lc.close(reasonSlowClient)
 			return
@@ -393,32 +368,33 @@ func (l *lean) finishWrite(lc *leanConn, rest []byte, start time.Time, sent int)
 		lc.close(lc.n.writeFailed(err))
 		return
 	}
-	lc.wrote(start, sent)
+	now := time.Now()
+	lc.lastWrite.Store(now.UnixNano())
+	if sent > 0 {
+		lc.n.m.flush.Observe(now.Sub(start).Seconds())
+		lc.n.m.delivered.Add(float64(sent))
+	}
 	lc.release()
 }
 
-// shrink drops a buffer grown by a burst, so a writer does not keep it.
-func (w *leanWriter) shrink() {
-	if cap(w.buf) > 1<<20 {
-		w.buf = nil
+// finishWrite writes the rest of a chunk for a slow client, within the
+// write timeout counted from the first attempt.
+func (l *lean) finishWrite(lc *leanConn, out *wire, rest net.Buffers, start time.Time) {
+	defer l.wg.Done()
+	_ = lc.conn.SetWriteDeadline(start.Add(lc.n.cfg.WriteTimeout))
+	// An overflow that cut the pool writer's write must not wait out the
+	// deadline just set; one after this check cuts this write (schedule).
+	var err error
+	if _, ok := lc.c.q.overflow(); ok {
+		err = errOverflow
+	} else {
+		_, err = rest.WriteTo(lc.conn)
 	}
-	if cap(w.batch) > 1024 {
-		w.batch = nil
-	}
+	lc.finished(out, start, err)
 }
 
-// frameChunk turns buf, whose payload starts at chunkHead, into one HTTP/1.1
-// chunk: the size line is written right before the payload, and the CRLF
-// after it.
-func frameChunk(buf []byte) []byte {
-	size := len(buf) - chunkHead
-	var head [chunkHead]byte
-	h := strconv.AppendInt(head[:0], int64(size), 16)
-	h = append(h, '\r', '\n')
-	start := chunkHead - len(h)
-	copy(buf[start:], h)
-	return append(buf[start:], '\r', '\n')
-}
+// errOverflow stands for a write not attempted because the queue overflowed.
+var errOverflow = errors.New("node: queue overflowed")
 
 // heartbeats marks streams idle for SSE_HEARTBEAT and schedules them.
 func (l *lean) heartbeats() {
@@ -448,41 +424,6 @@ func (l *lean) heartbeats() {
 		}
 	}
 }
-
-// chunkSink writes the opening and the replay of a hijacked stream from the
-// request goroutine: each Flush sends what was written as one chunk.
-type chunkSink struct {
-	conn net.Conn
-	buf  []byte
-	raw  int // leading bytes sent as they are (the response header)
-}
-
-func (s *chunkSink) Write(p []byte) (int, error) {
-	s.buf = append(s.buf, p...)
-	return len(p), nil
-}
-
-func (s *chunkSink) Flush() error {
-	if len(s.buf) == s.raw {
-		return nil
-	}
-	var head [chunkHead]byte
-	h := strconv.AppendInt(head[:0], int64(len(s.buf)-s.raw), 16)
-	h = append(h, '\r', '\n')
-	out := make([]byte, 0, len(s.buf)+len(h)+2)
-	out = append(out, s.buf[:s.raw]...)
-	out = append(out, h...)
-	out = append(out, s.buf[s.raw:]...)
-	out = append(out, '\r', '\n')
-	_, err := s.conn.Write(out)
-	s.buf, s.raw = s.buf[:0], 0
-	if cap(s.buf) > 64<<10 {
-		s.buf = nil
-	}
-	return err
-}
-
-func (s *chunkSink) SetWriteDeadline(t time.Time) error { return s.conn.SetWriteDeadline(t) }
 
 // ring is a growable FIFO that reuses its storage.
 type ring[T any] struct {
