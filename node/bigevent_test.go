@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"runtime"
 	rtmetrics "runtime/metrics"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -114,4 +115,35 @@ func readData(c *sseClient, n int) error {
 		return fmt.Errorf("got %d bytes of data, want %d", got, n)
 	}
 	return nil
+}
+
+// A replay is written whenever the client's byte budget has been gathered:
+// what waits for a client is bounded in bytes, replay as live. The budget
+// here holds four events; each chunk of the hijacked wire is one write.
+func TestReplayWritesByBytes(t *testing.T) {
+	const (
+		events = 40
+		budget = 4 << 10
+	)
+	tn := newTestNode(t, testOpts{lean: true, cfg: Config{ClientBufferBytes: budget, Heartbeat: time.Hour}})
+	data := strings.Repeat("r", 1000)
+	for range events {
+		tn.publish(t, "rp", "", data)
+	}
+	c := rawHTTP(t, tn.srv.URL, "/events?topic=rp&lastEventId=0-0")
+	if got := readChunk(t, c.br); got != "\n\n" {
+		t.Fatalf("opening chunk = %q, want a blank line", got)
+	}
+	got, chunks := 0, 0
+	for got < events {
+		ch := readChunk(t, c.br)
+		chunks++
+		if len(ch) > budget+len(data)+64 {
+			t.Fatalf("replay chunk of %d bytes, want at most the budget (%d) and one event", len(ch), budget)
+		}
+		got += strings.Count(ch, "data: ")
+	}
+	if got != events || chunks < events*1000/(budget+1000) {
+		t.Fatalf("%d events in %d chunks, want %d events in at least %d", got, chunks, events, events*1000/(budget+1000))
+	}
 }
