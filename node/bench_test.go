@@ -3,6 +3,9 @@ package node
 import (
 	"bytes"
 	"fmt"
+	"net"
+	"runtime"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -75,6 +78,85 @@ func BenchmarkFanout(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkFanoutWake is BenchmarkFanout through the hijacked path's
+// wake-ups: each subscriber's queue schedules its stream on the writer
+// pool, whose writers gather the frame and write it to a connection that
+// discards it. An op ends when every subscriber's chunk is written.
+func BenchmarkFanoutWake(b *testing.B) {
+	for _, subs := range []int{100, 1000, 10000} {
+		b.Run(fmt.Sprintf("subs=%d", subs), func(b *testing.B) {
+			mem, err := pubsub.NewMemory(pubsub.MemoryConfig{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer mem.Close()
+			w, err := replay.New(mem, replay.Config{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			n, err := New(Config{Heartbeat: time.Hour}, mem, w)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if err := n.Start(); err != nil {
+				b.Fatal(err)
+			}
+			defer n.Close()
+			if err := w.Acquire(b.Context(), "bench"); err != nil {
+				b.Fatal(err)
+			}
+			defer w.Release("bench")
+			conn := &countConn{}
+			streams := make([]*leanConn, subs)
+			for i := range streams {
+				c := &client{
+					topics: []string{"bench"},
+					slots:  make([]int, 1),
+					pos:    make([]pubsub.ID, 1),
+				}
+				lc := &leanConn{n: n, c: c, conn: conn}
+				c.q = newQueue(64, 1<<20, false, lc.schedule)
+				streams[i] = lc
+				n.hub.subscribe(c)
+			}
+			entries := []pubsub.Entry{{Data: bytes.Repeat([]byte("x"), 100)}}
+			publish := func(i int) {
+				entries[0].ID = pubsub.ID{Ms: 1, Seq: uint64(i)}
+				n.deliver("bench", entries)
+				for conn.chunks.Load() < int64(subs*i) {
+					runtime.Gosched()
+				}
+			}
+			publish(1)
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 2; b.Loop(); i++ {
+				publish(i)
+			}
+			b.StopTimer()
+			for _, lc := range streams {
+				n.hub.unsubscribe(lc.c)
+				lc.c.q.close()
+			}
+		})
+	}
+}
+
+// countConn is a connection that discards what is written to it and counts
+// the chunks (their trailing CRLF piece).
+type countConn struct {
+	net.Conn
+	chunks atomic.Int64
+}
+
+func (c *countConn) Write(p []byte) (int, error) {
+	if len(p) == len(crlf) && &p[0] == &crlf[0] {
+		c.chunks.Add(1)
+	}
+	return len(p), nil
+}
+func (c *countConn) SetWriteDeadline(time.Time) error { return nil }
 
 // BenchmarkWriteBatch measures a writer turning a batch of queued frames
 // into one write.

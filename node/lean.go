@@ -341,7 +341,7 @@ func (w *leanWriter) serve(lc *leanConn) {
 	vec := out.chunk()
 	_ = lc.conn.SetWriteDeadline(start.Add(min(poolWriteTimeout, n.cfg.WriteTimeout)))
 	_, err := vec.WriteTo(lc.conn)
-	if err != nil && errors.Is(err, os.ErrDeadlineExceeded) && len(vec) > 0 && n.cfg.WriteTimeout > poolWriteTimeout {
+	if err != nil && errors.Is(err, os.ErrDeadlineExceeded) && len(*vec) > 0 && n.cfg.WriteTimeout > poolWriteTimeout {
 		// The client's socket buffer is full: finish on a goroutine of
 		// the stream's own, so the pool moves on. It still owns sched,
 		// and takes the wire (the frames stay referenced, not copied).
@@ -379,7 +379,7 @@ func (lc *leanConn) finished(out *wire, start time.Time, err error) {
 
 // finishWrite writes the rest of a chunk for a slow client, within the
 // write timeout counted from the first attempt.
-func (l *lean) finishWrite(lc *leanConn, out *wire, rest net.Buffers, start time.Time) {
+func (l *lean) finishWrite(lc *leanConn, out *wire, rest *net.Buffers, start time.Time) {
 	defer l.wg.Done()
 	_ = lc.conn.SetWriteDeadline(start.Add(lc.n.cfg.WriteTimeout))
 	// An overflow that cut the pool writer's write must not wait out the

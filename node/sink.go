@@ -31,6 +31,9 @@ type wire struct {
 	size   int      // payload bytes gathered
 	events int      // events gathered
 	head   [chunkHead]byte
+	// unsent is the chunk still to write; a vectored write consumes it.
+	// A field, so that writing it allocates nothing.
+	unsent net.Buffers
 }
 
 // chunkHead is room for a chunk's size line.
@@ -67,13 +70,15 @@ func (w *wire) pieces() net.Buffers {
 	return w.bufs[1:]
 }
 
-// chunk returns the payload framed as one HTTP/1.1 chunk, ready for a
-// vectored write; it shares w's pieces. There must be a payload: an empty
-// chunk would end the body.
-func (w *wire) chunk() net.Buffers {
+// chunk frames the payload as one HTTP/1.1 chunk, ready for a vectored
+// write, in w.unsent (which shares w's pieces). There must be a payload:
+// an empty chunk would end the body. Call it once per write.
+func (w *wire) chunk() *net.Buffers {
 	h := strconv.AppendInt(w.head[:0], int64(w.size), 16)
 	w.bufs[0] = append(h, '\r', '\n')
-	return append(w.bufs, crlf)
+	w.bufs = append(w.bufs, crlf)
+	w.unsent = w.bufs
+	return &w.unsent
 }
 
 // reset releases the frames and empties w for the next write. A wire that
@@ -84,6 +89,7 @@ func (w *wire) reset() {
 		w.frames[i] = nil
 	}
 	clear(w.bufs)
+	w.unsent = nil
 	w.bufs, w.frames, w.own = w.bufs[:0], w.frames[:0], w.own[:0]
 	w.size, w.events = 0, 0
 	if cap(w.bufs) > 1024 || cap(w.frames) > 1024 {
@@ -168,8 +174,7 @@ func (s *connSink) send(w *wire) error {
 	if w.size == 0 {
 		return nil
 	}
-	vec := w.chunk()
-	_, err := vec.WriteTo(s.conn)
+	_, err := w.chunk().WriteTo(s.conn)
 	return err
 }
 
