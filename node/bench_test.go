@@ -115,7 +115,7 @@ func BenchmarkFanoutWake(b *testing.B) {
 					slots:  make([]int, 1),
 					pos:    make([]pubsub.ID, 1),
 				}
-				lc := &leanConn{n: n, c: c, conn: conn}
+				lc := &leanConn{n: n, c: c, conn: conn, queue: n.lean.queueFor()}
 				c.q = newQueue(64, 1<<20, false, lc.schedule)
 				streams[i] = lc
 				n.hub.subscribe(c)

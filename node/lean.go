@@ -48,24 +48,75 @@ type leanConn struct {
 	lastWrite atomic.Int64 // unix nanoseconds of the last write
 
 	slot  int    // index in lean.conns; guarded by lean.mu
+	queue *readyQueue // the writers' queue it waits in when scheduled; immutable
 	token uint64 // close-watch registration; guarded by the watcher
 
 	header http.Header // response header, until open writes it
 }
 
 // lean owns the lean path's goroutines and the streams handed to them.
+//
+// Lock order: lean.mu, then a readyQueue's mu. A wake-up (schedule) takes
+// only its stream's readyQueue lock, never lean.mu, so fan-out under a hub
+// shard lock never waits for a node-wide mutex.
 type lean struct {
 	n *Node
 
 	mu      sync.Mutex
-	cond    *sync.Cond
-	ready   ring[*leanConn] // streams waiting for a pool writer, FIFO
-	conns   []*leanConn     // every stream handed over, for heartbeats and drain
+	conns   []*leanConn // every stream handed over, for heartbeats and drain
 	stopped bool
+
+	// queues are the writers' ready lists, one per writer; streams are
+	// spread over them, and a writer with nothing to do takes from the
+	// others before it sleeps.
+	queues []readyQueue
+	next   atomic.Uint32 // round robin over queues for new streams
 
 	watch closeWatcher
 	stop  chan struct{} // closed by close
 	wg    sync.WaitGroup
+}
+
+// readyQueue is one writer's list of streams waiting to be written, FIFO.
+type readyQueue struct {
+	mu      sync.Mutex
+	cond    sync.Cond
+	ready   ring[*leanConn]
+	stopped bool
+}
+
+// push schedules lc; it reports false once the pool is stopped.
+func (q *readyQueue) push(lc *leanConn) bool {
+	q.mu.Lock()
+	if q.stopped {
+		q.mu.Unlock()
+		return false
+	}
+	q.ready.push(lc)
+	q.mu.Unlock()
+	q.cond.Signal()
+	return true
+}
+
+// pop takes the oldest stream, or nil; it waits for one when wait is set,
+// and returns nil once the pool is stopped.
+func (q *readyQueue) pop(wait bool) *leanConn {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for wait && q.ready.len() == 0 && !q.stopped {
+		q.cond.Wait()
+	}
+	if q.stopped || q.ready.len() == 0 {
+		return nil
+	}
+	return q.ready.pop()
+}
+
+func (q *readyQueue) stop() {
+	q.mu.Lock()
+	q.stopped = true
+	q.mu.Unlock()
+	q.cond.Broadcast()
 }
 
 // closeWatcher tells the node at once when a client goes away.
@@ -76,17 +127,19 @@ type closeWatcher interface {
 }
 
 func newLean(n *Node) (*lean, error) {
-	l := &lean{n: n, stop: make(chan struct{})}
-	l.cond = sync.NewCond(&l.mu)
+	workers := max(4, 2*runtime.GOMAXPROCS(0))
+	l := &lean{n: n, stop: make(chan struct{}), queues: make([]readyQueue, workers)}
+	for i := range l.queues {
+		l.queues[i].cond.L = &l.queues[i].mu
+	}
 	w, err := newCloseWatcher(l)
 	if err != nil {
 		return nil, fmt.Errorf("node: close watcher: %w", err)
 	}
 	l.watch = w
-	workers := max(4, 2*runtime.GOMAXPROCS(0))
 	l.wg.Add(workers + 1)
-	for range workers {
-		go l.worker()
+	for i := range workers {
+		go l.worker(i)
 	}
 	go l.heartbeats()
 	return l, nil
@@ -102,8 +155,10 @@ func (l *lean) close() {
 	}
 	l.stopped = true
 	close(l.stop)
-	l.cond.Broadcast()
 	l.mu.Unlock()
+	for i := range l.queues {
+		l.queues[i].stop()
+	}
 	l.watch.close()
 	l.mu.Lock()
 	open := append([]*leanConn(nil), l.conns...)
@@ -132,7 +187,7 @@ func (n *Node) hijack(w http.ResponseWriter, c *client, drop bool) *leanConn {
 	if tc, ok := conn.(*net.TCPConn); ok && n.cfg.SocketSendBuffer > 0 {
 		_ = tc.SetWriteBuffer(n.cfg.SocketSendBuffer)
 	}
-	lc := &leanConn{n: n, c: c, conn: conn}
+	lc := &leanConn{n: n, c: c, conn: conn, queue: n.lean.queueFor()}
 	lc.sched.Store(true) // the request goroutine writes until open hands over
 	c.q = newQueue(n.cfg.ClientBuffer, n.cfg.ClientBufferBytes, drop, lc.schedule)
 	lc.header = header
@@ -189,15 +244,12 @@ func (lc *leanConn) schedule() {
 		}
 		return
 	}
-	l := lc.n.lean
-	l.mu.Lock()
-	if l.stopped {
-		l.mu.Unlock()
-		return
-	}
-	l.ready.push(lc)
-	l.mu.Unlock()
-	l.cond.Signal()
+	lc.queue.push(lc)
+}
+
+// queueFor picks the ready queue of a new stream.
+func (l *lean) queueFor() *readyQueue {
+	return &l.queues[l.next.Add(1)%uint32(len(l.queues))]
 }
 
 // release gives up writing, then takes it back if work arrived meanwhile,
@@ -265,20 +317,23 @@ func (lc *leanConn) close(reason string) {
 	lc.n.finish(lc.c, reason)
 }
 
-func (l *lean) worker() {
+// worker is pool writer i: it serves its own ready queue, and takes from
+// the others before it sleeps, so that no stream waits behind a busy
+// writer while another is idle.
+func (l *lean) worker(i int) {
 	defer l.wg.Done()
 	w := &leanWriter{l: l}
+	own := &l.queues[i]
 	for {
-		l.mu.Lock()
-		for l.ready.len() == 0 && !l.stopped {
-			l.cond.Wait()
+		lc := own.pop(false)
+		for k := 1; lc == nil && k < len(l.queues); k++ {
+			lc = l.queues[(i+k)%len(l.queues)].pop(false)
 		}
-		if l.stopped {
-			l.mu.Unlock()
-			return
+		if lc == nil {
+			if lc = own.pop(true); lc == nil {
+				return // stopped
+			}
 		}
-		lc := l.ready.pop()
-		l.mu.Unlock()
 		w.serve(lc)
 	}
 }
@@ -414,10 +469,8 @@ func (l *lean) heartbeats() {
 					continue
 				}
 				lc.hbDue.Store(true)
-				// Under l.mu, so this is schedule without its locking.
 				if lc.sched.CompareAndSwap(false, true) {
-					l.ready.push(lc)
-					l.cond.Signal()
+					lc.queue.push(lc)
 				}
 			}
 			l.mu.Unlock()
