@@ -137,8 +137,10 @@ func openStreams(t *testing.T, tn *testNode, k int) chan shedResult {
 	return out
 }
 
+// Streams are shed on every driver: this test runs on the hijacked path and,
+// in the SSE_TEST_NETHTTP pass, on the net/http one (as HTTP/2 and TLS).
 func TestClusterShedsExcess(t *testing.T) {
-	tn := newTestNode(t, testOpts{lean: true, cfg: Config{Retry: 500 * time.Millisecond}})
+	tn := newTestNode(t, testOpts{cfg: Config{Retry: 500 * time.Millisecond}})
 	ends := openStreams(t, tn, 10)
 	// One event, so that every stream has had its jittered retry: (it
 	// rides a stream's first event).
@@ -202,7 +204,7 @@ func TestClusterNoRebalance(t *testing.T) {
 }
 
 func TestClusterMaxStreamAge(t *testing.T) {
-	tn := newTestNode(t, testOpts{lean: true})
+	tn := newTestNode(t, testOpts{})
 	began := time.Now()
 	ends := openStreams(t, tn, 3)
 	m := &fakeMembership{}

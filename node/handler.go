@@ -39,6 +39,11 @@ type client struct {
 	end atomic.Pointer[string]
 	// expiry closes the stream when its token expires; nil without one.
 	expiry *time.Timer
+	// index is the stream's place in Node.streams; guarded by its lock.
+	index int
+	// ageLimit is when SSE_MAX_STREAM_AGE ends the stream, zero until the
+	// cluster loop first sees it; that loop's alone.
+	ageLimit time.Time
 }
 
 func (c *client) topicIndex(t string) int {
@@ -202,6 +207,7 @@ func (n *Node) ServeEvents(w http.ResponseWriter, r *http.Request) {
 		announce: !req.resume && n.cfg.AnnouncePosition,
 		retry:    n.retryLine(),
 	}
+	n.streams.add(c)
 	drop := n.cfg.SlowClient == PolicyDrop
 	h := w.Header()
 	h.Set("Content-Type", "text/event-stream")
@@ -285,6 +291,7 @@ func (n *Node) finish(c *client, reason string) {
 		c.expiry.Stop()
 	}
 	n.hub.unsubscribe(c)
+	n.streams.remove(c)
 	c.q.close()
 	for _, t := range c.topics {
 		n.window.Release(t)

@@ -47,9 +47,9 @@ type leanConn struct {
 	hbDue     atomic.Bool  // a heartbeat is due
 	lastWrite atomic.Int64 // unix nanoseconds of the last write
 
-	slot  int    // index in lean.conns; guarded by lean.mu
+	slot  int         // index in lean.conns; guarded by lean.mu
 	queue *readyQueue // the writers' queue it waits in when scheduled; immutable
-	token uint64 // close-watch registration; guarded by the watcher
+	token uint64      // close-watch registration; guarded by the watcher
 
 	header http.Header // response header, until open writes it
 }

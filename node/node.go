@@ -165,7 +165,8 @@ type Node struct {
 	cors   *cors      // nil without CORSOrigins
 	perIP  *ipLimiter // nil without MaxConnectionsPerIP
 
-	conns    atomic.Int64 // open streams
+	conns    atomic.Int64   // open streams
+	streams  streamRegistry // every open stream, for shedding and age limits
 	draining atomic.Bool
 	drainCh  chan struct{} // closed when draining starts
 	drainMu  sync.Mutex    // guards closing drainCh
