@@ -48,7 +48,7 @@ func BenchmarkFanout(b *testing.B) {
 				n.hub.subscribe(clients[i])
 			}
 			entries := []pubsub.Entry{{Data: bytes.Repeat([]byte("x"), 100)}}
-			batch := make([]*Frame, 0, 64)
+			batch := make([]*frame, 0, 64)
 			// publish delivers one event and lets every writer take and
 			// release it, as the writers do after the socket write.
 			publish := func(id pubsub.ID) {
@@ -164,11 +164,11 @@ func BenchmarkWriteBatch(b *testing.B) {
 	var sink discardSink
 	n := &Node{cfg: Config{WriteTimeout: 1}, m: newMetrics(nil)}
 	c := &client{topics: []string{"t"}, pos: make([]pubsub.ID, 1)}
-	frames := make([]*Frame, 16)
+	frames := make([]*frame, 16)
 	for i := range frames {
-		frames[i] = EncodeFrame("t", &pubsub.Entry{ID: pubsub.ID{Ms: 1, Seq: uint64(i)}, Data: bytes.Repeat([]byte("x"), 100)})
+		frames[i] = encodeOne("t", &pubsub.Entry{ID: pubsub.ID{Ms: 1, Seq: uint64(i)}, Data: bytes.Repeat([]byte("x"), 100)})
 	}
-	batch := make([]*Frame, len(frames))
+	batch := make([]*frame, len(frames))
 	w := new(wire)
 	b.ReportAllocs()
 	for b.Loop() {

@@ -398,7 +398,7 @@ func (n *Node) stream(r *http.Request, s sink, c *client, signal <-chan struct{}
 	}
 	hb := time.NewTimer(n.cfg.Heartbeat)
 	defer hb.Stop()
-	var batch []*Frame
+	var batch []*frame
 	for {
 		select {
 		case <-ctx.Done():
@@ -470,7 +470,7 @@ func (n *Node) send(s sink, w *wire) error {
 
 // sendLive writes a batch of live frames, taken from the client's queue,
 // as one write; w takes over the batch's references.
-func (n *Node) sendLive(s sink, w *wire, c *client, batch []*Frame) error {
+func (n *Node) sendLive(s sink, w *wire, c *client, batch []*frame) error {
 	n.m.queueDepth.Observe(float64(len(batch)))
 	for _, f := range batch {
 		c.gather(w, f)
@@ -490,7 +490,7 @@ func (n *Node) sendLive(s sink, w *wire, c *client, batch []*Frame) error {
 }
 
 // topicOf is the index of f's topic among the client's, or -1.
-func (c *client) topicOf(f *Frame) int {
+func (c *client) topicOf(f *frame) int {
 	if len(c.topics) == 1 {
 		return 0
 	}
@@ -503,7 +503,7 @@ func (c *client) topicOf(f *Frame) int {
 // The frame's bytes go by reference; w takes over the caller's reference
 // to f. It advances the client's position and returns how many events it
 // added.
-func (c *client) gather(w *wire, f *Frame) int {
+func (c *client) gather(w *wire, f *frame) int {
 	w.hold(f)
 	i := c.topicOf(f)
 	if i < 0 {
@@ -560,7 +560,7 @@ func (n *Node) replay(ctx context.Context, s sink, w *wire, c *client, i int, to
 			return n.send(s, w)
 		},
 		func(e pubsub.Entry) error {
-			sent += c.gather(w, encodeFrame(topic, oneEntry(&e), frameSize(&e)))
+			sent += c.gather(w, encodeOne(topic, &e))
 			if w.size < n.cfg.ClientBufferBytes {
 				return nil
 			}

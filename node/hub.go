@@ -84,7 +84,7 @@ func (h *hub) unsubscribe(c *client) {
 // The caller keeps its own reference to each frame. refused is called for
 // every frame a queue did not take. It returns how many queues took each
 // frame, on average.
-func (h *hub) fanout(topic string, frames []*Frame, refused func(*client, overflow)) (delivered int) {
+func (h *hub) fanout(topic string, frames []*frame, refused func(*client, overflow)) (delivered int) {
 	s := h.shard(topic)
 	s.mu.RLock()
 	defer s.mu.RUnlock()

@@ -341,7 +341,7 @@ func (l *lean) worker(i int) {
 // leanWriter is one pool writer's reusable state.
 type leanWriter struct {
 	l     *lean
-	batch []*Frame
+	batch []*frame
 	out   *wire
 }
 

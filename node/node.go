@@ -266,8 +266,8 @@ func (n *Node) deliver(topic string, entries []pubsub.Entry) {
 	for i := range entries {
 		n.m.readLag.Observe(now.Sub(entries[i].Time()).Seconds())
 	}
-	var stack [8]*Frame
-	frames := EncodeFrames(stack[:0], topic, entries)
+	var stack [8]*frame
+	frames := encodeFrames(stack[:0], topic, entries)
 	subs := n.hub.fanout(topic, frames, n.refused)
 	if n.tracer != nil {
 		n.traceDeliveries(topic, entries, subs)

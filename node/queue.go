@@ -37,7 +37,7 @@ func (o overflow) reason() string {
 // few pointers, not the whole bound.
 type queue struct {
 	mu       sync.Mutex
-	frames   []*Frame // ring buffer; grows up to max
+	frames   []*frame // ring buffer; grows up to max
 	head     int      // index of the oldest frame
 	n        int      // frames held
 	bytes    int      // bytes held
@@ -70,7 +70,7 @@ func signalNotify() (chan struct{}, func()) {
 // caller had already taken (the hub retains once per subscriber up front).
 // With the disconnect policy an overflow closes the queue (the writer then
 // ends the stream); with drop, the new frame is refused.
-func (q *queue) push(f *Frame) overflow {
+func (q *queue) push(f *frame) overflow {
 	q.mu.Lock()
 	if q.closed {
 		q.mu.Unlock()
@@ -110,7 +110,7 @@ func (q *queue) push(f *Frame) overflow {
 
 func (q *queue) growLocked() {
 	size := min(max(2*len(q.frames), 4), q.max)
-	frames := make([]*Frame, size)
+	frames := make([]*frame, size)
 	for i := range q.n {
 		frames[i] = q.frames[(q.head+i)%len(q.frames)]
 	}
@@ -119,7 +119,7 @@ func (q *queue) growLocked() {
 
 // take moves every queued frame into dst, oldest first. closed reports that
 // the queue was closed by overflow; the reason is then in why.
-func (q *queue) take(dst []*Frame) (out []*Frame, closed bool, why overflow) {
+func (q *queue) take(dst []*frame) (out []*frame, closed bool, why overflow) {
 	q.mu.Lock()
 	for q.n > 0 {
 		dst = append(dst, q.frames[q.head])

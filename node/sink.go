@@ -27,7 +27,7 @@ type wire struct {
 	// line, so a chunk needs no second slice.
 	bufs   net.Buffers
 	own    []byte   // backing of the client's own bytes; only appended to until reset
-	frames []*Frame // references held until reset
+	frames []*frame // references held until reset
 	size   int      // payload bytes gathered
 	events int      // events gathered
 	head   [chunkHead]byte
@@ -60,7 +60,7 @@ func (w *wire) add(p []byte) {
 }
 
 // hold keeps f referenced until the write is done; w owns the reference.
-func (w *wire) hold(f *Frame) { w.frames = append(w.frames, f) }
+func (w *wire) hold(f *frame) { w.frames = append(w.frames, f) }
 
 // pieces are the payload's pieces, without the chunk size line slot.
 func (w *wire) pieces() net.Buffers {
