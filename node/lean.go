@@ -40,7 +40,7 @@ const poolWriteTimeout = 10 * time.Millisecond
 type leanConn struct {
 	n    *Node
 	c    *client
-	conn net.Conn // immutable
+	conn net.Conn // set once by hijack (under lean.mu, which close reads it under)
 
 	sched     atomic.Bool  // someone owns writing; see above
 	done      atomic.Bool  // closed
@@ -63,7 +63,8 @@ type lean struct {
 	n *Node
 
 	mu      sync.Mutex
-	conns   []*leanConn // every stream handed over, for heartbeats and drain
+	conns   []*leanConn            // every stream handed over, for heartbeats and drain
+	opening map[*leanConn]struct{} // streams whose request goroutine writes the opening and replay
 	stopped bool
 
 	// queues are the writers' ready lists, one per writer; streams are
@@ -128,7 +129,7 @@ type closeWatcher interface {
 
 func newLean(n *Node) (*lean, error) {
 	workers := max(4, 2*runtime.GOMAXPROCS(0))
-	l := &lean{n: n, stop: make(chan struct{}), queues: make([]readyQueue, workers)}
+	l := &lean{n: n, stop: make(chan struct{}), queues: make([]readyQueue, workers), opening: make(map[*leanConn]struct{})}
 	for i := range l.queues {
 		l.queues[i].cond.L = &l.queues[i].mu
 	}
@@ -155,6 +156,13 @@ func (l *lean) close() {
 	}
 	l.stopped = true
 	close(l.stop)
+	// A request goroutine still opening its stream (replay) fails its
+	// next write and ends the stream itself; the wait below includes it.
+	for lc := range l.opening {
+		if lc.conn != nil {
+			lc.conn.Close()
+		}
+	}
 	l.mu.Unlock()
 	for i := range l.queues {
 		l.queues[i].stop()
@@ -176,9 +184,14 @@ func (n *Node) hijack(w http.ResponseWriter, c *client, drop bool) *leanConn {
 	if n.lean == nil {
 		return nil
 	}
+	lc := &leanConn{n: n, c: c, queue: n.lean.queueFor()}
+	if !n.lean.enter(lc) {
+		return nil
+	}
 	header := w.Header().Clone()
 	conn, _, err := http.NewResponseController(w).Hijack()
 	if err != nil {
+		n.lean.leave(lc)
 		return nil
 	}
 	// The bufio.ReadWriter is dropped: a client of an event stream sends
@@ -187,7 +200,7 @@ func (n *Node) hijack(w http.ResponseWriter, c *client, drop bool) *leanConn {
 	if tc, ok := conn.(*net.TCPConn); ok && n.cfg.SocketSendBuffer > 0 {
 		_ = tc.SetWriteBuffer(n.cfg.SocketSendBuffer)
 	}
-	lc := &leanConn{n: n, c: c, conn: conn, queue: n.lean.queueFor()}
+	n.lean.setConn(lc, conn)
 	lc.sched.Store(true) // the request goroutine writes until open hands over
 	c.q = newQueue(n.cfg.ClientBuffer, n.cfg.ClientBufferBytes, drop, lc.schedule)
 	lc.header = header
@@ -198,6 +211,7 @@ func (n *Node) hijack(w http.ResponseWriter, c *client, drop bool) *leanConn {
 // then hand over to the pool. The request goroutine returns right after.
 func (lc *leanConn) open(r *http.Request) {
 	n := lc.n
+	defer n.lean.leave(lc)
 	s := &connSink{conn: lc.conn, header: appendResponseHeader(nil, lc.header)}
 	lc.header = nil
 	// The request's context ends when the handler returns, and net/http no
@@ -259,6 +273,39 @@ func (lc *leanConn) release() {
 	if lc.c.q.pending() || lc.hbDue.Load() || lc.n.draining.Load() || lc.c.end.Load() != nil {
 		lc.schedule()
 	}
+}
+
+// enter registers the request goroutine of a stream about to be taken
+// over: close closes its connection and waits for it. It reports false
+// once the lean path is closed.
+func (l *lean) enter(lc *leanConn) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.stopped {
+		return false
+	}
+	l.opening[lc] = struct{}{}
+	l.wg.Add(1)
+	return true
+}
+
+// setConn gives an entered stream its connection, closed at once if the
+// lean path closed meanwhile (close could not see it).
+func (l *lean) setConn(lc *leanConn, conn net.Conn) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	lc.conn = conn
+	if l.stopped {
+		conn.Close()
+	}
+}
+
+// leave marks the end of the request goroutine that entered with lc.
+func (l *lean) leave(lc *leanConn) {
+	l.mu.Lock()
+	delete(l.opening, lc)
+	l.mu.Unlock()
+	l.wg.Done()
 }
 
 // add registers a stream handed over to the pool.

@@ -46,6 +46,9 @@ const (
 	PolicyDrop = "drop"
 )
 
+// ErrClosed is returned by Start after Close.
+var ErrClosed = errors.New("node: closed")
+
 // ErrDraining is returned by Drain when called twice, and describes the
 // state in which new streams are refused.
 var ErrDraining = errors.New("node: draining")
@@ -170,6 +173,7 @@ type Node struct {
 	draining atomic.Bool
 	drainCh  chan struct{} // closed when draining starts
 	drainMu  sync.Mutex    // guards closing drainCh
+	life     sync.Mutex    // orders Start and Close
 	started  atomic.Bool
 	closed   atomic.Bool
 
@@ -221,6 +225,11 @@ func New(cfg Config, b Broker, w *replay.Window) (*Node, error) {
 
 // Start connects the node to its broker's deliveries. Call it once.
 func (n *Node) Start() error {
+	n.life.Lock()
+	defer n.life.Unlock()
+	if n.closed.Load() {
+		return ErrClosed
+	}
 	if !n.started.CompareAndSwap(false, true) {
 		return errors.New("node: already started")
 	}
@@ -238,10 +247,14 @@ func (n *Node) Start() error {
 }
 
 // Close stops the node's own goroutines and closes the hijacked streams
-// still open (Drain first to let them move gracefully). Streams on the
-// net/http path end when their server closes their connections. It waits
-// for everything it started and is safe to call more than once.
+// still open, including those still replaying on their request goroutine
+// (Drain first to let them move gracefully). Streams on the net/http path
+// end when their server closes their connections. It waits for everything
+// it started and is safe to call more than once; Start after Close fails
+// with ErrClosed.
 func (n *Node) Close() error {
+	n.life.Lock()
+	defer n.life.Unlock()
 	if !n.closed.CompareAndSwap(false, true) {
 		return nil
 	}

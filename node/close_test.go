@@ -1,0 +1,70 @@
+package node
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ssecluster/ssecluster/pubsub"
+	"github.com/ssecluster/ssecluster/replay"
+)
+
+// Close waits for the request goroutine of a hijacked stream still in its
+// replay: when Close returns, that stream is closed and released, not left
+// writing into a window and broker the caller is about to close.
+func TestCloseWaitsForHijackedReplay(t *testing.T) {
+	tn := newTestNode(t, testOpts{lean: true, cfg: Config{
+		WriteTimeout:     time.Minute,
+		SocketSendBuffer: 16 << 10,
+	}})
+	data := strings.Repeat("c", 1<<10)
+	for range 2000 {
+		tn.publish(t, "cw", "", data)
+	}
+	// A client that asks for everything and reads nothing: the replay
+	// blocks on a full socket, on the request goroutine.
+	conn, _ := rawDial(t, strings.TrimPrefix(tn.srv.URL, "http://"))
+	fmt.Fprintf(conn, "GET /events?topic=cw&lastEventId=0-0 HTTP/1.1\r\nHost: test\r\n\r\n")
+	eventually(t, 10*time.Second, "the stream admitted", func() bool { return tn.Connections() == 1 })
+	time.Sleep(100 * time.Millisecond) // let the replay fill the socket
+	done := make(chan struct{})
+	go func() {
+		tn.Close()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("Close still waiting 30s later")
+	}
+	if got := tn.Connections(); got != 0 {
+		t.Fatalf("%d streams open after Close returned, want 0", got)
+	}
+}
+
+// Start after Close refuses: it would start workers nobody stops.
+func TestStartAfterClose(t *testing.T) {
+	for _, noHijack := range []bool{false, true} {
+		mem, err := pubsub.NewMemory(pubsub.MemoryConfig{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer mem.Close()
+		w, err := replay.New(mem, replay.Config{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		n, err := New(Config{NoHijack: noHijack}, mem, w)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := n.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if err := n.Start(); !errors.Is(err, ErrClosed) {
+			t.Fatalf("Start after Close = %v, want ErrClosed", err)
+		}
+	}
+}
