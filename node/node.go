@@ -291,13 +291,19 @@ func (n *Node) deliver(topic string, entries []pubsub.Entry) {
 }
 
 // reset reacts to topic's stream moving under the broker's reader: the
-// window forgets the topic, then every local stream of it is ended as a
-// slow client is, so that clients resume with their Last-Event-ID and the
-// replay tells them of the gap (with reset) before the new history.
+// window forgets the topic, then every local stream of it is closed
+// (closeStream), so that clients resume with their Last-Event-ID and the
+// replay tells them of the gap (with reset) before the new history. They
+// are counted as slow-client disconnects of reason stream_reset, which the
+// alerts leave out.
 func (n *Node) reset(topic string) {
 	n.log.Warn("node: stream reset under the reader; resuming its clients", "topic", topic)
 	n.window.Reset(topic)
-	n.hub.endTopic(topic, streamReset)
+	for _, c := range n.hub.subscribers(nil, topic) {
+		if n.closeStream(c, reasonStreamReset) {
+			n.m.slowDisconnects.WithLabelValues(reasonStreamReset).Inc()
+		}
+	}
 }
 
 func (n *Node) refused(_ *client, o overflow) {

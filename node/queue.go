@@ -10,9 +10,6 @@ const (
 	fullFrames
 	fullBytes
 	queueClosed
-	// streamReset is no slowness: the topic's stream was reset under the
-	// broker's reader, and the client must resume to learn of it.
-	streamReset
 )
 
 func (o overflow) reason() string {
@@ -21,8 +18,6 @@ func (o overflow) reason() string {
 		return "queue_frames"
 	case fullBytes:
 		return "queue_bytes"
-	case streamReset:
-		return "stream_reset"
 	}
 	return "closed"
 }
@@ -154,22 +149,6 @@ func (q *queue) overflow() (overflow, bool) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	return q.why, q.why != accepted
-}
-
-// end closes the queue as an overflow does, whatever the policy, for
-// reason why: the writer then ends the stream and the client resumes with
-// its Last-Event-ID.
-func (q *queue) end(why overflow) {
-	q.mu.Lock()
-	if q.closed {
-		q.mu.Unlock()
-		return
-	}
-	q.closed = true
-	q.why = why
-	q.releaseLocked()
-	q.mu.Unlock()
-	q.notify()
 }
 
 // close refuses further frames and releases the ones held.
