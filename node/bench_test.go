@@ -158,8 +158,8 @@ func (c *countConn) Write(p []byte) (int, error) {
 }
 func (c *countConn) SetWriteDeadline(time.Time) error { return nil }
 
-// BenchmarkWriteBatch measures a writer turning a batch of queued frames
-// into one write.
+// BenchmarkWriteBatch measures a writer's step turning a batch of queued
+// frames into one write.
 func BenchmarkWriteBatch(b *testing.B) {
 	var sink discardSink
 	n := &Node{cfg: Config{WriteTimeout: 1}, m: newMetrics(nil)}
@@ -168,16 +168,21 @@ func BenchmarkWriteBatch(b *testing.B) {
 	for i := range frames {
 		frames[i] = encodeOne("t", &pubsub.Entry{ID: pubsub.ID{Ms: 1, Seq: uint64(i)}, Data: bytes.Repeat([]byte("x"), 100)})
 	}
-	batch := make([]*frame, len(frames))
+	c.q = newQueue(64, 1<<20, false, func() {})
+	var batch []*frame
 	w := new(wire)
 	b.ReportAllocs()
 	for b.Loop() {
 		c.pos[0] = pubsub.ID{}
-		for i, f := range frames {
+		for _, f := range frames {
 			f.retain(1) // the queue's reference, which the write takes over
-			batch[i] = f
+			c.q.push(f)
 		}
-		if err := n.sendLive(&sink, w, c, batch); err != nil {
+		var reason string
+		if reason, batch = n.step(c, w, batch, false); reason != "" {
+			b.Fatal(reason)
+		}
+		if err := n.send(&sink, w); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -400,37 +400,28 @@ func (n *Node) stream(r *http.Request, s sink, c *client, signal <-chan struct{}
 	defer hb.Stop()
 	var batch []*frame
 	for {
+		heartbeatDue := false
 		select {
 		case <-ctx.Done():
 			return reasonClientGone
 		case <-n.drainCh:
-			return reasonDrain
 		case <-hb.C:
-			w.ref(heartbeat)
-			if err := n.send(s, w); err != nil {
-				return n.writeFailed(err)
-			}
-			hb.Reset(n.cfg.Heartbeat)
+			heartbeatDue = true
 		case <-signal:
-			if reason := c.ending(); reason != "" {
-				return reason
-			}
-			var closed bool
-			var why overflow
-			batch, closed, why = c.q.take(batch[:0])
-			if closed {
-				n.m.slowDisconnects.WithLabelValues(why.reason()).Inc()
-				return reasonSlowClient
-			}
-			if len(batch) == 0 {
-				continue
-			}
-			if err := n.sendLive(s, w, c, batch); err != nil {
-				return n.writeFailed(err)
-			}
-			clear(batch)
-			hb.Reset(n.cfg.Heartbeat)
 		}
+		var reason string
+		if reason, batch = n.step(c, w, batch, heartbeatDue); reason != "" {
+			return reason
+		}
+		if w.size == 0 {
+			continue
+		}
+		start, sent := time.Now(), w.events
+		if err := n.send(s, w); err != nil {
+			return n.writeFailed(err)
+		}
+		n.wrote(start, sent)
+		hb.Reset(n.cfg.Heartbeat)
 	}
 }
 
@@ -465,27 +456,6 @@ func (n *Node) send(s sink, w *wire) error {
 	if err := s.send(w); err != nil {
 		return fmt.Errorf("%w: %w", errWrite, err)
 	}
-	return nil
-}
-
-// sendLive writes a batch of live frames, taken from the client's queue,
-// as one write; w takes over the batch's references.
-func (n *Node) sendLive(s sink, w *wire, c *client, batch []*frame) error {
-	n.m.queueDepth.Observe(float64(len(batch)))
-	for _, f := range batch {
-		c.gather(w, f)
-	}
-	sent := w.events
-	if sent == 0 {
-		w.reset()
-		return nil
-	}
-	start := time.Now()
-	if err := n.send(s, w); err != nil {
-		return err
-	}
-	n.m.flush.Observe(time.Since(start).Seconds())
-	n.m.delivered.Add(float64(sent))
 	return nil
 }
 

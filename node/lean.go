@@ -399,45 +399,23 @@ func (w *leanWriter) serve(lc *leanConn) {
 	if lc.done.Load() {
 		return
 	}
-	// A server-side end closes the connection without the terminating
-	// chunk (see closeStream), so every client library reconnects.
-	if n.draining.Load() {
-		lc.close(reasonDrain)
-		return
-	}
-	if reason := lc.c.ending(); reason != "" {
-		lc.close(reason)
-		return
-	}
-	var closed bool
-	var why overflow
-	w.batch, closed, why = lc.c.q.take(w.batch[:0])
-	if closed {
-		n.m.slowDisconnects.WithLabelValues(why.reason()).Inc()
-		lc.close(reasonSlowClient)
-		return
-	}
 	if w.out == nil {
 		w.out = new(wire)
 	}
 	out := w.out
-	for _, f := range w.batch {
-		lc.c.gather(out, f)
-	}
-	if len(w.batch) > 0 {
-		n.m.queueDepth.Observe(float64(len(w.batch)))
-		clear(w.batch)
-	}
+	var reason string
+	reason, w.batch = n.step(lc.c, out, w.batch, lc.hbDue.Swap(false))
 	if cap(w.batch) > 1024 {
 		w.batch = nil
 	}
-	if hb := lc.hbDue.Swap(false); out.events == 0 {
-		if !hb {
-			out.reset()
-			lc.release()
-			return
-		}
-		out.ref(heartbeat)
+	if reason != "" {
+		out.reset()
+		lc.close(reason)
+		return
+	}
+	if out.size == 0 {
+		lc.release()
+		return
 	}
 	start := time.Now()
 	vec := out.chunk()
@@ -470,12 +448,8 @@ func (lc *leanConn) finished(out *wire, start time.Time, err error) {
 		lc.close(lc.n.writeFailed(err))
 		return
 	}
-	now := time.Now()
-	lc.lastWrite.Store(now.UnixNano())
-	if sent > 0 {
-		lc.n.m.flush.Observe(now.Sub(start).Seconds())
-		lc.n.m.delivered.Add(float64(sent))
-	}
+	lc.lastWrite.Store(time.Now().UnixNano())
+	lc.n.wrote(start, sent)
 	lc.release()
 }
 
