@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/ssecluster/ssecluster/pubsub"
-	"github.com/ssecluster/ssecluster/replay"
 )
 
 // BenchmarkFanout measures one published event: encode once, append to the
@@ -20,23 +19,11 @@ import (
 func BenchmarkFanout(b *testing.B) {
 	for _, subs := range []int{1, 100, 1000, 10000} {
 		b.Run(fmt.Sprintf("subs=%d", subs), func(b *testing.B) {
-			mem, err := pubsub.NewMemory(pubsub.MemoryConfig{})
-			if err != nil {
+			n := newBareNode(b, Config{})
+			if err := n.window.Acquire(b.Context(), "bench"); err != nil {
 				b.Fatal(err)
 			}
-			defer mem.Close()
-			w, err := replay.New(mem, replay.Config{})
-			if err != nil {
-				b.Fatal(err)
-			}
-			n, err := New(Config{}, mem, w)
-			if err != nil {
-				b.Fatal(err)
-			}
-			if err := w.Acquire(b.Context(), "bench"); err != nil {
-				b.Fatal(err)
-			}
-			defer w.Release("bench")
+			defer n.window.Release("bench")
 			clients := make([]*client, subs)
 			for i := range clients {
 				clients[i] = &client{
@@ -86,27 +73,15 @@ func BenchmarkFanout(b *testing.B) {
 func BenchmarkFanoutWake(b *testing.B) {
 	for _, subs := range []int{100, 1000, 10000} {
 		b.Run(fmt.Sprintf("subs=%d", subs), func(b *testing.B) {
-			mem, err := pubsub.NewMemory(pubsub.MemoryConfig{})
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer mem.Close()
-			w, err := replay.New(mem, replay.Config{})
-			if err != nil {
-				b.Fatal(err)
-			}
-			n, err := New(Config{Heartbeat: time.Hour}, mem, w)
-			if err != nil {
-				b.Fatal(err)
-			}
+			n := newBareNode(b, Config{Heartbeat: time.Hour})
 			if err := n.Start(); err != nil {
 				b.Fatal(err)
 			}
 			defer n.Close()
-			if err := w.Acquire(b.Context(), "bench"); err != nil {
+			if err := n.window.Acquire(b.Context(), "bench"); err != nil {
 				b.Fatal(err)
 			}
-			defer w.Release("bench")
+			defer n.window.Release("bench")
 			conn := &countConn{}
 			streams := make([]*leanConn, subs)
 			for i := range streams {

@@ -47,19 +47,7 @@ func TestCloseWaitsForHijackedReplay(t *testing.T) {
 // Start after Close refuses: it would start workers nobody stops.
 func TestStartAfterClose(t *testing.T) {
 	for _, noHijack := range []bool{false, true} {
-		mem, err := pubsub.NewMemory(pubsub.MemoryConfig{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer mem.Close()
-		w, err := replay.New(mem, replay.Config{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		n, err := New(Config{NoHijack: noHijack}, mem, w)
-		if err != nil {
-			t.Fatal(err)
-		}
+		n := newBareNode(t, Config{NoHijack: noHijack})
 		if err := n.Close(); err != nil {
 			t.Fatal(err)
 		}
@@ -67,4 +55,24 @@ func TestStartAfterClose(t *testing.T) {
 			t.Fatalf("Start after Close = %v, want ErrClosed", err)
 		}
 	}
+}
+
+// newBareNode is a node over an in-memory broker, neither started nor
+// served; the broker closes with the test.
+func newBareNode(t testing.TB, cfg Config) *Node {
+	t.Helper()
+	mem, err := pubsub.NewMemory(pubsub.MemoryConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { mem.Close() })
+	w, err := replay.New(mem, replay.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := New(cfg, mem, w)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
 }
