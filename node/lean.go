@@ -18,19 +18,30 @@ import (
 //
 //   - An idle stream holds no goroutine: a few hundred bytes of state and
 //     its socket.
-//   - When frames arrive, the queue schedules the stream on a small pool of
-//     writer goroutines. A writer takes the whole batch, writes it as one
-//     chunk with a short deadline, and moves on. A write cut short (the
-//     client's socket buffer is full) is finished by a goroutine of its own
-//     within SSE_WRITE_TIMEOUT, so a slow client never holds a pool writer.
+//   - When frames arrive, the queue schedules the stream on one of the pool
+//     writers' ready queues. A writer runs the stream's step (step.go), the
+//     same decision the net/http driver makes, and writes what it gathered
+//     as one chunk in one vectored write of the shared frames, with a short
+//     deadline. A write cut short (the client's socket buffer is full) is
+//     finished by a goroutine of its own within SSE_WRITE_TIMEOUT, so a
+//     slow client never holds a pool writer.
 //   - One goroutine sends heartbeats to streams idle for SSE_HEARTBEAT.
 //   - A client that leaves is seen at once by the close watcher (epoll on
 //     Linux, a small reader goroutine per stream elsewhere), or by the next
 //     write.
 //
-// Writes to one stream are serialized by sched: whoever sets it (a pool
-// writer, a slow writer, or the request goroutine while it replays) is the
-// only one writing until it clears it.
+// Goroutines and their owner, lean: the pool writers, the heartbeat
+// sweeper, the close watcher's, each slow write's finisher, and the request
+// goroutine of a stream still writing its opening and replay (enter/leave).
+// close stops them all and waits for each.
+//
+// Writes to one stream are serialized by sched: whoever sets it (the
+// request goroutine while it replays, a pool writer, a slow write's
+// finisher) is the only one writing until it clears it.
+//
+// Locks, in order: lean.mu (registries), then a readyQueue's mu; a queue's
+// mu and a hub shard's are taken before either (fan-out notifies under
+// them) and never while holding them.
 
 // poolWriteTimeout bounds a pool writer's write; past it the rest of the
 // chunk goes to a goroutine of its own.

@@ -1,12 +1,17 @@
 // Package node serves Server-Sent Events: the HTTP handler, the local fan-out
 // hub, each client's bounded queue and writer, frame encoding over pooled
-// buffers, and the shutdown drain.
+// buffers, cluster membership and rebalancing, and the shutdown drain.
 //
 // Events come from a Broker through a single Handler; each is encoded once
-// into a reference-counted Frame, appended to the replay window and handed
-// to every local subscriber's queue without blocking. A client's writer is
-// its request goroutine: it takes all queued frames, writes them and flushes
-// once, with a per-write deadline.
+// into a reference-counted frame, appended to the replay window and handed
+// to every local subscriber's queue without blocking. By default an
+// HTTP/1.1 stream is then taken over from net/http (lean.go): it holds no
+// goroutine while idle, and a small pool of writers serves the streams that
+// have frames. HTTP/2, TLS and HTTP/1.0 streams, and every stream with
+// Config.NoHijack, keep their request goroutine as writer. Both drivers run
+// the same step (step.go) and write frames by reference, a batch in one
+// write, with a per-write deadline; every server-side end goes through
+// closeStream.
 package node
 
 import (
