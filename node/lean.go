@@ -39,9 +39,9 @@ import (
 // request goroutine while it replays, a pool writer, a slow write's
 // finisher) is the only one writing until it clears it.
 //
-// Locks, in order: lean.mu (registries), then a readyQueue's mu; a queue's
-// mu and a hub shard's are taken before either (fan-out notifies under
-// them) and never while holding them.
+// Locks, in order: a hub shard's (fan-out notifies under it), lean.mu
+// (the registries), a readyQueue's mu. A client queue's mu is never held
+// while another lock is taken.
 
 // poolWriteTimeout bounds a pool writer's write; past it the rest of the
 // chunk goes to a goroutine of its own.
