@@ -29,8 +29,8 @@ type client struct {
 	pos      []pubsub.ID // last ID sent, per topic
 	announce bool        // came without a position: send the starting one
 	q        *queue
-	scratch  []byte     // composite id line for several topics
-	ip       netip.Addr // counted by the per-IP limit, if any
+	scratch  []byte    // composite id line for several topics
+	admitted admission // what admit took, given back by finish
 	// retry is this stream's jittered retry: line, sent with its first
 	// event (see retryLine); nil once sent. It belongs to the writer.
 	retry []byte
@@ -161,35 +161,9 @@ func (n *Node) ServeEvents(w http.ResponseWriter, r *http.Request) {
 		n.reject(w, outcomeDraining, "node is draining: reconnect to another node")
 		return
 	}
-	if n.conns.Add(1) > int64(n.cfg.MaxConnections) {
-		n.conns.Add(-1)
-		n.reject(w, outcomeFull, "node is full: too many connections")
+	admitted, ok := n.admit(w, r, req.topics)
+	if !ok {
 		return
-	}
-	var ip netip.Addr
-	if n.perIP != nil {
-		// Released by finish, or below if the stream does not start.
-		if ip = n.perIP.key(r); !n.perIP.acquire(ip) {
-			n.conns.Add(-1)
-			n.tooMany(w)
-			return
-		}
-	}
-
-	ctx := r.Context()
-	for i, t := range req.topics {
-		if err := n.window.Acquire(ctx, t); err != nil {
-			for _, u := range req.topics[:i] {
-				n.window.Release(u)
-			}
-			n.conns.Add(-1)
-			if n.perIP != nil {
-				n.perIP.release(ip)
-			}
-			n.log.Warn("subscribe: broker unavailable", "topic", t, "err", err)
-			n.reject(w, outcomeUnavailable, "broker unavailable: retry later")
-			return
-		}
 	}
 	if !req.resume {
 		// Live from now: everything after what the window has seen. Taken
@@ -203,7 +177,7 @@ func (n *Node) ServeEvents(w http.ResponseWriter, r *http.Request) {
 		topics:   req.topics,
 		slots:    make([]int, len(req.topics)),
 		pos:      req.pos,
-		ip:       ip,
+		admitted: admitted,
 		announce: !req.resume && n.cfg.AnnouncePosition,
 		retry:    n.retryLine(),
 	}
@@ -285,7 +259,7 @@ func (n *Node) expireAt(c *client, expires time.Time) {
 
 // finish releases everything an ended stream held, in order: unregister
 // from the hub first, so no fan-out pushes after the queue lets go of its
-// frames; then the window's topics; then the counts.
+// frames; then what admission took (the window's topics, the counts).
 func (n *Node) finish(c *client, reason string) {
 	if c.expiry != nil {
 		c.expiry.Stop()
@@ -293,15 +267,65 @@ func (n *Node) finish(c *client, reason string) {
 	n.hub.unsubscribe(c)
 	n.streams.remove(c)
 	c.q.close()
-	for _, t := range c.topics {
-		n.window.Release(t)
-	}
-	n.conns.Add(-1)
-	if n.perIP != nil {
-		n.perIP.release(c.ip)
-	}
+	c.admitted.release()
 	n.m.connections.Dec()
 	n.m.disconnects.WithLabelValues(reason).Inc()
+}
+
+// admission is what an admitted stream holds: a place in the connection
+// count, in its address's count (MaxConnectionsPerIP), and its topics in
+// the window. release gives back exactly what was taken, once.
+type admission struct {
+	n       *Node
+	counted bool       // a place in n.conns
+	ip      netip.Addr // held in the per-IP count when ipHeld
+	ipHeld  bool
+	topics  []string // acquired in the window
+}
+
+// admit takes a stream's places in order: the connection count, its
+// address's, its topics in the window. On a refusal it gives back what it
+// took, answers the request and reports false; else the stream's
+// admission holds everything, for one release.
+func (n *Node) admit(w http.ResponseWriter, r *http.Request, topics []string) (admission, bool) {
+	a := admission{n: n, counted: true}
+	if n.conns.Add(1) > int64(n.cfg.MaxConnections) {
+		a.release()
+		n.reject(w, outcomeFull, "node is full: too many connections")
+		return a, false
+	}
+	if n.perIP != nil {
+		if a.ip = n.perIP.key(r); !n.perIP.acquire(a.ip) {
+			a.release()
+			n.tooMany(w)
+			return a, false
+		}
+		a.ipHeld = true
+	}
+	for i, t := range topics {
+		if err := n.window.Acquire(r.Context(), t); err != nil {
+			a.release()
+			n.log.Warn("subscribe: broker unavailable", "topic", t, "err", err)
+			n.reject(w, outcomeUnavailable, "broker unavailable: retry later")
+			return a, false
+		}
+		a.topics = topics[:i+1]
+	}
+	return a, true
+}
+
+// release gives back what the admission holds; a second call does nothing.
+func (a *admission) release() {
+	for _, t := range a.topics {
+		a.n.window.Release(t)
+	}
+	if a.ipHeld {
+		a.n.perIP.release(a.ip)
+	}
+	if a.counted {
+		a.n.conns.Add(-1)
+	}
+	*a = admission{n: a.n}
 }
 
 func (n *Node) reject(w http.ResponseWriter, outcome, msg string) {
