@@ -3,6 +3,7 @@ package node
 import (
 	"errors"
 	"fmt"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -75,4 +76,30 @@ func newBareNode(t testing.TB, cfg Config) *Node {
 		t.Fatal(err)
 	}
 	return n
+}
+
+// A stream refused after some of its places were taken gives them all
+// back: here the window cannot load its topic (the broker is closed).
+func TestAdmissionReleasesOnRefusal(t *testing.T) {
+	tn := newTestNode(t, testOpts{cfg: Config{MaxConnectionsPerIP: 1}})
+	tn.broker.Close()
+	for range 2 {
+		resp, err := http.Get(tn.srv.URL + "/events?topic=a&topic=b")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusServiceUnavailable {
+			t.Fatalf("status %d with the broker closed, want 503", resp.StatusCode)
+		}
+	}
+	if got := tn.Connections(); got != 0 {
+		t.Errorf("%d connections counted after refusals, want 0", got)
+	}
+	tn.perIP.mu.Lock()
+	held := len(tn.perIP.count)
+	tn.perIP.mu.Unlock()
+	if held != 0 {
+		t.Errorf("%d addresses still counted after refusals, want 0", held)
+	}
 }
