@@ -3,11 +3,13 @@ package node
 import (
 	"bytes"
 	"fmt"
+	"net"
+	"runtime"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/ssecluster/ssecluster/pubsub"
-	"github.com/ssecluster/ssecluster/replay"
 )
 
 // BenchmarkFanout measures one published event: encode once, append to the
@@ -17,23 +19,11 @@ import (
 func BenchmarkFanout(b *testing.B) {
 	for _, subs := range []int{1, 100, 1000, 10000} {
 		b.Run(fmt.Sprintf("subs=%d", subs), func(b *testing.B) {
-			mem, err := pubsub.NewMemory(pubsub.MemoryConfig{})
-			if err != nil {
+			n := newBareNode(b, Config{})
+			if err := n.window.Acquire(b.Context(), "bench"); err != nil {
 				b.Fatal(err)
 			}
-			defer mem.Close()
-			w, err := replay.New(mem, replay.Config{})
-			if err != nil {
-				b.Fatal(err)
-			}
-			n, err := New(Config{}, mem, w)
-			if err != nil {
-				b.Fatal(err)
-			}
-			if err := w.Acquire(b.Context(), "bench"); err != nil {
-				b.Fatal(err)
-			}
-			defer w.Release("bench")
+			defer n.window.Release("bench")
 			clients := make([]*client, subs)
 			for i := range clients {
 				clients[i] = &client{
@@ -45,7 +35,7 @@ func BenchmarkFanout(b *testing.B) {
 				n.hub.subscribe(clients[i])
 			}
 			entries := []pubsub.Entry{{Data: bytes.Repeat([]byte("x"), 100)}}
-			batch := make([]*Frame, 0, 64)
+			batch := make([]*frame, 0, 64)
 			// publish delivers one event and lets every writer take and
 			// release it, as the writers do after the socket write.
 			publish := func(id pubsub.ID) {
@@ -76,20 +66,98 @@ func BenchmarkFanout(b *testing.B) {
 	}
 }
 
-// BenchmarkWriteBatch measures a writer turning a batch of queued frames
-// into one write.
+// BenchmarkFanoutWake is BenchmarkFanout through the hijacked path's
+// wake-ups: each subscriber's queue schedules its stream on the writer
+// pool, whose writers gather the frame and write it to a connection that
+// discards it. An op ends when every subscriber's chunk is written.
+func BenchmarkFanoutWake(b *testing.B) {
+	for _, subs := range []int{100, 1000, 10000} {
+		b.Run(fmt.Sprintf("subs=%d", subs), func(b *testing.B) {
+			n := newBareNode(b, Config{Heartbeat: time.Hour})
+			if err := n.Start(); err != nil {
+				b.Fatal(err)
+			}
+			defer n.Close()
+			if err := n.window.Acquire(b.Context(), "bench"); err != nil {
+				b.Fatal(err)
+			}
+			defer n.window.Release("bench")
+			conn := &countConn{}
+			streams := make([]*leanConn, subs)
+			for i := range streams {
+				c := &client{
+					topics: []string{"bench"},
+					slots:  make([]int, 1),
+					pos:    make([]pubsub.ID, 1),
+				}
+				lc := &leanConn{n: n, c: c, conn: conn, queue: n.lean.queueFor()}
+				c.q = newQueue(64, 1<<20, false, lc.schedule)
+				streams[i] = lc
+				n.hub.subscribe(c)
+			}
+			entries := []pubsub.Entry{{Data: bytes.Repeat([]byte("x"), 100)}}
+			publish := func(i int) {
+				entries[0].ID = pubsub.ID{Ms: 1, Seq: uint64(i)}
+				n.deliver("bench", entries)
+				for conn.chunks.Load() < int64(subs*i) {
+					runtime.Gosched()
+				}
+			}
+			publish(1)
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 2; b.Loop(); i++ {
+				publish(i)
+			}
+			b.StopTimer()
+			for _, lc := range streams {
+				n.hub.unsubscribe(lc.c)
+				lc.c.q.close()
+			}
+		})
+	}
+}
+
+// countConn is a connection that discards what is written to it and counts
+// the chunks (their trailing CRLF piece).
+type countConn struct {
+	net.Conn
+	chunks atomic.Int64
+}
+
+func (c *countConn) Write(p []byte) (int, error) {
+	if len(p) == len(crlf) && &p[0] == &crlf[0] {
+		c.chunks.Add(1)
+	}
+	return len(p), nil
+}
+func (c *countConn) SetWriteDeadline(time.Time) error { return nil }
+
+// BenchmarkWriteBatch measures a writer's step turning a batch of queued
+// frames into one write.
 func BenchmarkWriteBatch(b *testing.B) {
 	var sink discardSink
 	n := &Node{cfg: Config{WriteTimeout: 1}, m: newMetrics(nil)}
 	c := &client{topics: []string{"t"}, pos: make([]pubsub.ID, 1)}
-	frames := make([]*Frame, 16)
+	frames := make([]*frame, 16)
 	for i := range frames {
-		frames[i] = EncodeFrame("t", &pubsub.Entry{ID: pubsub.ID{Ms: 1, Seq: uint64(i)}, Data: bytes.Repeat([]byte("x"), 100)})
+		frames[i] = encodeOne("t", &pubsub.Entry{ID: pubsub.ID{Ms: 1, Seq: uint64(i)}, Data: bytes.Repeat([]byte("x"), 100)})
 	}
+	c.q = newQueue(64, 1<<20, false, func() {})
+	var batch []*frame
+	w := new(wire)
 	b.ReportAllocs()
 	for b.Loop() {
 		c.pos[0] = pubsub.ID{}
-		if err := n.writeBatch(&sink, c, frames); err != nil {
+		for _, f := range frames {
+			f.retain(1) // the queue's reference, which the write takes over
+			c.q.push(f)
+		}
+		var reason string
+		if reason, batch = n.step(c, w, batch, false); reason != "" {
+			b.Fatal(reason)
+		}
+		if err := n.send(&sink, w); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -102,12 +170,13 @@ type discardSink struct {
 	keep bool
 }
 
-func (d *discardSink) Write(p []byte) (int, error) {
-	d.n += len(p)
-	if d.keep {
-		d.buf = append(d.buf, p...)
+func (d *discardSink) send(w *wire) error {
+	for _, p := range w.pieces() {
+		d.n += len(p)
+		if d.keep {
+			d.buf = append(d.buf, p...)
+		}
 	}
-	return len(p), nil
+	return nil
 }
-func (d *discardSink) Flush() error                       { return nil }
 func (d *discardSink) SetWriteDeadline(_ time.Time) error { return nil }

@@ -94,9 +94,9 @@ type Cluster struct {
 	started bool
 	stopped bool
 
-	stop     chan struct{}           // closed by Close
-	done     chan struct{}           // closed when the loop returns
-	deadline map[*leanConn]time.Time // each stream's age limit; the loop's alone
+	stop    chan struct{} // closed by Close
+	done    chan struct{} // closed when the loop returns
+	streams []*client     // scratch for expire; the loop's alone
 }
 
 // NewCluster validates cfg and attaches a cluster to n, whose admin
@@ -128,9 +128,8 @@ func NewCluster(n *Node, cfg ClusterConfig) (*Cluster, error) {
 		members: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "sse_cluster_members", Help: "Live nodes in this node's last membership view.",
 		}),
-		stop:     make(chan struct{}),
-		done:     make(chan struct{}),
-		deadline: make(map[*leanConn]time.Time),
+		stop: make(chan struct{}),
+		done: make(chan struct{}),
 	}
 	c.shed.WithLabelValues(reasonRebalance)
 	c.shed.WithLabelValues(reasonMaxAge)
@@ -393,83 +392,43 @@ func (p plan) excess(view []pubsub.Member) (want int, share float64) {
 	return int(max(0, min(own, quota))), share
 }
 
-// expire closes the streams older than their jittered maximum age.
+// expire closes the streams older than their jittered maximum age, on
+// every driver.
 func (c *Cluster) expire(now time.Time) {
-	l := c.n.lean
-	if l == nil {
-		return
-	}
-	var due []*leanConn
-	l.mu.Lock()
-	for _, lc := range l.conns {
-		d, ok := c.deadline[lc]
-		if !ok {
+	c.streams = c.n.streams.all(c.streams[:0])
+	k := 0
+	for _, s := range c.streams {
+		switch {
+		case s.ageLimit.IsZero():
 			// First seen now (within a second of its start): its own
 			// age limit, ±10%, so that streams opened together do not all
 			// reconnect together.
 			jitter := time.Duration((rand.Float64()*0.2 - 0.1) * float64(c.cfg.MaxStreamAge))
-			c.deadline[lc] = now.Add(c.cfg.MaxStreamAge + jitter)
-		} else if now.After(d) && lc.c.positioned.Load() {
-			// Not before it is positioned (see shedRandom).
-			due = append(due, lc)
-		}
-	}
-	l.mu.Unlock()
-	for lc := range c.deadline {
-		if lc.done.Load() {
-			delete(c.deadline, lc)
-		}
-	}
-	k := 0
-	for _, lc := range due {
-		if c.n.closeStream(lc.c, reasonMaxAge) {
+			s.ageLimit = now.Add(c.cfg.MaxStreamAge + jitter)
+		case now.After(s.ageLimit) && s.positioned.Load() && c.n.closeStream(s, reasonMaxAge):
+			// Not before it holds a position (see shedRandom).
 			k++
 		}
 	}
+	clear(c.streams)
 	c.shed.WithLabelValues(reasonMaxAge).Add(float64(k))
 }
 
-// shedRandom closes up to k streams chosen at random and returns how many
-// it closed. Only positioned streams are closed (client.positioned): one
-// that has not been sent anything yet would come back without a position
-// and miss what is published meanwhile. Only hijacked streams are shed for
-// now; streams on the net/http path (HTTP/2, TLS, SSE_HIJACK=false) are not.
+// shedRandom closes up to k streams chosen at random, on every driver, and
+// returns how many it closed. Only positioned streams are closed
+// (client.positioned): one that has not been sent anything yet would come
+// back without a position and miss what is published meanwhile.
 func (n *Node) shedRandom(k int, reason string) int {
-	l := n.lean
-	if l == nil || k <= 0 {
+	if k <= 0 {
 		return 0
 	}
-	l.mu.Lock()
-	pick := make([]*leanConn, 0, k)
-	// A scan from a random start over a random stride that is prime to
-	// the length visits every stream once, in an order that differs each
-	// time.
-	if m := len(l.conns); m > 0 {
-		start, stride := rand.IntN(m), 1+rand.IntN(m)
-		for gcd(stride, m) != 1 {
-			stride++
-		}
-		for j := 0; j < m && len(pick) < k; j++ {
-			if lc := l.conns[(start+j*stride)%m]; lc.c.positioned.Load() {
-				pick = append(pick, lc)
-			}
-		}
-	}
-	l.mu.Unlock()
 	closed := 0
-	for _, lc := range pick {
-		if n.closeStream(lc.c, reason) {
+	for _, c := range n.streams.sample(k) {
+		if n.closeStream(c, reason) {
 			closed++
 		}
 	}
 	return closed
-}
-
-func gcd(a, b int) int {
-	for b != 0 {
-		a, b = b, a%b
-	}
-	return a
 }
 
 // topicCount is the number of topics with a local subscriber.

@@ -8,7 +8,7 @@ import (
 	"github.com/ssecluster/ssecluster/pubsub"
 )
 
-// Frame is one or more consecutive events of a topic, encoded once as SSE
+// frame is one or more consecutive events of a topic, encoded once as SSE
 // bytes and shared by every local subscriber. It is reference counted: each
 // queue that holds it owns one reference, and the last Release returns it
 // to its pool.
@@ -19,7 +19,7 @@ import (
 // after the id line) start, so that a client of several topics can write
 // its own composite id line before each body, and a client that already has
 // the first events (from replay) can skip them.
-type Frame struct {
+type frame struct {
 	buf    []byte
 	events []frameEvent
 	topic  string
@@ -34,22 +34,22 @@ type frameEvent struct {
 }
 
 // Bytes is the whole frame, id lines included.
-func (f *Frame) Bytes() []byte { return f.buf }
+func (f *frame) Bytes() []byte { return f.buf }
 
 // Body is the first event without its id line.
-func (f *Frame) Body() []byte { return f.buf[f.events[0].body:f.end(0)] }
+func (f *frame) Body() []byte { return f.buf[f.events[0].body:f.end(0)] }
 
 // ID is the stream entry ID of the frame's last event.
-func (f *Frame) ID() pubsub.ID { return f.events[len(f.events)-1].id }
+func (f *frame) ID() pubsub.ID { return f.events[len(f.events)-1].id }
 
 // Topic is the topic the frame was published on.
-func (f *Frame) Topic() string { return f.topic }
+func (f *frame) Topic() string { return f.topic }
 
 // Len is the frame's size in bytes, which counts against a client's queue.
-func (f *Frame) Len() int { return len(f.buf) }
+func (f *frame) Len() int { return len(f.buf) }
 
 // end is where event k ends.
-func (f *Frame) end(k int) int {
+func (f *frame) end(k int) int {
 	if k+1 < len(f.events) {
 		return f.events[k+1].start
 	}
@@ -58,7 +58,7 @@ func (f *Frame) end(k int) int {
 
 // after returns the index of the first event with an ID above pos, or
 // len(f.events) when the client has them all. IDs increase within a frame.
-func (f *Frame) after(pos pubsub.ID) int {
+func (f *frame) after(pos pubsub.ID) int {
 	for k := range f.events {
 		if pos.Less(f.events[k].id) {
 			return k
@@ -68,15 +68,15 @@ func (f *Frame) after(pos pubsub.ID) int {
 }
 
 // retain adds n references.
-func (f *Frame) retain(n int32) { f.refs.Add(n) }
+func (f *frame) retain(n int32) { f.refs.Add(n) }
 
 // Release drops one reference; the last one returns the buffer to the pool.
-func (f *Frame) Release() {
+func (f *frame) Release() {
 	switch n := f.refs.Add(-1); {
 	case n == 0:
 		putFrame(f)
 	case n < 0:
-		panic("node: Frame released more often than retained")
+		panic("node: frame released more often than retained")
 	}
 }
 
@@ -97,24 +97,24 @@ func classFor(n int) int {
 }
 
 // newFrame returns a frame with one reference and room for n bytes.
-func newFrame(n int) *Frame {
+func newFrame(n int) *frame {
 	c := classFor(n)
-	var f *Frame
+	var f *frame
 	if c >= 0 {
 		if v := framePools[c].Get(); v != nil {
-			f = v.(*Frame)
+			f = v.(*frame)
 		} else {
-			f = &Frame{buf: make([]byte, 0, frameClasses[c])}
+			f = &frame{buf: make([]byte, 0, frameClasses[c])}
 		}
 	} else {
-		f = &Frame{buf: make([]byte, 0, n)}
+		f = &frame{buf: make([]byte, 0, n)}
 	}
 	f.class = int8(c)
 	f.refs.Store(1)
 	return f
 }
 
-func putFrame(f *Frame) {
+func putFrame(f *frame) {
 	f.topic = ""
 	f.buf = f.buf[:0]
 	f.events = f.events[:0]
@@ -123,9 +123,9 @@ func putFrame(f *Frame) {
 	}
 }
 
-// EncodeFrame encodes e as an SSE frame for topic into a pooled frame with
+// encodeOne encodes e as an SSE frame for topic into a pooled frame with
 // one reference held by the caller.
-func EncodeFrame(topic string, e *pubsub.Entry) *Frame {
+func encodeOne(topic string, e *pubsub.Entry) *frame {
 	return encodeFrame(topic, oneEntry(e), frameSize(e))
 }
 
@@ -134,10 +134,10 @@ func EncodeFrame(topic string, e *pubsub.Entry) *Frame {
 // in reasonable steps.
 const maxBatchBytes = 16 << 10
 
-// EncodeFrames encodes entries into as few frames as fit maxBatchBytes
+// encodeFrames encodes entries into as few frames as fit maxBatchBytes
 // (one entry never splits), appending them to dst. Each frame holds one
 // reference for the caller.
-func EncodeFrames(dst []*Frame, topic string, entries []pubsub.Entry) []*Frame {
+func encodeFrames(dst []*frame, topic string, entries []pubsub.Entry) []*frame {
 	for len(entries) > 0 {
 		n, size := 1, frameSize(&entries[0])
 		for n < len(entries) {
@@ -154,7 +154,7 @@ func EncodeFrames(dst []*Frame, topic string, entries []pubsub.Entry) []*Frame {
 	return dst
 }
 
-func encodeFrame(topic string, entries []pubsub.Entry, size int) *Frame {
+func encodeFrame(topic string, entries []pubsub.Entry, size int) *frame {
 	f := newFrame(size)
 	for i := range entries {
 		e := &entries[i]

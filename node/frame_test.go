@@ -30,7 +30,7 @@ func TestEncodeFrame(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			e := pubsub.Entry{ID: pubsub.ID{Ms: 5, Seq: 1}, Event: tt.event, Data: []byte(tt.data)}
-			f := EncodeFrame("t", &e)
+			f := encodeOne("t", &e)
 			defer f.Release()
 			if got := string(f.Bytes()); got != tt.want {
 				t.Fatalf("frame = %q, want %q", got, tt.want)
@@ -47,7 +47,7 @@ func TestEncodeFrame(t *testing.T) {
 
 func TestFrameRefcount(t *testing.T) {
 	e := pubsub.Entry{ID: pubsub.ID{Ms: 1}, Data: []byte("x")}
-	f := EncodeFrame("t", &e)
+	f := encodeOne("t", &e)
 	f.retain(2)
 	f.Release()
 	f.Release()
@@ -65,7 +65,7 @@ func TestFrameRefcount(t *testing.T) {
 
 func TestLargeFrameNotPooled(t *testing.T) {
 	e := pubsub.Entry{ID: pubsub.ID{Ms: 1}, Data: bytes.Repeat([]byte("x"), 1<<20)}
-	f := EncodeFrame("t", &e)
+	f := encodeOne("t", &e)
 	if f.class != -1 {
 		t.Fatalf("1 MiB frame in pool class %d", f.class)
 	}
@@ -106,7 +106,7 @@ func FuzzEncodeFrame(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, event string, data []byte) {
 		e := pubsub.Entry{ID: pubsub.ID{Ms: 42, Seq: 7}, Event: event, Data: data}
-		fr := EncodeFrame("t", &e)
+		fr := encodeOne("t", &e)
 		defer fr.Release()
 		b := fr.Bytes()
 		if fr.Len() > frameSize(&e) {
@@ -140,7 +140,7 @@ func BenchmarkEncode(b *testing.B) {
 	b.ReportAllocs()
 	b.SetBytes(int64(len(e.Data)))
 	for b.Loop() {
-		EncodeFrame("t", &e).Release()
+		encodeOne("t", &e).Release()
 	}
 }
 
@@ -149,7 +149,7 @@ func TestEncodeFramesBatches(t *testing.T) {
 	for i := range 100 {
 		entries = append(entries, pubsub.Entry{ID: pubsub.ID{Ms: 9, Seq: uint64(i)}, Data: bytes.Repeat([]byte("z"), 400)})
 	}
-	frames := EncodeFrames(nil, "t", entries)
+	frames := encodeFrames(nil, "t", entries)
 	var all []byte
 	n := 0
 	for _, f := range frames {
@@ -181,14 +181,15 @@ func TestEncodeFramesBatches(t *testing.T) {
 }
 
 // A client skips the events of a batch it already had from replay, and a
-// client of several topics gets a composite id before each body.
-func TestAppendFrameSkipsAndComposes(t *testing.T) {
+// client of several topics gets a composite id before each body; the
+// frame's bytes are gathered by reference.
+func TestGatherSkipsAndComposes(t *testing.T) {
 	entries := []pubsub.Entry{
 		{ID: pubsub.ID{Ms: 1, Seq: 1}, Data: []byte("a")},
 		{ID: pubsub.ID{Ms: 1, Seq: 2}, Data: []byte("b")},
 		{ID: pubsub.ID{Ms: 1, Seq: 3}, Event: "e", Data: []byte("c")},
 	}
-	f := EncodeFrames(nil, "t2", entries)[0]
+	f := encodeFrames(nil, "t2", entries)[0]
 	defer f.Release()
 	tests := []struct {
 		name   string
@@ -205,23 +206,19 @@ func TestAppendFrameSkipsAndComposes(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			for _, via := range []string{"append", "write"} {
-				c := &client{topics: tt.topics, pos: append([]pubsub.ID(nil), tt.pos...)}
-				var got []byte
-				var n int
-				if via == "append" {
-					got, n = c.appendFrame(nil, f)
-				} else {
-					s := discardSink{keep: true}
-					var err error
-					if n, err = c.write(&s, f); err != nil {
-						t.Fatal(err)
-					}
-					got = s.buf
-				}
-				if string(got) != tt.want || n != tt.n {
-					t.Fatalf("%s: got %q (%d), want %q (%d)", via, got, n, tt.want, tt.n)
-				}
+			c := &client{topics: tt.topics, pos: append([]pubsub.ID(nil), tt.pos...)}
+			var w wire
+			f.retain(1) // the wire takes a reference over
+			n := c.gather(&w, f)
+			if ps := w.pieces(); n > 0 && &ps[len(ps)-1][0] != &f.buf[len(f.buf)-len(ps[len(ps)-1])] {
+				t.Fatal("the frame's bytes were copied, not referenced")
+			}
+			var s discardSink
+			s.keep = true
+			_ = s.send(&w)
+			w.reset()
+			if got := string(s.buf); got != tt.want || n != tt.n {
+				t.Fatalf("got %q (%d), want %q (%d)", got, n, tt.want, tt.n)
 			}
 		})
 	}

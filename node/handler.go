@@ -11,7 +11,6 @@ import (
 	"os"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -30,8 +29,8 @@ type client struct {
 	pos      []pubsub.ID // last ID sent, per topic
 	announce bool        // came without a position: send the starting one
 	q        *queue
-	scratch  []byte     // composite id line for several topics
-	ip       netip.Addr // counted by the per-IP limit, if any
+	scratch  []byte    // composite id line for several topics
+	admitted admission // what admit took, given back by finish
 	// retry is this stream's jittered retry: line, sent with its first
 	// event (see retryLine); nil once sent. It belongs to the writer.
 	retry []byte
@@ -46,6 +45,11 @@ type client struct {
 	positioned atomic.Bool
 	// expiry closes the stream when its token expires; nil without one.
 	expiry *time.Timer
+	// index is the stream's place in Node.streams; guarded by its lock.
+	index int
+	// ageLimit is when SSE_MAX_STREAM_AGE ends the stream, zero until the
+	// cluster loop first sees it; that loop's alone.
+	ageLimit time.Time
 }
 
 func (c *client) topicIndex(t string) int {
@@ -163,41 +167,9 @@ func (n *Node) ServeEvents(w http.ResponseWriter, r *http.Request) {
 		n.reject(w, outcomeDraining, "node is draining: reconnect to another node")
 		return
 	}
-	if n.conns.Add(1) > int64(n.cfg.MaxConnections) {
-		n.conns.Add(-1)
-		n.reject(w, outcomeFull, "node is full: too many connections")
+	admitted, ok := n.admit(w, r, req.topics)
+	if !ok {
 		return
-	}
-	var ip netip.Addr
-	if n.perIP != nil {
-		// Released by finish, or below if the stream does not start.
-		if ip = n.perIP.key(r); !n.perIP.acquire(ip) {
-			n.conns.Add(-1)
-			n.tooMany(w)
-			return
-		}
-	}
-
-	ctx := r.Context()
-	for i, t := range req.topics {
-		if err := n.window.Acquire(ctx, t); err != nil {
-			for _, u := range req.topics[:i] {
-				n.window.Release(u)
-			}
-			n.conns.Add(-1)
-			if n.perIP != nil {
-				n.perIP.release(ip)
-			}
-			if errors.Is(err, pubsub.ErrWrongType) {
-				// Retrying cannot help: say which topic, and no Retry-After.
-				n.m.connTotal.WithLabelValues(outcomeBadRequest).Inc()
-				http.Error(w, fmt.Sprintf("topic %q: its Redis key holds something that is not a stream", t), http.StatusConflict)
-				return
-			}
-			n.log.Warn("subscribe: broker unavailable", "topic", t, "err", err)
-			n.reject(w, outcomeUnavailable, "broker unavailable: retry later")
-			return
-		}
 	}
 	if !req.resume {
 		// Live from now: everything after what the window has seen. Taken
@@ -211,11 +183,12 @@ func (n *Node) ServeEvents(w http.ResponseWriter, r *http.Request) {
 		topics:   req.topics,
 		slots:    make([]int, len(req.topics)),
 		pos:      req.pos,
-		ip:       ip,
+		admitted: admitted,
 		announce: !req.resume && (n.cfg.AnnouncePosition || n.cfg.AnnounceToBrowsers && r.Header.Get("Sec-Fetch-Mode") != ""),
 		retry:    n.retryLine(),
 	}
 	c.positioned.Store(req.resume)
+	n.streams.add(c)
 	drop := n.cfg.SlowClient == PolicyDrop
 	h := w.Header()
 	h.Set("Content-Type", "text/event-stream")
@@ -293,22 +266,79 @@ func (n *Node) expireAt(c *client, expires time.Time) {
 
 // finish releases everything an ended stream held, in order: unregister
 // from the hub first, so no fan-out pushes after the queue lets go of its
-// frames; then the window's topics; then the counts.
+// frames; then what admission took (the window's topics, the counts).
 func (n *Node) finish(c *client, reason string) {
 	if c.expiry != nil {
 		c.expiry.Stop()
 	}
 	n.hub.unsubscribe(c)
+	n.streams.remove(c)
 	c.q.close()
-	for _, t := range c.topics {
-		n.window.Release(t)
-	}
-	n.conns.Add(-1)
-	if n.perIP != nil {
-		n.perIP.release(c.ip)
-	}
+	c.admitted.release()
 	n.m.connections.Dec()
 	n.m.disconnects.WithLabelValues(reason).Inc()
+}
+
+// admission is what an admitted stream holds: a place in the connection
+// count, in its address's count (MaxConnectionsPerIP), and its topics in
+// the window. release gives back exactly what was taken, once.
+type admission struct {
+	n       *Node
+	counted bool       // a place in n.conns
+	ip      netip.Addr // held in the per-IP count when ipHeld
+	ipHeld  bool
+	topics  []string // acquired in the window
+}
+
+// admit takes a stream's places in order: the connection count, its
+// address's, its topics in the window. On a refusal it gives back what it
+// took, answers the request and reports false; else the stream's
+// admission holds everything, for one release.
+func (n *Node) admit(w http.ResponseWriter, r *http.Request, topics []string) (admission, bool) {
+	a := admission{n: n, counted: true}
+	if n.conns.Add(1) > int64(n.cfg.MaxConnections) {
+		a.release()
+		n.reject(w, outcomeFull, "node is full: too many connections")
+		return a, false
+	}
+	if n.perIP != nil {
+		if a.ip = n.perIP.key(r); !n.perIP.acquire(a.ip) {
+			a.release()
+			n.tooMany(w)
+			return a, false
+		}
+		a.ipHeld = true
+	}
+	for i, t := range topics {
+		if err := n.window.Acquire(r.Context(), t); err != nil {
+			a.release()
+			if errors.Is(err, pubsub.ErrWrongType) {
+				// Retrying cannot help: say which topic, and no Retry-After.
+				n.m.connTotal.WithLabelValues(outcomeBadRequest).Inc()
+				http.Error(w, fmt.Sprintf("topic %q: its Redis key holds something that is not a stream", t), http.StatusConflict)
+				return a, false
+			}
+			n.log.Warn("subscribe: broker unavailable", "topic", t, "err", err)
+			n.reject(w, outcomeUnavailable, "broker unavailable: retry later")
+			return a, false
+		}
+		a.topics = topics[:i+1]
+	}
+	return a, true
+}
+
+// release gives back what the admission holds; a second call does nothing.
+func (a *admission) release() {
+	for _, t := range a.topics {
+		a.n.window.Release(t)
+	}
+	if a.ipHeld {
+		a.n.perIP.release(a.ip)
+	}
+	if a.counted {
+		a.n.conns.Add(-1)
+	}
+	*a = admission{n: a.n}
 }
 
 func (n *Node) reject(w http.ResponseWriter, outcome, msg string) {
@@ -320,7 +350,7 @@ func (n *Node) reject(w http.ResponseWriter, outcome, msg string) {
 // start writes the stream's opening (a retry: line and a comment) and
 // replays what the client missed. It returns "" on success, else why the
 // stream must end.
-func (n *Node) start(ctx context.Context, s sink, c *client) (reason string) {
+func (n *Node) start(ctx context.Context, s sink, w *wire, c *client) (reason string) {
 	ctx, span := n.startSpan(ctx, "sse.subscribe", func() []attribute.KeyValue {
 		return []attribute.KeyValue{attribute.StringSlice("sse.topics", c.topics)}
 	})
@@ -335,7 +365,6 @@ func (n *Node) start(ctx context.Context, s sink, c *client) (reason string) {
 	// would be dispatched as an empty event by client libraries that take
 	// any block (r3labs/sse, and the bytes left after the last blank line
 	// of a broken connection) as an event; retry: rides the first event.
-	b := make([]byte, 0, 64)
 	if c.announce {
 		// Opt-in (Config.AnnouncePosition): the opening tells a client
 		// that came without a position where it starts. An id: field with
@@ -343,18 +372,18 @@ func (n *Node) start(ctx context.Context, s sink, c *client) (reason string) {
 		// event, so a stream that ends before its first event still
 		// resumes without loss; literal client libraries dispatch it as
 		// an empty event.
-		b = c.appendRetry(b)
+		b := c.appendRetry(make([]byte, 0, 64))
 		b = append(b, "id: "...)
 		b = replay.AppendLastEventID(b, c.pos)
-		b = append(b, "\n\n"...)
+		w.add(append(b, "\n\n"...))
 	} else {
-		b = append(b, opening...)
+		w.ref(opening)
 	}
-	if err := n.writeFlush(s, b); err != nil {
+	if err := n.send(s, w); err != nil {
 		return n.writeFailed(err)
 	}
 	for i, t := range c.topics {
-		if err := n.replay(ctx, s, c, i, t); err != nil {
+		if err := n.replay(ctx, s, w, c, i, t); err != nil {
 			// net/http cancels the request's context when a write fails:
 			// look at the write error first.
 			if errors.Is(err, errWrite) {
@@ -388,60 +417,56 @@ func (n *Node) retryLine() []byte {
 // appendRetry appends the stream's retry: line if it has not been sent,
 // ahead of the first event.
 func (c *client) appendRetry(b []byte) []byte {
-	if c.retry != nil {
-		b = append(b, c.retry...)
+	return append(b, c.takeRetry()...)
+}
+
+// takeRetry returns the stream's retry: line the first time it is called,
+// nil after. Whatever follows it is an event, a gap or the announcement,
+// so the client now holds a position.
+func (c *client) takeRetry() []byte {
+	r := c.retry
+	if r != nil {
 		c.retry = nil
 		c.positioned.Store(true)
 	}
-	return b
+	return r
 }
 
 // stream runs a net/http stream to its end and returns why it ended. The
 // writer is the request goroutine itself.
 func (n *Node) stream(r *http.Request, s sink, c *client, signal <-chan struct{}) string {
 	ctx := r.Context()
-	if reason := n.start(ctx, s, c); reason != "" {
+	w := new(wire)
+	defer w.reset()
+	if reason := n.start(ctx, s, w, c); reason != "" {
 		return reason
 	}
 	hb := time.NewTimer(n.cfg.Heartbeat)
 	defer hb.Stop()
-	var batch []*Frame
+	var batch []*frame
 	for {
+		heartbeatDue := false
 		select {
 		case <-ctx.Done():
 			return reasonClientGone
 		case <-n.drainCh:
-			return reasonDrain
 		case <-hb.C:
-			if err := n.writeFlush(s, heartbeat); err != nil {
-				return n.writeFailed(err)
-			}
-			hb.Reset(n.cfg.Heartbeat)
+			heartbeatDue = true
 		case <-signal:
-			if reason := c.ending(); reason != "" {
-				return reason
-			}
-			var closed bool
-			var why overflow
-			batch, closed, why = c.q.take(batch[:0])
-			if closed {
-				n.m.slowDisconnects.WithLabelValues(why.reason()).Inc()
-				return reasonSlowClient
-			}
-			if len(batch) == 0 {
-				continue
-			}
-			n.m.queueDepth.Observe(float64(len(batch)))
-			err := n.writeBatch(s, c, batch)
-			for i, f := range batch {
-				f.Release()
-				batch[i] = nil
-			}
-			if err != nil {
-				return n.writeFailed(err)
-			}
-			hb.Reset(n.cfg.Heartbeat)
 		}
+		var reason string
+		if reason, batch = n.step(c, w, batch, heartbeatDue); reason != "" {
+			return reason
+		}
+		if w.size == 0 {
+			continue
+		}
+		start, sent := time.Now(), w.events
+		if err := n.send(s, w); err != nil {
+			return n.writeFailed(err)
+		}
+		n.wrote(start, sent)
+		hb.Reset(n.cfg.Heartbeat)
 	}
 }
 
@@ -466,152 +491,71 @@ func (n *Node) writeFailed(err error) string {
 	return reasonWriteError
 }
 
-func (n *Node) writeFlush(s sink, b []byte) error {
+// send writes what w gathered to s, within the write timeout, and lets go
+// of w's frames whatever happens.
+func (n *Node) send(s sink, w *wire) error {
+	defer w.reset()
 	if err := s.SetWriteDeadline(time.Now().Add(n.cfg.WriteTimeout)); err != nil {
 		return fmt.Errorf("%w: set deadline: %w", errWrite, err)
 	}
-	if _, err := s.Write(b); err != nil {
+	if err := s.send(w); err != nil {
 		return fmt.Errorf("%w: %w", errWrite, err)
 	}
-	if err := s.Flush(); err != nil {
-		return fmt.Errorf("%w: flush: %w", errWrite, err)
-	}
-	return nil
-}
-
-// batchBufs hold a batch of several frames while it is written, so that the
-// batch goes out in one Write and so in one HTTP/1.1 chunk: an event is never
-// split across chunks by the response's small internal buffer.
-var batchBufs = sync.Pool{New: func() any { b := make([]byte, 0, 16<<10); return &b }}
-
-// writeBatch writes every frame the client has not seen yet, then flushes
-// once.
-func (n *Node) writeBatch(s sink, c *client, batch []*Frame) error {
-	start := time.Now()
-	if err := s.SetWriteDeadline(start.Add(n.cfg.WriteTimeout)); err != nil {
-		return fmt.Errorf("%w: set deadline: %w", errWrite, err)
-	}
-	var sent int
-	if len(batch) == 1 && len(c.topics) == 1 {
-		var err error
-		if sent, err = c.write(s, batch[0]); err != nil {
-			return err
-		}
-	} else {
-		bp := batchBufs.Get().(*[]byte)
-		buf := (*bp)[:0]
-		for _, f := range batch {
-			var k int
-			buf, k = c.appendFrame(buf, f)
-			sent += k
-		}
-		var err error
-		if len(buf) > 0 {
-			_, err = s.Write(buf)
-		}
-		if cap(buf) <= 1<<20 {
-			*bp = buf[:0]
-			batchBufs.Put(bp)
-		}
-		if err != nil {
-			return fmt.Errorf("%w: %w", errWrite, err)
-		}
-	}
-	if sent == 0 {
-		return nil
-	}
-	if err := s.Flush(); err != nil {
-		return fmt.Errorf("%w: flush: %w", errWrite, err)
-	}
-	n.m.flush.Observe(time.Since(start).Seconds())
-	n.m.delivered.Add(float64(sent))
 	return nil
 }
 
 // topicOf is the index of f's topic among the client's, or -1.
-func (c *client) topicOf(f *Frame) int {
+func (c *client) topicOf(f *frame) int {
 	if len(c.topics) == 1 {
 		return 0
 	}
 	return c.topicIndex(f.topic)
 }
 
-// appendFrame appends the events of f that the client has not had yet
+// gather adds to w the events of f that the client has not had yet
 // (replay may have sent the first ones), as the client must see them: with
-// a composite id line before each body when it follows several topics. It
-// advances the client's position and returns how many events it appended.
-func (c *client) appendFrame(b []byte, f *Frame) ([]byte, int) {
+// a composite id line before each body when it follows several topics.
+// The frame's bytes go by reference; w takes over the caller's reference
+// to f. It advances the client's position and returns how many events it
+// added.
+func (c *client) gather(w *wire, f *frame) int {
+	w.hold(f)
 	i := c.topicOf(f)
 	if i < 0 {
-		return b, 0
+		return 0
 	}
 	k := f.after(c.pos[i])
 	if k == len(f.events) {
-		return b, 0
+		return 0
 	}
-	b = c.appendRetry(b)
+	if r := c.takeRetry(); r != nil {
+		w.add(r)
+	}
+	sent := len(f.events) - k
+	w.events += sent
 	if len(c.topics) == 1 {
 		c.pos[0] = f.ID()
-		return append(b, f.buf[f.events[k].start:]...), len(f.events) - k
+		w.ref(f.buf[f.events[k].start:])
+		return sent
 	}
 	for j := k; j < len(f.events); j++ {
 		c.pos[i] = f.events[j].id
-		b = append(b, "id: "...)
-		b = replay.AppendLastEventID(b, c.pos)
-		b = append(b, '\n')
-		b = append(b, f.buf[f.events[j].body:f.end(j)]...)
-	}
-	return b, len(f.events) - k
-}
-
-// write sends the events of f the client has not had yet and returns how
-// many.
-func (c *client) write(s sink, f *Frame) (int, error) {
-	if len(c.topics) == 1 {
-		k := f.after(c.pos[0])
-		if k == len(f.events) {
-			return 0, nil
-		}
-		c.pos[0] = f.ID()
-		if c.retry != nil {
-			if _, err := s.Write(c.appendRetry(nil)); err != nil {
-				return 0, fmt.Errorf("%w: %w", errWrite, err)
-			}
-		}
-		if _, err := s.Write(f.buf[f.events[k].start:]); err != nil {
-			return 0, fmt.Errorf("%w: %w", errWrite, err)
-		}
-		return len(f.events) - k, nil
-	}
-	i := c.topicOf(f)
-	if i < 0 {
-		return 0, nil
-	}
-	sent := 0
-	for j := f.after(c.pos[i]); j < len(f.events); j++ {
-		c.pos[i] = f.events[j].id
-		// Only the id line goes through scratch, so it stays small.
-		c.scratch = c.appendRetry(c.scratch[:0])
-		c.scratch = append(c.scratch, "id: "...)
+		// Only the id line is the client's own.
+		c.scratch = append(c.scratch[:0], "id: "...)
 		c.scratch = replay.AppendLastEventID(c.scratch, c.pos)
 		c.scratch = append(c.scratch, '\n')
-		if _, err := s.Write(c.scratch); err != nil {
-			return sent, fmt.Errorf("%w: %w", errWrite, err)
-		}
-		if _, err := s.Write(f.buf[f.events[j].body:f.end(j)]); err != nil {
-			return sent, fmt.Errorf("%w: %w", errWrite, err)
-		}
-		sent++
+		w.add(c.scratch)
+		w.ref(f.buf[f.events[j].body:f.end(j)])
 	}
-	return sent, nil
+	return sent
 }
 
 // replay sends topic i's missed entries, an sse-gap event first if some
-// were lost, flushing as it goes.
-func (n *Node) replay(ctx context.Context, s sink, c *client, i int, topic string) error {
+// were lost. Each entry is encoded once into a frame that goes out by
+// reference, and the client's byte budget (SSE_CLIENT_BUFFER_BYTES) bounds
+// what waits to be written, as it bounds the live queue.
+func (n *Node) replay(ctx context.Context, s sink, w *wire, c *client, i int, topic string) error {
 	ctx, span := n.startSpan(ctx, "sse.replay", replayAttrs(topic, c.pos[i]))
-	var gapBuf []byte
-	var deadlineSet time.Time
 	sent := 0
 	res, err := n.window.Replay(ctx, topic, c.pos[i],
 		func(g replay.Gap) error {
@@ -623,40 +567,23 @@ func (n *Node) replay(ctx context.Context, s sink, c *client, i int, topic strin
 			if g.Reset {
 				c.pos[i] = pubsub.ID{}
 			}
-			gapBuf = c.appendRetry(gapBuf[:0])
-			gapBuf = append(gapBuf, "event: sse-gap\ndata: "...)
-			gapBuf = g.AppendJSON(gapBuf)
-			gapBuf = append(gapBuf, "\n\n"...)
-			return n.writeFlush(s, gapBuf)
+			b := c.appendRetry(nil)
+			b = append(b, "event: sse-gap\ndata: "...)
+			b = g.AppendJSON(b)
+			w.add(append(b, "\n\n"...))
+			return n.send(s, w)
 		},
 		func(e pubsub.Entry) error {
-			f := EncodeFrame(topic, &e)
-			defer f.Release()
-			// The deadline bounds writes to the client, not the waits for
-			// the source between them: renew it once half of it is gone.
-			if now := time.Now(); now.Sub(deadlineSet) > n.cfg.WriteTimeout/2 {
-				deadlineSet = now
-				if err := s.SetWriteDeadline(now.Add(n.cfg.WriteTimeout)); err != nil {
-					return fmt.Errorf("%w: set deadline: %w", errWrite, err)
-				}
+			sent += c.gather(w, encodeOne(topic, &e))
+			if w.size < n.cfg.ClientBufferBytes {
+				return nil
 			}
-			k, err := c.write(s, f)
-			if err != nil || k == 0 {
-				return err
-			}
-			sent += k
-			if sent%256 == 0 {
-				// Keep the deadline per write batch, not per replay.
-				if err := s.Flush(); err != nil {
-					return fmt.Errorf("%w: flush: %w", errWrite, err)
-				}
-				deadlineSet = time.Now()
-				if err := s.SetWriteDeadline(deadlineSet.Add(n.cfg.WriteTimeout)); err != nil {
-					return fmt.Errorf("%w: set deadline: %w", errWrite, err)
-				}
-			}
-			return nil
+			return n.send(s, w)
 		})
+	if err == nil && w.size > 0 {
+		err = n.send(s, w)
+	}
+	w.reset()
 	replayResult(span, res, sent)
 	endSpan(span, err)
 	if sent > 0 || res.Count > 0 {
@@ -664,18 +591,5 @@ func (n *Node) replay(ctx context.Context, s sink, c *client, i int, topic strin
 		n.m.replayEvents.Add(float64(sent))
 		n.m.delivered.Add(float64(sent))
 	}
-	if err != nil {
-		return err
-	}
-	if sent > 0 {
-		if time.Since(deadlineSet) > n.cfg.WriteTimeout/2 {
-			if err := s.SetWriteDeadline(time.Now().Add(n.cfg.WriteTimeout)); err != nil {
-				return fmt.Errorf("%w: set deadline: %w", errWrite, err)
-			}
-		}
-		if err := s.Flush(); err != nil {
-			return fmt.Errorf("%w: flush: %w", errWrite, err)
-		}
-	}
-	return nil
+	return err
 }

@@ -207,11 +207,5 @@ func eventually(t testing.TB, d time.Duration, what string, cond func() bool) {
 
 // subscribers returns the streams registered for topic.
 func (tn *testNode) subscribers(topic string) []*client {
-	sh := tn.hub.shard(topic)
-	sh.mu.RLock()
-	defer sh.mu.RUnlock()
-	if ts := sh.topics[topic]; ts != nil {
-		return append([]*client(nil), ts.subs...)
-	}
-	return nil
+	return tn.hub.subscribers(nil, topic)
 }

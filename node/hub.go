@@ -84,7 +84,7 @@ func (h *hub) unsubscribe(c *client) {
 // The caller keeps its own reference to each frame. refused is called for
 // every frame a queue did not take. It returns how many queues took each
 // frame, on average.
-func (h *hub) fanout(topic string, frames []*Frame, refused func(*client, overflow)) (delivered int) {
+func (h *hub) fanout(topic string, frames []*frame, refused func(*client, overflow)) (delivered int) {
 	s := h.shard(topic)
 	s.mu.RLock()
 	defer s.mu.RUnlock()
@@ -114,14 +114,13 @@ func (h *hub) fanout(topic string, frames []*Frame, refused func(*client, overfl
 	return delivered / max(1, len(frames))
 }
 
-// endTopic ends the queue of every subscriber of topic for reason why.
-func (h *hub) endTopic(topic string, why overflow) {
+// subscribers returns the subscribers of topic, appended to dst.
+func (h *hub) subscribers(dst []*client, topic string) []*client {
 	s := h.shard(topic)
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	if ts := s.topics[topic]; ts != nil {
-		for _, c := range ts.subs {
-			c.q.end(why)
-		}
+		dst = append(dst, ts.subs...)
 	}
+	return dst
 }

@@ -7,7 +7,6 @@ import (
 	"net/http"
 	"os"
 	"runtime"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -19,19 +18,30 @@ import (
 //
 //   - An idle stream holds no goroutine: a few hundred bytes of state and
 //     its socket.
-//   - When frames arrive, the queue schedules the stream on a small pool of
-//     writer goroutines. A writer takes the whole batch, writes it as one
-//     chunk with a short deadline, and moves on. A write cut short (the
-//     client's socket buffer is full) is finished by a goroutine of its own
-//     within SSE_WRITE_TIMEOUT, so a slow client never holds a pool writer.
+//   - When frames arrive, the queue schedules the stream on one of the pool
+//     writers' ready queues. A writer runs the stream's step (step.go), the
+//     same decision the net/http driver makes, and writes what it gathered
+//     as one chunk in one vectored write of the shared frames, with a short
+//     deadline. A write cut short (the client's socket buffer is full) is
+//     finished by a goroutine of its own within SSE_WRITE_TIMEOUT, so a
+//     slow client never holds a pool writer.
 //   - One goroutine sends heartbeats to streams idle for SSE_HEARTBEAT.
 //   - A client that leaves is seen at once by the close watcher (epoll on
 //     Linux, a small reader goroutine per stream elsewhere), or by the next
 //     write.
 //
-// Writes to one stream are serialized by sched: whoever sets it (a pool
-// writer, a slow writer, or the request goroutine while it replays) is the
-// only one writing until it clears it.
+// Goroutines and their owner, lean: the pool writers, the heartbeat
+// sweeper, the close watcher's, each slow write's finisher, and the request
+// goroutine of a stream still writing its opening and replay (enter/leave).
+// close stops them all and waits for each.
+//
+// Writes to one stream are serialized by sched: whoever sets it (the
+// request goroutine while it replays, a pool writer, a slow write's
+// finisher) is the only one writing until it clears it.
+//
+// Locks, in order: a hub shard's (fan-out notifies under it), lean.mu
+// (the registries), a readyQueue's mu. A client queue's mu is never held
+// while another lock is taken.
 
 // poolWriteTimeout bounds a pool writer's write; past it the rest of the
 // chunk goes to a goroutine of its own.
@@ -41,32 +51,84 @@ const poolWriteTimeout = 10 * time.Millisecond
 type leanConn struct {
 	n    *Node
 	c    *client
-	conn net.Conn // immutable
+	conn net.Conn // set once by hijack (under lean.mu, which close reads it under)
 
 	sched     atomic.Bool  // someone owns writing; see above
 	done      atomic.Bool  // closed
 	hbDue     atomic.Bool  // a heartbeat is due
 	lastWrite atomic.Int64 // unix nanoseconds of the last write
 
-	slot  int    // index in lean.conns; guarded by lean.mu
-	token uint64 // close-watch registration; guarded by the watcher
+	slot  int         // index in lean.conns; guarded by lean.mu
+	queue *readyQueue // the writers' queue it waits in when scheduled; immutable
+	token uint64      // close-watch registration; guarded by the watcher
 
 	header http.Header // response header, until open writes it
 }
 
 // lean owns the lean path's goroutines and the streams handed to them.
+//
+// Lock order: lean.mu, then a readyQueue's mu. A wake-up (schedule) takes
+// only its stream's readyQueue lock, never lean.mu, so fan-out under a hub
+// shard lock never waits for a node-wide mutex.
 type lean struct {
 	n *Node
 
 	mu      sync.Mutex
-	cond    *sync.Cond
-	ready   ring[*leanConn] // streams waiting for a pool writer, FIFO
-	conns   []*leanConn     // every stream handed over, for heartbeats and drain
+	conns   []*leanConn            // every stream handed over, for heartbeats and drain
+	opening map[*leanConn]struct{} // streams whose request goroutine writes the opening and replay
 	stopped bool
+
+	// queues are the writers' ready lists, one per writer; streams are
+	// spread over them, and a writer with nothing to do takes from the
+	// others before it sleeps.
+	queues []readyQueue
+	next   atomic.Uint32 // round robin over queues for new streams
 
 	watch closeWatcher
 	stop  chan struct{} // closed by close
 	wg    sync.WaitGroup
+}
+
+// readyQueue is one writer's list of streams waiting to be written, FIFO.
+type readyQueue struct {
+	mu      sync.Mutex
+	cond    sync.Cond
+	ready   ring[*leanConn]
+	stopped bool
+}
+
+// push schedules lc; it reports false once the pool is stopped.
+func (q *readyQueue) push(lc *leanConn) bool {
+	q.mu.Lock()
+	if q.stopped {
+		q.mu.Unlock()
+		return false
+	}
+	q.ready.push(lc)
+	q.mu.Unlock()
+	q.cond.Signal()
+	return true
+}
+
+// pop takes the oldest stream, or nil; it waits for one when wait is set,
+// and returns nil once the pool is stopped.
+func (q *readyQueue) pop(wait bool) *leanConn {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for wait && q.ready.len() == 0 && !q.stopped {
+		q.cond.Wait()
+	}
+	if q.stopped || q.ready.len() == 0 {
+		return nil
+	}
+	return q.ready.pop()
+}
+
+func (q *readyQueue) stop() {
+	q.mu.Lock()
+	q.stopped = true
+	q.mu.Unlock()
+	q.cond.Broadcast()
 }
 
 // closeWatcher tells the node at once when a client goes away.
@@ -77,17 +139,19 @@ type closeWatcher interface {
 }
 
 func newLean(n *Node) (*lean, error) {
-	l := &lean{n: n, stop: make(chan struct{})}
-	l.cond = sync.NewCond(&l.mu)
+	workers := max(4, 2*runtime.GOMAXPROCS(0))
+	l := &lean{n: n, stop: make(chan struct{}), queues: make([]readyQueue, workers), opening: make(map[*leanConn]struct{})}
+	for i := range l.queues {
+		l.queues[i].cond.L = &l.queues[i].mu
+	}
 	w, err := newCloseWatcher(l)
 	if err != nil {
 		return nil, fmt.Errorf("node: close watcher: %w", err)
 	}
 	l.watch = w
-	workers := max(4, 2*runtime.GOMAXPROCS(0))
 	l.wg.Add(workers + 1)
-	for range workers {
-		go l.worker()
+	for i := range workers {
+		go l.worker(i)
 	}
 	go l.heartbeats()
 	return l, nil
@@ -103,8 +167,17 @@ func (l *lean) close() {
 	}
 	l.stopped = true
 	close(l.stop)
-	l.cond.Broadcast()
+	// A request goroutine still opening its stream (replay) fails its
+	// next write and ends the stream itself; the wait below includes it.
+	for lc := range l.opening {
+		if lc.conn != nil {
+			lc.conn.Close()
+		}
+	}
 	l.mu.Unlock()
+	for i := range l.queues {
+		l.queues[i].stop()
+	}
 	l.watch.close()
 	l.mu.Lock()
 	open := append([]*leanConn(nil), l.conns...)
@@ -122,9 +195,14 @@ func (n *Node) hijack(w http.ResponseWriter, c *client, drop bool) *leanConn {
 	if n.lean == nil {
 		return nil
 	}
+	lc := &leanConn{n: n, c: c, queue: n.lean.queueFor()}
+	if !n.lean.enter(lc) {
+		return nil
+	}
 	header := w.Header().Clone()
 	conn, _, err := http.NewResponseController(w).Hijack()
 	if err != nil {
+		n.lean.leave(lc)
 		return nil
 	}
 	// The bufio.ReadWriter is dropped: a client of an event stream sends
@@ -133,7 +211,7 @@ func (n *Node) hijack(w http.ResponseWriter, c *client, drop bool) *leanConn {
 	if tc, ok := conn.(*net.TCPConn); ok && n.cfg.SocketSendBuffer > 0 {
 		_ = tc.SetWriteBuffer(n.cfg.SocketSendBuffer)
 	}
-	lc := &leanConn{n: n, c: c, conn: conn}
+	n.lean.setConn(lc, conn)
 	lc.sched.Store(true) // the request goroutine writes until open hands over
 	c.q = newQueue(n.cfg.ClientBuffer, n.cfg.ClientBufferBytes, drop, lc.schedule)
 	lc.header = header
@@ -144,13 +222,12 @@ func (n *Node) hijack(w http.ResponseWriter, c *client, drop bool) *leanConn {
 // then hand over to the pool. The request goroutine returns right after.
 func (lc *leanConn) open(r *http.Request) {
 	n := lc.n
-	s := &chunkSink{conn: lc.conn}
-	s.buf = appendResponseHeader(s.buf, lc.header)
+	defer n.lean.leave(lc)
+	s := &connSink{conn: lc.conn, header: appendResponseHeader(nil, lc.header)}
 	lc.header = nil
-	s.raw = len(s.buf)
 	// The request's context ends when the handler returns, and net/http no
 	// longer watches a hijacked connection: replay runs under the node's.
-	if reason := n.start(n.ctx, s, lc.c); reason != "" {
+	if reason := n.start(n.ctx, s, new(wire), lc.c); reason != "" {
 		lc.close(reason)
 		return
 	}
@@ -192,15 +269,12 @@ func (lc *leanConn) schedule() {
 		}
 		return
 	}
-	l := lc.n.lean
-	l.mu.Lock()
-	if l.stopped {
-		l.mu.Unlock()
-		return
-	}
-	l.ready.push(lc)
-	l.mu.Unlock()
-	l.cond.Signal()
+	lc.queue.push(lc)
+}
+
+// queueFor picks the ready queue of a new stream.
+func (l *lean) queueFor() *readyQueue {
+	return &l.queues[l.next.Add(1)%uint32(len(l.queues))]
 }
 
 // release gives up writing, then takes it back if work arrived meanwhile,
@@ -210,6 +284,39 @@ func (lc *leanConn) release() {
 	if lc.c.q.pending() || lc.hbDue.Load() || lc.n.draining.Load() || lc.c.end.Load() != nil {
 		lc.schedule()
 	}
+}
+
+// enter registers the request goroutine of a stream about to be taken
+// over: close closes its connection and waits for it. It reports false
+// once the lean path is closed.
+func (l *lean) enter(lc *leanConn) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.stopped {
+		return false
+	}
+	l.opening[lc] = struct{}{}
+	l.wg.Add(1)
+	return true
+}
+
+// setConn gives an entered stream its connection, closed at once if the
+// lean path closed meanwhile (close could not see it).
+func (l *lean) setConn(lc *leanConn, conn net.Conn) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	lc.conn = conn
+	if l.stopped {
+		conn.Close()
+	}
+}
+
+// leave marks the end of the request goroutine that entered with lc.
+func (l *lean) leave(lc *leanConn) {
+	l.mu.Lock()
+	delete(l.opening, lc)
+	l.mu.Unlock()
+	l.wg.Done()
 }
 
 // add registers a stream handed over to the pool.
@@ -268,20 +375,23 @@ func (lc *leanConn) close(reason string) {
 	lc.n.finish(lc.c, reason)
 }
 
-func (l *lean) worker() {
+// worker is pool writer i: it serves its own ready queue, and takes from
+// the others before it sleeps, so that no stream waits behind a busy
+// writer while another is idle.
+func (l *lean) worker(i int) {
 	defer l.wg.Done()
 	w := &leanWriter{l: l}
+	own := &l.queues[i]
 	for {
-		l.mu.Lock()
-		for l.ready.len() == 0 && !l.stopped {
-			l.cond.Wait()
+		lc := own.pop(false)
+		for k := 1; lc == nil && k < len(l.queues); k++ {
+			lc = l.queues[(i+k)%len(l.queues)].pop(false)
 		}
-		if l.stopped {
-			l.mu.Unlock()
-			return
+		if lc == nil {
+			if lc = own.pop(true); lc == nil {
+				return // stopped
+			}
 		}
-		lc := l.ready.pop()
-		l.mu.Unlock()
 		w.serve(lc)
 	}
 }
@@ -289,103 +399,59 @@ func (l *lean) worker() {
 // leanWriter is one pool writer's reusable state.
 type leanWriter struct {
 	l     *lean
-	batch []*Frame
-	buf   []byte
+	batch []*frame
+	out   *wire
 }
 
-// chunkHead is room before a chunk's payload for its size line.
-const chunkHead = 18
-
-// serve writes what one stream has ready, as one chunk, then gives the
-// stream up (it is scheduled again if more arrived).
+// serve writes what one stream has ready, as one chunk in one vectored
+// write, then gives the stream up (it is scheduled again if more arrived).
 func (w *leanWriter) serve(lc *leanConn) {
 	n := lc.n
 	if lc.done.Load() {
 		return
 	}
-	// A server-side end closes the connection without the terminating
-	// chunk (see closeStream), so every client library reconnects.
-	if n.draining.Load() {
-		lc.close(reasonDrain)
-		return
+	if w.out == nil {
+		w.out = new(wire)
 	}
-	if reason := lc.c.ending(); reason != "" {
+	out := w.out
+	var reason string
+	reason, w.batch = n.step(lc.c, out, w.batch, lc.hbDue.Swap(false))
+	if cap(w.batch) > 1024 {
+		w.batch = nil
+	}
+	if reason != "" {
+		out.reset()
 		lc.close(reason)
 		return
 	}
-	var closed bool
-	var why overflow
-	w.batch, closed, why = lc.c.q.take(w.batch[:0])
-	if closed {
-		n.m.slowDisconnects.WithLabelValues(why.reason()).Inc()
-		lc.close(reasonSlowClient)
+	if out.size == 0 {
+		lc.release()
 		return
-	}
-	w.buf = append(w.buf[:0], make([]byte, chunkHead)...)
-	sent := 0
-	for i, f := range w.batch {
-		var k int
-		w.buf, k = lc.c.appendFrame(w.buf, f)
-		sent += k
-		f.Release()
-		w.batch[i] = nil
-	}
-	if len(w.batch) > 0 {
-		n.m.queueDepth.Observe(float64(len(w.batch)))
-	}
-	if hb := lc.hbDue.Swap(false); sent == 0 {
-		if !hb {
-			lc.release()
-			return
-		}
-		w.buf = append(w.buf, heartbeat...)
 	}
 	start := time.Now()
-	chunk := frameChunk(w.buf)
+	vec := out.chunk()
 	_ = lc.conn.SetWriteDeadline(start.Add(min(poolWriteTimeout, n.cfg.WriteTimeout)))
-	m, err := lc.conn.Write(chunk)
-	if err != nil && errors.Is(err, os.ErrDeadlineExceeded) && m < len(chunk) && n.cfg.WriteTimeout > poolWriteTimeout {
+	_, err := vec.WriteTo(lc.conn)
+	if err != nil && errors.Is(err, os.ErrDeadlineExceeded) && len(*vec) > 0 && n.cfg.WriteTimeout > poolWriteTimeout {
 		// The client's socket buffer is full: finish on a goroutine of
-		// the stream's own, so the pool moves on. It still owns sched.
-		rest := append([]byte(nil), chunk[m:]...)
+		// the stream's own, so the pool moves on. It still owns sched,
+		// and takes the wire (the frames stay referenced, not copied).
+		w.out = nil
 		w.l.wg.Add(1)
-		go w.l.finishWrite(lc, rest, start, sent)
-		w.shrink()
+		go w.l.finishWrite(lc, out, vec, start)
 		return
 	}
-	w.shrink()
+	lc.finished(out, start, err)
+}
+
+// finished records the end of a write of out, which started at start, and
+// closes the stream if it failed, or gives up writing if not.
+func (lc *leanConn) finished(out *wire, start time.Time, err error) {
+	sent := out.events
+	out.reset()
 	if err != nil {
-		lc.close(n.writeFailed(err))
-		return
-	}
-	lc.wrote(start, sent)
-	lc.release()
-}
-
-// wrote records a completed write.
-func (lc *leanConn) wrote(start time.Time, sent int) {
-	now := time.Now()
-	lc.lastWrite.Store(now.UnixNano())
-	if sent > 0 {
-		lc.n.m.flush.Observe(now.Sub(start).Seconds())
-		lc.n.m.delivered.Add(float64(sent))
-	}
-}
-
-// finishWrite writes the rest of a chunk for a slow client, within the
-// write timeout counted from the first attempt.
-func (l *lean) finishWrite(lc *leanConn, rest []byte, start time.Time, sent int) {
-	defer l.wg.Done()
-	_ = lc.conn.SetWriteDeadline(start.Add(lc.n.cfg.WriteTimeout))
-	// An overflow that cut the pool writer's write must not wait out the
-	// deadline just set; one after this check cuts this write (schedule).
-	if why, ok := lc.c.q.overflow(); ok {
-		lc.n.m.slowDisconnects.WithLabelValues(why.reason()).Inc()
-		lc.close(reasonSlowClient)
-		return
-	}
-	if _, err := lc.conn.Write(rest); err != nil {
 		if why, ok := lc.c.q.overflow(); ok {
+			// The write was cut because the queue overflowed.
 			lc.n.m.slowDisconnects.WithLabelValues(why.reason()).Inc()
 			lc.close(reasonSlowClient)
 			return
@@ -393,32 +459,29 @@ func (l *lean) finishWrite(lc *leanConn, rest []byte, start time.Time, sent int)
 		lc.close(lc.n.writeFailed(err))
 		return
 	}
-	lc.wrote(start, sent)
+	lc.lastWrite.Store(time.Now().UnixNano())
+	lc.n.wrote(start, sent)
 	lc.release()
 }
 
-// shrink drops a buffer grown by a burst, so a writer does not keep it.
-func (w *leanWriter) shrink() {
-	if cap(w.buf) > 1<<20 {
-		w.buf = nil
+// finishWrite writes the rest of a chunk for a slow client, within the
+// write timeout counted from the first attempt.
+func (l *lean) finishWrite(lc *leanConn, out *wire, rest *net.Buffers, start time.Time) {
+	defer l.wg.Done()
+	_ = lc.conn.SetWriteDeadline(start.Add(lc.n.cfg.WriteTimeout))
+	// An overflow that cut the pool writer's write must not wait out the
+	// deadline just set; one after this check cuts this write (schedule).
+	var err error
+	if _, ok := lc.c.q.overflow(); ok {
+		err = errOverflow
+	} else {
+		_, err = rest.WriteTo(lc.conn)
 	}
-	if cap(w.batch) > 1024 {
-		w.batch = nil
-	}
+	lc.finished(out, start, err)
 }
 
-// frameChunk turns buf, whose payload starts at chunkHead, into one HTTP/1.1
-// chunk: the size line is written right before the payload, and the CRLF
-// after it.
-func frameChunk(buf []byte) []byte {
-	size := len(buf) - chunkHead
-	var head [chunkHead]byte
-	h := strconv.AppendInt(head[:0], int64(size), 16)
-	h = append(h, '\r', '\n')
-	start := chunkHead - len(h)
-	copy(buf[start:], h)
-	return append(buf[start:], '\r', '\n')
-}
+// errOverflow stands for a write not attempted because the queue overflowed.
+var errOverflow = errors.New("node: queue overflowed")
 
 // heartbeats marks streams idle for SSE_HEARTBEAT and schedules them.
 func (l *lean) heartbeats() {
@@ -438,51 +501,14 @@ func (l *lean) heartbeats() {
 					continue
 				}
 				lc.hbDue.Store(true)
-				// Under l.mu, so this is schedule without its locking.
 				if lc.sched.CompareAndSwap(false, true) {
-					l.ready.push(lc)
-					l.cond.Signal()
+					lc.queue.push(lc)
 				}
 			}
 			l.mu.Unlock()
 		}
 	}
 }
-
-// chunkSink writes the opening and the replay of a hijacked stream from the
-// request goroutine: each Flush sends what was written as one chunk.
-type chunkSink struct {
-	conn net.Conn
-	buf  []byte
-	raw  int // leading bytes sent as they are (the response header)
-}
-
-func (s *chunkSink) Write(p []byte) (int, error) {
-	s.buf = append(s.buf, p...)
-	return len(p), nil
-}
-
-func (s *chunkSink) Flush() error {
-	if len(s.buf) == s.raw {
-		return nil
-	}
-	var head [chunkHead]byte
-	h := strconv.AppendInt(head[:0], int64(len(s.buf)-s.raw), 16)
-	h = append(h, '\r', '\n')
-	out := make([]byte, 0, len(s.buf)+len(h)+2)
-	out = append(out, s.buf[:s.raw]...)
-	out = append(out, h...)
-	out = append(out, s.buf[s.raw:]...)
-	out = append(out, '\r', '\n')
-	_, err := s.conn.Write(out)
-	s.buf, s.raw = s.buf[:0], 0
-	if cap(s.buf) > 64<<10 {
-		s.buf = nil
-	}
-	return err
-}
-
-func (s *chunkSink) SetWriteDeadline(t time.Time) error { return s.conn.SetWriteDeadline(t) }
 
 // ring is a growable FIFO that reuses its storage.
 type ring[T any] struct {

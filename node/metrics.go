@@ -40,6 +40,7 @@ const (
 	reasonSlowClient   = "slow_client"
 	reasonDrain        = "drain"
 	reasonTokenExpired = "token_expired"
+	reasonStreamReset  = "stream_reset"
 )
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -102,7 +103,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	for _, r := range []string{reasonClientGone, reasonWriteError, reasonWriteTimeout, reasonSlowClient, reasonDrain} {
 		m.disconnects.WithLabelValues(r)
 	}
-	for _, r := range []string{"queue_frames", "queue_bytes", reasonWriteTimeout, streamReset.reason()} {
+	for _, r := range []string{"queue_frames", "queue_bytes", reasonWriteTimeout, reasonStreamReset} {
 		m.slowDisconnects.WithLabelValues(r)
 	}
 	for _, r := range []string{"queue_frames", "queue_bytes"} {

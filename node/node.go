@@ -1,12 +1,17 @@
 // Package node serves Server-Sent Events: the HTTP handler, the local fan-out
 // hub, each client's bounded queue and writer, frame encoding over pooled
-// buffers, and the shutdown drain.
+// buffers, cluster membership and rebalancing, and the shutdown drain.
 //
 // Events come from a Broker through a single Handler; each is encoded once
-// into a reference-counted Frame, appended to the replay window and handed
-// to every local subscriber's queue without blocking. A client's writer is
-// its request goroutine: it takes all queued frames, writes them and flushes
-// once, with a per-write deadline.
+// into a reference-counted frame, appended to the replay window and handed
+// to every local subscriber's queue without blocking. By default an
+// HTTP/1.1 stream is then taken over from net/http (lean.go): it holds no
+// goroutine while idle, and a small pool of writers serves the streams that
+// have frames. HTTP/2, TLS and HTTP/1.0 streams, and every stream with
+// Config.NoHijack, keep their request goroutine as writer. Both drivers run
+// the same step (step.go) and write frames by reference, a batch in one
+// write, with a per-write deadline; every server-side end goes through
+// closeStream.
 package node
 
 import (
@@ -48,6 +53,9 @@ const (
 	// PolicyDrop discards the frames a full queue cannot take, counted.
 	PolicyDrop = "drop"
 )
+
+// ErrClosed is returned by Start after Close.
+var ErrClosed = errors.New("node: closed")
 
 // ErrDraining is returned by Drain when called twice, and describes the
 // state in which new streams are refused.
@@ -173,10 +181,12 @@ type Node struct {
 	cors   *cors      // nil without CORSOrigins
 	perIP  *ipLimiter // nil without MaxConnectionsPerIP
 
-	conns    atomic.Int64 // open streams
+	conns    atomic.Int64   // open streams
+	streams  streamRegistry // every open stream, for shedding and age limits
 	draining atomic.Bool
 	drainCh  chan struct{} // closed when draining starts
 	drainMu  sync.Mutex    // guards closing drainCh
+	life     sync.Mutex    // orders Start and Close
 	started  atomic.Bool
 	closed   atomic.Bool
 
@@ -228,6 +238,11 @@ func New(cfg Config, b Broker, w *replay.Window) (*Node, error) {
 
 // Start connects the node to its broker's deliveries. Call it once.
 func (n *Node) Start() error {
+	n.life.Lock()
+	defer n.life.Unlock()
+	if n.closed.Load() {
+		return ErrClosed
+	}
 	if !n.started.CompareAndSwap(false, true) {
 		return errors.New("node: already started")
 	}
@@ -245,10 +260,14 @@ func (n *Node) Start() error {
 }
 
 // Close stops the node's own goroutines and closes the hijacked streams
-// still open (Drain first to let them move gracefully). Streams on the
-// net/http path end when their server closes their connections. It waits
-// for everything it started and is safe to call more than once.
+// still open, including those still replaying on their request goroutine
+// (Drain first to let them move gracefully). Streams on the net/http path
+// end when their server closes their connections. It waits for everything
+// it started and is safe to call more than once; Start after Close fails
+// with ErrClosed.
 func (n *Node) Close() error {
+	n.life.Lock()
+	defer n.life.Unlock()
 	if !n.closed.CompareAndSwap(false, true) {
 		return nil
 	}
@@ -273,8 +292,8 @@ func (n *Node) deliver(topic string, entries []pubsub.Entry) {
 	for i := range entries {
 		n.m.readLag.Observe(now.Sub(entries[i].Time()).Seconds())
 	}
-	var stack [8]*Frame
-	frames := EncodeFrames(stack[:0], topic, entries)
+	var stack [8]*frame
+	frames := encodeFrames(stack[:0], topic, entries)
 	subs := n.hub.fanout(topic, frames, n.refused)
 	if n.tracer != nil {
 		n.traceDeliveries(topic, entries, subs)
@@ -285,13 +304,19 @@ func (n *Node) deliver(topic string, entries []pubsub.Entry) {
 }
 
 // reset reacts to topic's stream moving under the broker's reader: the
-// window forgets the topic, then every local stream of it is ended as a
-// slow client is, so that clients resume with their Last-Event-ID and the
-// replay tells them of the gap (with reset) before the new history.
+// window forgets the topic, then every local stream of it is closed
+// (closeStream), so that clients resume with their Last-Event-ID and the
+// replay tells them of the gap (with reset) before the new history. They
+// are counted as slow-client disconnects of reason stream_reset, which the
+// alerts leave out.
 func (n *Node) reset(topic string) {
 	n.log.Warn("node: stream reset under the reader; resuming its clients", "topic", topic)
 	n.window.Reset(topic)
-	n.hub.endTopic(topic, streamReset)
+	for _, c := range n.hub.subscribers(nil, topic) {
+		if n.closeStream(c, reasonStreamReset) {
+			n.m.slowDisconnects.WithLabelValues(reasonStreamReset).Inc()
+		}
+	}
 }
 
 func (n *Node) refused(_ *client, o overflow) {

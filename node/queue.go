@@ -10,9 +10,6 @@ const (
 	fullFrames
 	fullBytes
 	queueClosed
-	// streamReset is no slowness: the topic's stream was reset under the
-	// broker's reader, and the client must resume to learn of it.
-	streamReset
 )
 
 func (o overflow) reason() string {
@@ -21,8 +18,6 @@ func (o overflow) reason() string {
 		return "queue_frames"
 	case fullBytes:
 		return "queue_bytes"
-	case streamReset:
-		return "stream_reset"
 	}
 	return "closed"
 }
@@ -37,7 +32,7 @@ func (o overflow) reason() string {
 // few pointers, not the whole bound.
 type queue struct {
 	mu       sync.Mutex
-	frames   []*Frame // ring buffer; grows up to max
+	frames   []*frame // ring buffer; grows up to max
 	head     int      // index of the oldest frame
 	n        int      // frames held
 	bytes    int      // bytes held
@@ -70,7 +65,7 @@ func signalNotify() (chan struct{}, func()) {
 // caller had already taken (the hub retains once per subscriber up front).
 // With the disconnect policy an overflow closes the queue (the writer then
 // ends the stream); with drop, the new frame is refused.
-func (q *queue) push(f *Frame) overflow {
+func (q *queue) push(f *frame) overflow {
 	q.mu.Lock()
 	if q.closed {
 		q.mu.Unlock()
@@ -110,7 +105,7 @@ func (q *queue) push(f *Frame) overflow {
 
 func (q *queue) growLocked() {
 	size := min(max(2*len(q.frames), 4), q.max)
-	frames := make([]*Frame, size)
+	frames := make([]*frame, size)
 	for i := range q.n {
 		frames[i] = q.frames[(q.head+i)%len(q.frames)]
 	}
@@ -119,7 +114,7 @@ func (q *queue) growLocked() {
 
 // take moves every queued frame into dst, oldest first. closed reports that
 // the queue was closed by overflow; the reason is then in why.
-func (q *queue) take(dst []*Frame) (out []*Frame, closed bool, why overflow) {
+func (q *queue) take(dst []*frame) (out []*frame, closed bool, why overflow) {
 	q.mu.Lock()
 	for q.n > 0 {
 		dst = append(dst, q.frames[q.head])
@@ -154,22 +149,6 @@ func (q *queue) overflow() (overflow, bool) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	return q.why, q.why != accepted
-}
-
-// end closes the queue as an overflow does, whatever the policy, for
-// reason why: the writer then ends the stream and the client resumes with
-// its Last-Event-ID.
-func (q *queue) end(why overflow) {
-	q.mu.Lock()
-	if q.closed {
-		q.mu.Unlock()
-		return
-	}
-	q.closed = true
-	q.why = why
-	q.releaseLocked()
-	q.mu.Unlock()
-	q.notify()
 }
 
 // close refuses further frames and releases the ones held.

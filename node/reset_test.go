@@ -34,8 +34,8 @@ func TestBrokerResetEndsTopicStreams(t *testing.T) {
 	if e := other.next(t); e.ID != id2.String() {
 		t.Fatalf("stream of topic u after reset of t: %+v, want id %s", e, id2)
 	}
-	if got := testutil.ToFloat64(tn.m.slowDisconnects.WithLabelValues(streamReset.reason())); got != 2 {
-		t.Errorf("slow disconnects by %s = %v, want 2", streamReset.reason(), got)
+	if got := testutil.ToFloat64(tn.m.slowDisconnects.WithLabelValues(reasonStreamReset)); got != 2 {
+		t.Errorf("slow disconnects by %s = %v, want 2", reasonStreamReset, got)
 	}
 
 	// The client resumes where it was and loses nothing.

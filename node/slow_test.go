@@ -121,7 +121,7 @@ func TestSlowClient(t *testing.T) {
 }
 
 func TestQueueBounds(t *testing.T) {
-	f := func(n int) *Frame {
+	f := func(n int) *frame {
 		fr := newFrame(n)
 		fr.buf = fr.buf[:n]
 		return fr

@@ -1,0 +1,70 @@
+package node
+
+import (
+	"testing"
+
+	"github.com/ssecluster/ssecluster/pubsub"
+)
+
+// The writer step, driven without HTTP: what it decides and what it
+// gathers for the sink.
+func TestStep(t *testing.T) {
+	entry := func(seq uint64) *pubsub.Entry {
+		return &pubsub.Entry{ID: pubsub.ID{Ms: 1, Seq: seq}, Data: []byte("d")}
+	}
+	tests := []struct {
+		name      string
+		queued    int       // frames pushed, IDs 1-1, 1-2, ...
+		pos       pubsub.ID // the client's position
+		heartbeat bool      // a heartbeat is due
+		setup     func(*Node, *client)
+		reason    string
+		want      string
+	}{
+		{name: "frames", queued: 2, want: "id: 1-1\ndata: d\n\nid: 1-2\ndata: d\n\n"},
+		{name: "frames, heartbeat due", queued: 1, heartbeat: true, want: "id: 1-1\ndata: d\n\n"},
+		{name: "heartbeat", heartbeat: true, want: "\n\n"},
+		{name: "nothing"},
+		{name: "frames already had", queued: 2, pos: pubsub.ID{Ms: 1, Seq: 2}},
+		{name: "frames already had, heartbeat due", queued: 1, pos: pubsub.ID{Ms: 1, Seq: 1}, heartbeat: true, want: "\n\n"},
+		{name: "drain", queued: 1, setup: func(n *Node, _ *client) { n.draining.Store(true) }, reason: reasonDrain},
+		{name: "closed", queued: 1, setup: func(n *Node, c *client) { n.closeStream(c, reasonMaxAge) }, reason: reasonMaxAge},
+		{name: "overflow", queued: 3, reason: reasonSlowClient},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			n := &Node{m: newMetrics(nil)}
+			c := &client{topics: []string{"t"}, pos: []pubsub.ID{tt.pos}}
+			c.q = newQueue(2, 1<<20, false, func() {})
+			var frames []*frame
+			for i := range tt.queued {
+				f := encodeOne("t", entry(uint64(i+1)))
+				f.retain(1) // the queue's, given back if it refuses (as fan-out does)
+				if c.q.push(f) != accepted {
+					f.Release()
+				}
+				frames = append(frames, f)
+			}
+			if tt.setup != nil {
+				tt.setup(n, c)
+			}
+			var w wire
+			reason, _ := n.step(c, &w, nil, tt.heartbeat)
+			var s discardSink
+			s.keep = true
+			_ = s.send(&w)
+			w.reset()
+			if reason != tt.reason || string(s.buf) != tt.want {
+				t.Fatalf("step: reason %q, wrote %q; want %q, %q", reason, s.buf, tt.reason, tt.want)
+			}
+			// Every reference the queue or the write took is given back.
+			c.q.close()
+			for i, f := range frames {
+				if got := f.refs.Load(); got != 1 {
+					t.Errorf("frame %d holds %d references after the step, want the caller's 1", i, got)
+				}
+				f.Release()
+			}
+		})
+	}
+}
