@@ -648,6 +648,12 @@ func (c *sseClient) read(s *sseConn) error {
 		c.mu.Lock()
 		if e.Event == "sse-gap" {
 			c.gaps = append(c.gaps, e)
+			if strings.Contains(e.Data, `"reset":true`) {
+				// The stream's history restarted (deleted, recreated, or
+				// its last ID went back in a failover): what follows is
+				// checked against the new history alone.
+				c.ids = c.ids[:0]
+			}
 		} else {
 			c.n++
 			if !c.discard {

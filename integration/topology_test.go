@@ -358,10 +358,11 @@ func TestTopologySentinel(t *testing.T) {
 		// finds that fork before it reads the new master, resets the topic
 		// to the new master's last ID and reports h(topic, nil); the node
 		// then makes the topic's clients resume through the replay window,
-		// which delivers what the new master holds after their position
-		// and announces the entries behind it as a gap. Without that node
-		// reaction the entries between the fork and the reset are missing
-		// here, and this check says so.
+		// which announces sse-gap with reset:true (the client's position
+		// is not in the new master's history) and then delivers what the
+		// new master holds; the client's record restarts at that gap.
+		// Without that node reaction the entries between the fork and the
+		// reset are missing here, and this check says so.
 		lost, forked := checkExactlyOnce(t, pc, prefix+topic, got, true)
 		if forked > 0 && len(gaps) == 0 {
 			t.Errorf("%s: %d entries of the new master sort behind the client's position and no sse-gap announced them", topic, forked)
