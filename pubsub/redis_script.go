@@ -27,8 +27,9 @@ const (
 // rawPage is a streamRead reply before its entries are decoded.
 type rawPage struct {
 	info    StreamInfo
-	entries any  // the XRANGE/XREVRANGE reply
-	cut     bool // the byte bound stopped the range early
+	added   int64 // entries-added: XADDs to the stream since it was made
+	entries any   // the XRANGE/XREVRANGE reply
+	cut     bool  // the byte bound stopped the range early
 }
 
 // readStream runs streamRead on key. A key holding another type gives an
@@ -96,5 +97,5 @@ func parseStreamRead(reply any) (rawPage, error) {
 		}
 	}
 	cut, _ := items[7].(int64)
-	return rawPage{info: info, entries: items[6], cut: cut == 1}, nil
+	return rawPage{info: info, added: added, entries: items[6], cut: cut == 1}, nil
 }
