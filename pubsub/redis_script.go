@@ -47,6 +47,26 @@ func (b *Redis) readStreamBytes(ctx context.Context, key, mode string, start ID,
 	return parseStreamRead(reply)
 }
 
+// afterMissing takes the entry at after off a range read from after
+// (inclusive) for count+1 entries, or the extra last entry when after is
+// not held, and reports whether it was not held (never for 0-0).
+func afterMissing(raw *rawPage, after ID, count int) bool {
+	es, ok := raw.entries.([]any)
+	if !ok {
+		return false
+	}
+	if len(es) > 0 {
+		if e, _ := es[0].([]any); len(e) > 0 && e[0] == after.String() {
+			raw.entries = es[1:]
+			return false
+		}
+	}
+	if len(es) > count {
+		raw.entries = es[:count]
+	}
+	return !after.IsZero()
+}
+
 // parseStreamRead decodes a streamRead reply; see stream_read.lua.
 func parseStreamRead(reply any) (rawPage, error) {
 	items, ok := reply.([]any)
