@@ -672,6 +672,9 @@ func parseStreamChecks(reply any, n int) ([]streamState, error) {
 //   - the entry at from is still held, or from is 0-0, or from was
 //     removed (XDEL, trimming: at or below max-deleted-entry-id).
 //
+// Before Redis 7 entries-added is unknown (-1) and only the last rule
+// holds.
+//
 // A stream deleted and made again has a new entries-added count from 0; a
 // server that lost entries (a failover, RESTORE of an older copy) has a
 // lower count or lacks the entry at from, unless it held from and lost
@@ -680,12 +683,14 @@ func parseStreamChecks(reply any, n int) ([]streamState, error) {
 // continuous. A history change between them makes a needless reset, never
 // a silent skip.
 func continuous(from ID, added int64, last ID, entries []Entry, c streamState) bool {
-	if c.idle || c.wrongType || !c.page.info.Exists || c.page.added < added {
+	if c.idle || c.wrongType || !c.page.info.Exists {
 		return false
 	}
-	above := len(entries) - sort.Search(len(entries), func(i int) bool { return last.Less(entries[i].ID) })
-	if c.page.added-added < int64(above) {
-		return false
+	if c.page.added >= 0 {
+		above := len(entries) - sort.Search(len(entries), func(i int) bool { return last.Less(entries[i].ID) })
+		if c.page.added < added || c.page.added-added < int64(above) {
+			return false
+		}
 	}
 	held, _ := c.page.entries.([]any)
 	return from.IsZero() || len(held) > 0 || !c.page.info.MaxDeleted.Less(from)

@@ -43,6 +43,8 @@ func TestRedisContinuous(t *testing.T) {
 		{"restored older, counter lower", ID{Ms: 10}, 5, ID{Ms: 10}, es(20), state(4, 1, 20, 0, held), false},
 		{"fewer added than entries above last", ID{Ms: 10}, 5, ID{Ms: 10}, es(11, 12, 13), state(7, 1, 13, 0, held), false},
 		{"forked: position not held, not removed", ID{Ms: 10}, 5, ID{Ms: 10}, es(20), state(9, 1, 20, 0, nil), false},
+		{"before Redis 7: no entries-added, position held", ID{Ms: 10}, 0, ID{}, es(11), state(-1, 1, 11, 0, held), true},
+		{"before Redis 7: position not held", ID{Ms: 10}, 0, ID{}, es(20), state(-1, 1, 20, 0, nil), false},
 		{"missing", ID{Ms: 10}, 5, ID{Ms: 10}, es(11), streamState{}, false},
 		{"idle", ID{Ms: 10}, 5, ID{Ms: 10}, es(11), streamState{idle: true}, false},
 		{"wrong type", ID{Ms: 10}, 5, ID{Ms: 10}, es(11), streamState{wrongType: true}, false},

@@ -35,9 +35,9 @@ for i, key in ipairs(KEYS) do
     if pos ~= '0-0' then
       held = redis.call('XRANGE', key, pos, pos)
     end
-    -- Before Redis 7 the last two fields do not exist.
+    -- Before Redis 7 the last two fields do not exist: -1, unknown.
     out[i] = {t, info['length'], info['last-generated-id'],
-      info['max-deleted-entry-id'] or '0-0', info['entries-added'] or 0,
+      info['max-deleted-entry-id'] or '0-0', info['entries-added'] or -1,
       first, held, 0}
   end
 end
