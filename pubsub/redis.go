@@ -600,6 +600,13 @@ func (b *Redis) Page(ctx context.Context, topic string, after ID, count, maxByte
 		return Page{}, fmt.Errorf("pubsub: page %q after %v: %w", topic, after, err)
 	}
 	missing := afterMissing(&raw, after, count)
+	if es, _ := raw.entries.([]any); raw.cut && len(es) == 0 {
+		// The entry at after filled the byte bound alone: read on.
+		raw, err = b.readStreamBytes(ctx, b.key(topic), mode, after.Next(), count, maxBytes)
+		if err != nil {
+			return Page{}, fmt.Errorf("pubsub: page %q after %v: %w", topic, after, err)
+		}
+	}
 	entries, last, n, ok := decodeEntries(raw.entries, b.badEntryFunc(topic))
 	if !ok {
 		return Page{}, fmt.Errorf("pubsub: page %q: entries of type %T", topic, raw.entries)
