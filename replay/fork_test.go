@@ -41,7 +41,8 @@ func TestRingCoversOnlyItsEntries(t *testing.T) {
 }
 
 // TestStartGapFork: a position the source does not hold, inside the
-// stream's span and above MaxDeleted, is a reset gap; removed or outside
+// stream's span and above MaxDeleted, is a gap (no reset: the entries after
+// it follow, each once); removed or outside
 // the span it is judged as before.
 func TestStartGapFork(t *testing.T) {
 	info := pubsub.StreamInfo{Exists: true, Length: 5, First: id(10), Last: id(50), MaxDeleted: id(12)}
@@ -53,7 +54,7 @@ func TestStartGapFork(t *testing.T) {
 		wantReset bool
 	}{
 		{"held", id(30), false, false, false},
-		{"forked", id(30), true, true, true},
+		{"forked", id(30), true, true, false},
 		{"deleted", id(12), true, false, false},
 		{"below first, trimmed", id(5), true, true, false},
 		{"0-0", pubsub.ID{}, true, false, false},

@@ -239,17 +239,18 @@ func (w *Window) Replay(ctx context.Context, topic string, after pubsub.ID,
 // 0-0), or cursor is below the first entry held and not the newest removed
 // one, so entries after it may have been removed, or it was never an entry
 // of this stream: missing (the source does not hold the entry at cursor)
-// within its span and above MaxDeleted, a fork, which is a reset too.
-// Position 0-0 is never a gap.
+// within its span and above MaxDeleted, a fork. A fork keeps the cursor:
+// the entries after it are new to the client and come in order, those
+// before it are the gap. Position 0-0 is never a gap.
 func startGap(topic string, cursor pubsub.ID, info *pubsub.StreamInfo, missing bool) (g *Gap, restart bool) {
 	if cursor.IsZero() {
 		return nil, false
 	}
 	forked := missing && info.Length > 0 && !cursor.Less(info.First) && info.MaxDeleted.Less(cursor)
 	switch {
-	case !info.Exists || info.Last.Less(cursor) || forked:
+	case !info.Exists || info.Last.Less(cursor):
 		return &Gap{Topic: topic, Requested: cursor, Oldest: info.First, Reset: true}, true
-	case info.Length > 0 && cursor.Less(info.First) && cursor != info.MaxDeleted:
+	case forked, info.Length > 0 && cursor.Less(info.First) && cursor != info.MaxDeleted:
 		return &Gap{Topic: topic, Requested: cursor, Oldest: info.First}, false
 	}
 	return nil, false
