@@ -87,6 +87,12 @@ type Page struct {
 	// Cut means the page stopped at its byte bound and left out entries
 	// that follow: more entries follow, whatever Read says.
 	Cut bool
+	// AfterMissing means the source looked for the entry at the position
+	// read after and the stream does not hold it. With the position inside
+	// the stream's span and above MaxDeleted, it was never an entry of this
+	// history (a failover forked the stream). Sources that do not look
+	// leave it false.
+	AfterMissing bool
 }
 
 // Handler receives the entries a broker reads for a watched topic. A broker

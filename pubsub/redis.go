@@ -641,15 +641,25 @@ func (b *Redis) Page(ctx context.Context, topic string, after ID, count, maxByte
 	if after == MaxID {
 		mode = readInfo // nothing sorts after it
 	}
-	raw, err := b.readStreamBytes(ctx, b.key(topic), mode, after.Next(), count, maxBytes)
+	// The range starts at after itself, one entry more, to tell whether
+	// the stream holds it (AfterMissing) in the same read.
+	raw, err := b.readStreamBytes(ctx, b.key(topic), mode, after, count+1, maxBytes)
 	if err != nil {
 		return Page{}, fmt.Errorf("pubsub: page %q after %v: %w", topic, after, err)
+	}
+	missing := afterMissing(&raw, after, count)
+	if es, _ := raw.entries.([]any); raw.cut && len(es) == 0 {
+		// The entry at after filled the byte bound alone: read on.
+		raw, err = b.readStreamBytes(ctx, b.key(topic), mode, after.Next(), count, maxBytes)
+		if err != nil {
+			return Page{}, fmt.Errorf("pubsub: page %q after %v: %w", topic, after, err)
+		}
 	}
 	entries, last, n, ok := decodeEntries(raw.entries, b.badEntryFunc(topic))
 	if !ok {
 		return Page{}, fmt.Errorf("pubsub: page %q: entries of type %T", topic, raw.entries)
 	}
-	return Page{Entries: entries, Info: raw.info, Read: n, Last: last, Cut: raw.cut}, nil
+	return Page{Entries: entries, Info: raw.info, Read: n, Last: last, Cut: raw.cut, AfterMissing: missing}, nil
 }
 
 // Info describes topic's stream from XINFO STREAM (Redis 7), read with the

@@ -2,6 +2,7 @@ package pubsub
 
 import (
 	"context"
+	_ "embed"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -63,10 +64,13 @@ type watched struct {
 	// parkedUntil is non-zero while the key holds a non-stream type: the
 	// topic is left out of reads until then. Guarded by reader.mu.
 	parkedUntil time.Time
-	// added is the stream's entries-added at the last history check: a
-	// smaller one later means the stream was deleted and made again.
-	// Guarded by reader.mu.
+	// added and last are the stream's entries-added and
+	// last-generated-id at the last history or continuity check (zero
+	// before the first): a smaller added later means the stream was
+	// deleted and made again, and every entry above last adds one to
+	// added (see continuous). Guarded by reader.mu.
 	added int64
+	last  ID
 }
 
 func newReader(b *Redis, index int) *reader {
@@ -380,9 +384,9 @@ func (r *reader) checkHistory(h Handler) error {
 			continue // moved on meanwhile: checked next time
 		}
 		back := !exists && !from.IsZero() || exists && (last.Less(from) || v.EntriesAdded < w.added)
-		w.added = 0
+		w.added, w.last = 0, ID{}
 		if exists {
-			w.added = v.EntriesAdded
+			w.added, w.last = v.EntriesAdded, last
 		}
 		// A fork keeps the cursor (even though entries-added went down
 		// with the lost branch): the new branch's entries after it are new
@@ -511,7 +515,19 @@ func (r *reader) block(set readSet, nextCheck time.Time, h Handler) error {
 	defer cancel()
 	cmd := redis.NewCmd(ctx, args...)
 	cmd.SetFirstKeyPos(6)
-	_ = r.client.Process(ctx, cmd)
+	ids := make([]any, len(set.ids))
+	for i, id := range set.ids {
+		ids[i] = id
+	}
+	// The continuity check rides in the same pipeline: Redis runs it on
+	// this connection as soon as the XREAD replies, so it costs no round
+	// trip and adds no latency.
+	var chk *redis.Cmd
+	_, _ = r.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+		_ = p.Process(ctx, cmd)
+		chk = streamCheck.EvalShaRO(ctx, p, set.keys, ids...)
+		return nil
+	})
 	reply, err := cmd.Result()
 	if errors.Is(err, redis.Nil) {
 		return nil
@@ -519,7 +535,16 @@ func (r *reader) block(set readSet, nextCheck time.Time, h Handler) error {
 	if err != nil {
 		return &readError{err: err}
 	}
-	return r.deliver(set, reply, h)
+	state, err := chk.Result()
+	if redis.HasErrorPrefix(err, "NOSCRIPT") {
+		// A new server (a restart, a failover): load the script. Running
+		// it later than the XREAD is as sound, only less often continuous.
+		state, err = streamCheck.RunRO(ctx, r.client, set.keys, ids...).Result()
+	}
+	if err != nil {
+		return &readError{err: fmt.Errorf("continuity check: %w", err)}
+	}
+	return r.deliver(set, reply, state, h)
 }
 
 // readError is a failed XREAD; it unwraps to the go-redis error.
@@ -529,15 +554,26 @@ func (e *readError) Error() string { return "xread: " + e.err.Error() }
 func (e *readError) Unwrap() error { return e.err }
 
 // deliver hands the entries of an XREAD reply to h, topic by topic, after
-// moving each topic's cursor under the lock. Entries at or below the
-// current cursor are dropped: the topic may have been unwatched and watched
-// again while the read was in flight. h runs with no lock held.
-func (r *reader) deliver(set readSet, reply any, h Handler) error {
+// moving each topic's cursor under the lock, when the continuity check
+// state (the streamCheck reply for set) shows them to follow what was
+// delivered; otherwise the topic is reset as by checkHistory. A topic
+// whose cursor moved while the read was in flight (unwatched and watched
+// again) is skipped: the next read starts at its new cursor. h runs with
+// no lock held.
+func (r *reader) deliver(set readSet, reply, state any, h Handler) error {
 	streams, err := decodeStreams(reply)
 	if err != nil {
 		return err
 	}
-	for key, raw := range streams {
+	checks, err := parseStreamChecks(state, len(set.keys))
+	if err != nil {
+		return err
+	}
+	for i, key := range set.keys {
+		raw, ok := streams[key]
+		if !ok {
+			continue
+		}
 		topic, ok := set.topics[key]
 		if !ok {
 			continue
@@ -553,17 +589,111 @@ func (r *reader) deliver(set readSet, reply any, h Handler) error {
 			r.mu.Unlock()
 			continue
 		}
-		i := sort.Search(len(entries), func(i int) bool { return w.cursor.Less(entries[i].ID) })
-		entries = entries[i:]
-		if w.cursor.Less(last) {
+		from := w.cursor
+		if from.String() != set.ids[i] {
+			r.mu.Unlock()
+			continue
+		}
+		c := checks[i]
+		if c.wrongType || c.idle {
+			// Not a stream: the next XREAD fails and parks it. Idle: the
+			// entries read are gone (nothing was delivered past from);
+			// the next read waits for new ones and the history check
+			// resets the topic if the stream moved back.
+			r.mu.Unlock()
+			continue
+		}
+		if continuous(from, w.added, w.last, entries, c) {
 			w.cursor = last
+			w.added, w.last = c.page.added, c.page.info.Last
+			r.mu.Unlock()
+			if len(entries) > 0 {
+				h(topic, entries)
+			}
+			continue
 		}
+		// Entries past the stream's last ID come after the reset, in order.
+		to := c.page.info.Last
+		w.cursor, w.added, w.last = to, c.page.added, to
 		r.mu.Unlock()
-		if len(entries) > 0 {
-			h(topic, entries)
-		}
+		r.b.log.Warn("pubsub: redis stream history moved under a read; its clients resume", "topic", topic, "key", key, "exists", c.page.info.Exists, "from", from.String(), "to", to.String(), "entries", len(entries))
+		h(topic, nil)
 	}
 	return nil
+}
+
+// streamCheck is the continuity check pipelined after each XREAD; see
+// stream_check.lua and continuous.
+var streamCheck = redis.NewScript(streamCheckLua)
+
+//go:embed stream_check.lua
+var streamCheckLua string
+
+// streamState is one key's item of a streamCheck reply.
+type streamState struct {
+	page      rawPage // info and entries-added; entries: the entry at the position
+	idle      bool    // nothing after the position
+	wrongType bool
+}
+
+// parseStreamChecks decodes a streamCheck reply for n keys.
+func parseStreamChecks(reply any, n int) ([]streamState, error) {
+	items, ok := reply.([]any)
+	if !ok || len(items) != n {
+		return nil, fmt.Errorf("continuity check: reply %T of %d items, want %d", reply, len(items), n)
+	}
+	out := make([]streamState, n)
+	for i, item := range items {
+		if one, ok := item.([]any); ok && len(one) == 1 && one[0] == "idle" {
+			out[i].idle = true
+			continue
+		}
+		page, err := parseStreamRead(item)
+		switch {
+		case errors.Is(err, ErrWrongType):
+			out[i].wrongType = true
+		case err != nil:
+			return nil, fmt.Errorf("continuity check: %w", err)
+		}
+		out[i].page = page
+	}
+	return out, nil
+}
+
+// continuous reports whether entries, read after from, follow what the
+// reader delivered up to from, given added and last (the stream's
+// entries-added and last-generated-id at the previous check, zero if
+// none) and c, the stream's state just after the read. The rule:
+//
+//   - the stream exists and holds something after from (not idle);
+//   - entries-added did not go down, and it went up by at least the
+//     number of entries above last: each of them is an XADD after the
+//     previous check, in the same stream;
+//   - the entry at from is still held, or from is 0-0, or from was
+//     removed (XDEL, trimming: at or below max-deleted-entry-id).
+//
+// Before Redis 7 entries-added is unknown (-1) and only the last rule
+// holds.
+//
+// A stream deleted and made again has a new entries-added count from 0; a
+// server that lost entries (a failover, RESTORE of an older copy) has a
+// lower count or lacks the entry at from, unless it held from and lost
+// only entries never delivered, which is no gap. Entries added between
+// the XREAD's reply and the check only raise entries-added: still
+// continuous. A history change between them makes a needless reset, never
+// a silent skip.
+func continuous(from ID, added int64, last ID, entries []Entry, c streamState) bool {
+	if c.idle || c.wrongType || !c.page.info.Exists {
+		return false
+	}
+	if c.page.added >= 0 {
+		above := len(entries) - sort.Search(len(entries), func(i int) bool { return last.Less(entries[i].ID) })
+		if c.page.added < added || c.page.added-added < int64(above) {
+			return false
+		}
+	}
+	held, _ := c.page.entries.([]any)
+	return from.IsZero() || len(held) > 0 || !c.page.info.MaxDeleted.Less(from)
 }
 
 // parkWrongType finds, with TYPE, the reader's keys that hold something

@@ -27,8 +27,9 @@ const (
 // rawPage is a streamRead reply before its entries are decoded.
 type rawPage struct {
 	info    StreamInfo
-	entries any  // the XRANGE/XREVRANGE reply
-	cut     bool // the byte bound stopped the range early
+	added   int64 // entries-added: XADDs to the stream since it was made
+	entries any   // the XRANGE/XREVRANGE reply
+	cut     bool  // the byte bound stopped the range early
 }
 
 // readStream runs streamRead on key. A key holding another type gives an
@@ -44,6 +45,26 @@ func (b *Redis) readStreamBytes(ctx context.Context, key, mode string, start ID,
 		return rawPage{}, redisErr(err)
 	}
 	return parseStreamRead(reply)
+}
+
+// afterMissing takes the entry at after off a range read from after
+// (inclusive) for count+1 entries, or the extra last entry when after is
+// not held, and reports whether it was not held (never for 0-0).
+func afterMissing(raw *rawPage, after ID, count int) bool {
+	es, ok := raw.entries.([]any)
+	if !ok {
+		return false
+	}
+	if len(es) > 0 {
+		if e, _ := es[0].([]any); len(e) > 0 && e[0] == after.String() {
+			raw.entries = es[1:]
+			return false
+		}
+	}
+	if len(es) > count {
+		raw.entries = es[:count]
+	}
+	return !after.IsZero()
 }
 
 // parseStreamRead decodes a streamRead reply; see stream_read.lua.
@@ -96,5 +117,5 @@ func parseStreamRead(reply any) (rawPage, error) {
 		}
 	}
 	cut, _ := items[7].(int64)
-	return rawPage{info: info, entries: items[6], cut: cut == 1}, nil
+	return rawPage{info: info, added: added, entries: items[6], cut: cut == 1}, nil
 }

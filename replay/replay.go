@@ -187,7 +187,7 @@ func (w *Window) Replay(ctx context.Context, topic string, after pubsub.ID,
 		}
 		seenMean = max(seenMean, pageMean(p.Entries))
 		info := &p.Info
-		if g, restart := startGap(topic, cursor, info); g != nil {
+		if g, restart := startGap(topic, cursor, info, p.AfterMissing); g != nil {
 			if err := announce(*g); err != nil {
 				return res, err
 			}
@@ -238,15 +238,19 @@ func (w *Window) Replay(ctx context.Context, topic string, after pubsub.ID,
 // first entry: the stream is gone or moved backwards (a reset: restart from
 // 0-0), or cursor is below the first entry held and not the newest removed
 // one, so entries after it may have been removed, or it was never an entry
-// of this stream. Position 0-0 is never a gap.
-func startGap(topic string, cursor pubsub.ID, info *pubsub.StreamInfo) (g *Gap, restart bool) {
+// of this stream: missing (the source does not hold the entry at cursor)
+// within its span and above MaxDeleted, a fork. A fork keeps the cursor:
+// the entries after it are new to the client and come in order, those
+// before it are the gap. Position 0-0 is never a gap.
+func startGap(topic string, cursor pubsub.ID, info *pubsub.StreamInfo, missing bool) (g *Gap, restart bool) {
 	if cursor.IsZero() {
 		return nil, false
 	}
+	forked := missing && info.Length > 0 && !cursor.Less(info.First) && info.MaxDeleted.Less(cursor)
 	switch {
 	case !info.Exists || info.Last.Less(cursor):
 		return &Gap{Topic: topic, Requested: cursor, Oldest: info.First, Reset: true}, true
-	case info.Length > 0 && cursor.Less(info.First) && cursor != info.MaxDeleted:
+	case forked, info.Length > 0 && cursor.Less(info.First) && cursor != info.MaxDeleted:
 		return &Gap{Topic: topic, Requested: cursor, Oldest: info.First}, false
 	}
 	return nil, false

@@ -111,7 +111,17 @@ func (r *ring) covers(c, last pubsub.ID) bool {
 	if c.Less(r.floor) || last.Less(c) {
 		return false
 	}
-	return !c.Less(r.first) || c == r.maxDeleted
+	if c.Less(r.first) || c == r.maxDeleted {
+		return c == r.maxDeleted
+	}
+	if c == r.floor || c == last {
+		return true
+	}
+	// Above floor every entry of the stream is held: a position that is
+	// none of them was never an entry of this history (a failover forked
+	// the stream, say); the source tells.
+	i := r.after(c)
+	return i > 0 && r.at(i-1).ID == c
 }
 
 // at returns the i-th oldest entry, 0 <= i < n.
