@@ -280,15 +280,8 @@ func (m *model) publish() {
 	topic := m.topic()
 	k := 1 + m.rng.IntN(m.burst)
 	if m.srv == nil {
-		sent := time.Now()
 		for range k {
-			p := m.h.nextPayload(topic)
-			id, err := m.memBroker().Publish(m.ctx(), topic, "", []byte(p))
-			if err != nil {
-				m.t.Fatalf("publish %s: %v", topic, err)
-			}
-			m.h.add(topic, id, p, sent)
-			m.h.keepNewest(topic, sent, m.memLen)
+			m.memPublish(topic)
 		}
 		m.logf("publish %d to %s (last %s)", k, topic, m.h.lastID(topic))
 		return
@@ -316,6 +309,22 @@ func (m *model) publish() {
 		trim = fmt.Sprintf("MAXLEN ~ %d", maxLen)
 	}
 	m.logf("XADD %s x%d ids %s %s: %d added, last %s, err %v", topic, k, strings.Join(ids, " "), trim, len(added), m.h.lastID(topic), err)
+}
+
+// memPublish publishes one entry to topic on the embedded broker and
+// records it, with the trim to the broker's MaxLen that the publish made
+// (every publish trims: the last one of a run too, or the checker owes
+// clients an entry the broker no longer holds).
+func (m *model) memPublish(topic string) (payload string) {
+	p := m.h.nextPayload(topic)
+	sent := time.Now()
+	id, err := m.memBroker().Publish(m.ctx(), topic, "", []byte(p))
+	if err != nil {
+		m.t.Fatalf("publish %s: %v", topic, err)
+	}
+	m.h.add(topic, id, p, sent)
+	m.h.keepNewest(topic, sent, m.memLen)
+	return p
 }
 
 func (m *model) trim() {
@@ -560,14 +569,7 @@ func (m *model) finish() {
 	last := make(map[string]string)
 	for _, topic := range m.topics {
 		if m.srv == nil {
-			p := m.h.nextPayload(topic)
-			sent := time.Now()
-			id, err := m.memBroker().Publish(m.ctx(), topic, "", []byte(p))
-			if err != nil {
-				t.Fatal(err)
-			}
-			m.h.add(topic, id, p, sent)
-			last[topic] = p
+			last[topic] = m.memPublish(topic)
 		} else {
 			if _, err := m.h.xadds(m.ctx(), m.rc, m.prefix+topic, topic, []string{"*"}, 0); err != nil {
 				t.Fatal(err)
