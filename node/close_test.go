@@ -16,7 +16,7 @@ import (
 // replay: when Close returns, that stream is closed and released, not left
 // writing into a window and broker the caller is about to close.
 func TestCloseWaitsForHijackedReplay(t *testing.T) {
-	tn := newTestNode(t, testOpts{lean: true, cfg: Config{
+	tn := newTestNode(t, testOpts{hijack: true, cfg: Config{
 		WriteTimeout:     time.Minute,
 		SocketSendBuffer: 16 << 10,
 	}})

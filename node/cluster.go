@@ -96,7 +96,7 @@ type Cluster struct {
 
 	stop    chan struct{} // closed by Close
 	done    chan struct{} // closed when the loop returns
-	streams []*client     // scratch for expire; the loop's alone
+	streams []*stream     // scratch for expire; the loop's alone
 }
 
 // NewCluster validates cfg and attaches a cluster to n, whose admin
@@ -416,7 +416,7 @@ func (c *Cluster) expire(now time.Time) {
 
 // shedRandom closes up to k streams chosen at random, on every driver, and
 // returns how many it closed. Only positioned streams are closed
-// (client.positioned): one that has not been sent anything yet would come
+// (stream.positioned): one that has not been sent anything yet would come
 // back without a position and miss what is published meanwhile.
 func (n *Node) shedRandom(k int, reason string) int {
 	if k <= 0 {

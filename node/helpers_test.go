@@ -32,7 +32,7 @@ type testNode struct {
 
 type testOpts struct {
 	cfg    Config
-	lean   bool // hijack HTTP/1.1 streams even in the SSE_TEST_NETHTTP pass
+	hijack bool // hijack HTTP/1.1 streams even in the SSE_TEST_NETHTTP pass
 	mem    pubsub.MemoryConfig
 	window replay.Config
 }
@@ -49,7 +49,7 @@ func newTestNode(t testing.TB, o testOpts) *testNode {
 	}
 	reg := prometheus.NewRegistry()
 	o.cfg.Registerer = reg
-	o.cfg.NoHijack = o.cfg.NoHijack || (netHTTPPath && !o.lean)
+	o.cfg.NoHijack = o.cfg.NoHijack || (netHTTPPath && !o.hijack)
 	n, err := New(o.cfg, b, w)
 	if err != nil {
 		t.Fatal(err)
@@ -206,6 +206,6 @@ func eventually(t testing.TB, d time.Duration, what string, cond func() bool) {
 }
 
 // subscribers returns the streams registered for topic.
-func (tn *testNode) subscribers(topic string) []*client {
+func (tn *testNode) subscribers(topic string) []*stream {
 	return tn.hub.subscribers(nil, topic)
 }
