@@ -260,14 +260,14 @@ func TestAuthorize(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			r := httptest.NewRequest(http.MethodGet, "/events", nil)
 			tt.token(r)
-			_, err := tt.auth.authorize(r, tt.topics)
+			_, err := tt.auth.Authorize(r, tt.topics)
 			switch {
 			case err == nil && tt.want != 0:
 				t.Fatalf("allowed, want %d", tt.want)
-			case err != nil && err.status != tt.want:
-				t.Fatalf("%d %s, want %d", err.status, err.msg, tt.want)
+			case err != nil && deniedStatus(err) != tt.want:
+				t.Fatalf("%d %s, want %d", deniedStatus(err), err, tt.want)
 			case err != nil:
-				t.Logf("%d %s", err.status, err.msg)
+				t.Logf("%d %s", deniedStatus(err), err)
 			}
 		})
 	}
@@ -344,10 +344,10 @@ func TestJWKSRefresh(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer a.Close()
-	check := func(tok string) *authError {
+	check := func(tok string) error {
 		r := httptest.NewRequest(http.MethodGet, "/events", nil)
 		r.Header.Set("Authorization", "Bearer "+tok)
-		_, err := a.authorize(r, []string{"a"})
+		_, err := a.Authorize(r, []string{"a"})
 		return err
 	}
 	newTok := sign(t, jwt.SigningMethodES256, ecKey, claims("a"), "new")

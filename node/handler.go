@@ -115,9 +115,8 @@ func (n *Node) ServeEvents(w http.ResponseWriter, r *http.Request) {
 	}
 	var expires time.Time // zero: the stream does not expire
 	if n.cfg.Auth != nil {
-		var aerr *authError
-		if expires, aerr = n.cfg.Auth.authorize(r, req.topics); aerr != nil {
-			n.denied(w, aerr)
+		if expires, err = n.cfg.Auth.Authorize(r, req.topics); err != nil {
+			n.denied(w, err)
 			return
 		}
 	}
@@ -186,14 +185,13 @@ func (n *Node) ServeEvents(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// expireAt closes s when its token expires (at expires plus the
-// verifier's leeway), so that the client reconnects with a fresh token.
-// A zero expires never expires.
+// expireAt closes s at expires (Authorizer.Authorize), so that the client
+// reconnects with fresh credentials. A zero expires never expires.
 func (n *Node) expireAt(s *stream, expires time.Time) {
 	if expires.IsZero() {
 		return
 	}
-	s.expiry = time.AfterFunc(time.Until(expires.Add(n.cfg.Auth.leeway)), func() {
+	s.expiry = time.AfterFunc(time.Until(expires), func() {
 		n.closeStream(s, reasonTokenExpired)
 	})
 }

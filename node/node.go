@@ -99,10 +99,10 @@ type Config struct {
 	// (SO_SNDBUF), so a slow client's backlog waits in its bounded queue
 	// where policy applies; 0 leaves the kernel's default.
 	SocketSendBuffer int
-	// Auth, when set, requires a JWT granting the topics to subscribe
-	// (see auth.go): 401 without a valid token, 403 for a topic not
-	// granted. nil lets anyone subscribe to anything.
-	Auth *JWTAuth
+	// Auth, when set, decides who may subscribe to what (JWTAuth
+	// requires a JWT granting the topics): 401 without valid credentials,
+	// 403 for a topic not granted. nil lets anyone subscribe to anything.
+	Auth Authorizer
 	// PublishToken, when set, is the bearer token POST /publish requires;
 	// "" leaves publishing open to whoever reaches the admin listener.
 	PublishToken string

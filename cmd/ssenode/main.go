@@ -119,6 +119,10 @@ func run(args []string, env map[string]string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	defer auth.Close()
+	var authz node.Authorizer // nil lets anyone subscribe; a nil *JWTAuth would not
+	if auth != nil {
+		authz = auth
+	}
 	trusted, _ := node.ParseTrustedProxies(cfg.TrustedProxies) // validated by loadConfig
 	n, err := node.New(node.Config{
 		ClientBuffer:        cfg.ClientBuffer,
@@ -134,7 +138,7 @@ func run(args []string, env map[string]string, stdout, stderr io.Writer) int {
 		AnnounceToBrowsers:  cfg.AnnouncePosition == "auto",
 		SocketSendBuffer:    cfg.SocketSndbuf,
 		TracerProvider:      tp,
-		Auth:                auth,
+		Auth:                authz,
 		PublishToken:        cfg.PublishToken,
 		CORSOrigins:         cfg.CORSOrigins,
 		MaxConnectionsPerIP: cfg.MaxConnsPerIP,
