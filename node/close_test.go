@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/ssecluster/ssecluster/pubsub"
-	"github.com/ssecluster/ssecluster/replay"
 )
 
 // Close waits for the request goroutine of a hijacked stream still in its
@@ -67,11 +66,7 @@ func newBareNode(t testing.TB, cfg Config) *Node {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { mem.Close() })
-	w, err := replay.New(mem, replay.Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	n, err := New(cfg, mem, w)
+	n, err := New(cfg, mem)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -43,14 +43,11 @@ func newTestNode(t testing.TB, o testOpts) *testNode {
 	if err != nil {
 		t.Fatal(err)
 	}
-	w, err := replay.New(b, o.window)
-	if err != nil {
-		t.Fatal(err)
-	}
 	reg := prometheus.NewRegistry()
 	o.cfg.Registerer = reg
 	o.cfg.NoHijack = o.cfg.NoHijack || (netHTTPPath && !o.hijack)
-	n, err := New(o.cfg, b, w)
+	o.cfg.Window = o.window
+	n, err := New(o.cfg, b)
 	if err != nil {
 		t.Fatal(err)
 	}

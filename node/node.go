@@ -33,8 +33,8 @@ import (
 )
 
 // Broker is the one broker a node uses: it delivers, publishes, answers
-// health checks and, as the replay.Source of the node's window, serves
-// replays (New's window must read the same broker).
+// health checks and, as the replay.Source of the window New builds over
+// it, serves replays.
 type Broker interface {
 	replay.Source
 	// Start begins delivering the entries of watched topics to h.
@@ -119,6 +119,8 @@ type Config struct {
 	// TracerProvider traces streams, replays, drains and deliveries of
 	// entries that carry a traceparent; nil traces nothing, at no cost.
 	TracerProvider trace.TracerProvider
+	// Window configures the replay window the node keeps over its broker.
+	Window replay.Config
 	// Logger receives the node's logs; nil means slog.Default().
 	Logger *slog.Logger
 	// Registerer receives the node's metrics; nil registers nowhere.
@@ -196,11 +198,11 @@ type Node struct {
 	cancel context.CancelFunc
 }
 
-// New validates cfg and returns a node that reads events from b through w.
-// The window must have been built over the same broker.
-func New(cfg Config, b Broker, w *replay.Window) (*Node, error) {
-	if b == nil || w == nil {
-		return nil, errors.New("node: broker and window are required")
+// New validates cfg and returns a node that serves events from b, through
+// a replay window of its own over the same broker.
+func New(cfg Config, b Broker) (*Node, error) {
+	if b == nil {
+		return nil, errors.New("node: a broker is required")
 	}
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
@@ -212,6 +214,10 @@ func New(cfg Config, b Broker, w *replay.Window) (*Node, error) {
 	var perIP *ipLimiter
 	if cfg.MaxConnectionsPerIP > 0 {
 		perIP = newIPLimiter(cfg.MaxConnectionsPerIP, cfg.TrustedProxies)
+	}
+	w, err := replay.New(b, cfg.Window)
+	if err != nil {
+		return nil, fmt.Errorf("node: %w", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	var tracer trace.Tracer
@@ -321,6 +327,9 @@ func (n *Node) refused(_ *stream, o overflow) {
 		n.m.dropped.WithLabelValues(o.reason()).Inc()
 	}
 }
+
+// WindowStats is the replay window's use of its budgets.
+func (n *Node) WindowStats() replay.Stats { return n.window.Stats() }
 
 // Connections is the number of open streams.
 func (n *Node) Connections() int { return int(n.conns.Load()) }
