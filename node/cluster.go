@@ -117,19 +117,13 @@ func NewCluster(n *Node, cfg ClusterConfig) (*Cluster, error) {
 		return nil, fmt.Errorf("node: max stream age %v: must not be negative", cfg.MaxStreamAge)
 	}
 	c := &Cluster{
-		n:   n,
-		cfg: cfg,
-		shed: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "sse_rebalance_shed_total", Help: "Streams this node closed so that they reconnect elsewhere or anew, by reason (rebalance, max_age).",
-		}, []string{"reason"}),
-		share: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "sse_cluster_share", Help: "This node's open streams over its fair share of the cluster's (1: balanced).",
-		}),
-		members: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "sse_cluster_members", Help: "Live nodes in this node's last membership view.",
-		}),
-		stop: make(chan struct{}),
-		done: make(chan struct{}),
+		n:       n,
+		cfg:     cfg,
+		shed:    newCounterVec("sse_rebalance_shed_total", "Streams this node closed so that they reconnect elsewhere or anew, by reason (rebalance, max_age).", "reason"),
+		share:   newGauge("sse_cluster_share", "This node's open streams over its fair share of the cluster's (1: balanced)."),
+		members: newGauge("sse_cluster_members", "Live nodes in this node's last membership view."),
+		stop:    make(chan struct{}),
+		done:    make(chan struct{}),
 	}
 	c.shed.WithLabelValues(reasonRebalance)
 	c.shed.WithLabelValues(reasonMaxAge)

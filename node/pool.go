@@ -182,12 +182,18 @@ func (p *writerPool) hijack(w http.ResponseWriter, s *stream) (http.Header, bool
 // enter counts the request goroutine of a stream about to be taken over,
 // which close waits for. It reports false once the pool is closed.
 func (p *writerPool) enter() bool {
+	return p.unlessClosed(func() { p.wg.Add(1) })
+}
+
+// unlessClosed runs f under p.mu unless the pool is closed, and reports
+// whether it ran: close sees all that f did, or f never runs.
+func (p *writerPool) unlessClosed(f func()) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.stopped {
 		return false
 	}
-	p.wg.Add(1)
+	f()
 	return true
 }
 
@@ -241,13 +247,9 @@ func appendResponseHeader(b []byte, h http.Header) []byte {
 
 // add hands a stream over to the writers.
 func (p *writerPool) add(s *stream) error {
-	p.mu.Lock()
-	if p.stopped {
-		p.mu.Unlock()
+	if !p.unlessClosed(func() { s.pooled.Store(true) }) {
 		return ErrClosed
 	}
-	s.pooled.Store(true)
-	p.mu.Unlock()
 	return p.watch.add(s)
 }
 
