@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/http"
-	"net/netip"
 	"net/url"
 	"os"
 	"strconv"
@@ -211,17 +210,6 @@ func (n *Node) finish(s *stream, reason string) {
 	n.m.disconnects.WithLabelValues(reason).Inc()
 }
 
-// admission is what an admitted stream holds: a place in the connection
-// count, in its address's count (MaxConnectionsPerIP), and its topics in
-// the window. release gives back exactly what was taken, once.
-type admission struct {
-	n       *Node
-	counted bool       // a place in n.conns
-	ip      netip.Addr // held in the per-IP count when ipHeld
-	ipHeld  bool
-	topics  []string // acquired in the window
-}
-
 // admit takes a stream's places in order: the connection count, its
 // address's, its topics in the window. On a refusal it gives back what it
 // took, answers the request and reports false; else the stream's
@@ -257,20 +245,6 @@ func (n *Node) admit(w http.ResponseWriter, r *http.Request, topics []string) (a
 		a.topics = topics[:i+1]
 	}
 	return a, true
-}
-
-// release gives back what the admission holds; a second call does nothing.
-func (a *admission) release() {
-	for _, t := range a.topics {
-		a.n.window.Release(t)
-	}
-	if a.ipHeld {
-		a.n.perIP.release(a.ip)
-	}
-	if a.counted {
-		a.n.conns.Add(-1)
-	}
-	*a = admission{n: a.n}
 }
 
 func (n *Node) reject(w http.ResponseWriter, outcome, msg string) {
@@ -383,15 +357,6 @@ func (n *Node) serve(ctx context.Context, to sink, s *stream) string {
 		}
 	}
 }
-
-// opening and heartbeat are blank lines, the only bytes between events
-// that no client library dispatches as an event, even when a connection
-// breaks right after them (a comment would do for browsers, not for
-// r3labs/sse once it knows an event ID).
-var (
-	opening   = []byte("\n\n")
-	heartbeat = []byte("\n\n")
-)
 
 // errWrite marks errors from writing to the client, as opposed to reading
 // the replay window.

@@ -2,6 +2,7 @@ package node
 
 import (
 	"net"
+	"net/netip"
 	"sync/atomic"
 	"time"
 
@@ -263,4 +264,38 @@ func (s *stream) gather(w *wire, f *frame) int {
 		w.ref(f.buf[f.events[j].body:f.end(j)])
 	}
 	return sent
+}
+
+// opening and heartbeat are blank lines, the only bytes between events
+// that no client library dispatches as an event, even when a connection
+// breaks right after them (a comment would do for browsers, not for
+// r3labs/sse once it knows an event ID).
+var (
+	opening   = []byte("\n\n")
+	heartbeat = []byte("\n\n")
+)
+
+// admission is what an admitted stream holds: a place in the connection
+// count, in its address's count (MaxConnectionsPerIP), and its topics in
+// the window. release gives back exactly what was taken, once.
+type admission struct {
+	n       *Node
+	counted bool       // a place in n.conns
+	ip      netip.Addr // held in the per-IP count when ipHeld
+	ipHeld  bool
+	topics  []string // acquired in the window
+}
+
+// release gives back what the admission holds; a second call does nothing.
+func (a *admission) release() {
+	for _, t := range a.topics {
+		a.n.window.Release(t)
+	}
+	if a.ipHeld {
+		a.n.perIP.release(a.ip)
+	}
+	if a.counted {
+		a.n.conns.Add(-1)
+	}
+	*a = admission{n: a.n}
 }
