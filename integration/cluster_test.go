@@ -22,8 +22,8 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/ssecluster/ssecluster/integration/redistest"
+	"github.com/ssecluster/ssecluster/node"
 	"github.com/ssecluster/ssecluster/pubsub"
-	"github.com/ssecluster/ssecluster/replay"
 )
 
 // catchUp bounds every wait for a client to have everything. Generous:
@@ -192,7 +192,7 @@ func TestClusterResumeAcrossNodes(t *testing.T) {
 	prefix := redistest.Prefix(t)
 	nodes := startNodes(t, srv, prefix, 3, func(i int, c *nodeConfig) {
 		if i == 1 {
-			c.Window.RingSize = 64
+			c.Node.Window.RingSize = 64
 		}
 	})
 	a, b, c := nodes[0], nodes[1], nodes[2]
@@ -502,7 +502,7 @@ func TestClusterReconnectStorm(t *testing.T) {
 	// A Redis of its own: the command counts must be this test's alone.
 	srv := redistest.Start(t, redistest.WithContainer())
 	prefix := redistest.Prefix(t)
-	n := startNode(t, srv, prefix, "S", func(c *nodeConfig) { c.Window.RingSize = 64 })
+	n := startNode(t, srv, prefix, "S", func(c *nodeConfig) { c.Node.Window.RingSize = 64 })
 	const topic = "storm"
 	key := prefix + topic
 	ids := xaddPipelined(t, srv, key, 600)
@@ -622,7 +622,7 @@ func TestClusterReconnectStorm(t *testing.T) {
 // slowRange is a replay source whose Page calls after the first wait
 // delay: Redis answering slowly while a replay is under way.
 type slowRange struct {
-	replay.Source
+	node.Broker
 	delay time.Duration
 	calls atomic.Int64
 }
@@ -635,7 +635,7 @@ func (s *slowRange) Page(ctx context.Context, topic string, after pubsub.ID, cou
 			return pubsub.Page{}, ctx.Err()
 		}
 	}
-	return s.Source.Page(ctx, topic, after, count, maxBytes)
+	return s.Broker.Page(ctx, topic, after, count, maxBytes)
 }
 
 // TestClusterSlowReplaySourceKeepsStream: while a client resumes from
@@ -655,8 +655,8 @@ func TestClusterSlowReplaySourceKeepsStream(t *testing.T) {
 			n := startNode(t, srv, prefix, "A", func(c *nodeConfig) {
 				c.Node.NoHijack = path.noHijack
 				c.Node.WriteTimeout = time.Second
-				c.Window.RingSize = 16
-				c.Source = func(b *pubsub.Redis) replay.Source { slow.Source = b; return slow }
+				c.Node.Window.RingSize = 16
+				c.Broker = func(b *pubsub.Redis) node.Broker { slow.Broker = b; return slow }
 			})
 			const topic = "slowreplay"
 			ids := xaddPipelined(t, srv, prefix+topic, 600)

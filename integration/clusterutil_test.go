@@ -29,17 +29,15 @@ import (
 	"github.com/ssecluster/ssecluster/integration/redistest"
 	"github.com/ssecluster/ssecluster/node"
 	"github.com/ssecluster/ssecluster/pubsub"
-	"github.com/ssecluster/ssecluster/replay"
 )
 
 // nodeConfig is what startNode builds a node from; edit it with an option.
 type nodeConfig struct {
-	Redis  pubsub.RedisConfig
-	Node   node.Config
-	Window replay.Config
-	// Source, when set, wraps the broker as the replay window's source,
-	// to slow or count its reads.
-	Source func(*pubsub.Redis) replay.Source
+	Redis pubsub.RedisConfig
+	Node  node.Config
+	// Broker, when set, wraps the broker the node uses, to slow or count
+	// its reads.
+	Broker func(*pubsub.Redis) node.Broker
 	// Listen is the public listener's address; "" means a free loopback
 	// port. A node restarted on the same address stays behind a proxy.
 	Listen string
@@ -94,16 +92,11 @@ func startNode(t testing.TB, srv *redistest.Server, prefix, name string, edit fu
 	if err != nil {
 		t.Fatal(err)
 	}
-	var src replay.Source = b
-	if cfg.Source != nil {
-		src = cfg.Source(b)
+	var nb node.Broker = b
+	if cfg.Broker != nil {
+		nb = cfg.Broker(b)
 	}
-	w, err := replay.New(src, cfg.Window)
-	if err != nil {
-		b.Close()
-		t.Fatal(err)
-	}
-	n, err := node.New(cfg.Node, b, w)
+	n, err := node.New(cfg.Node, nb)
 	if err != nil {
 		b.Close()
 		t.Fatal(err)

@@ -439,7 +439,7 @@ func (m *model) startNode() {
 	if m.srv != nil {
 		cn := startNode(m.t, m.srv, m.prefix, name, func(c *nodeConfig) {
 			c.Redis.MaxAge = m.maxAge
-			c.Window = replay.Config{RingSize: m.ring, PageSize: m.page, MaxAge: m.maxAge}
+			c.Node.Window = replay.Config{RingSize: m.ring, PageSize: m.page, MaxAge: m.maxAge}
 			c.Node.Retry = 50 * time.Millisecond
 			c.Node.SocketSendBuffer, c.Node.ClientBufferBytes = m.sndBuf, m.cliBuf
 		})
@@ -613,16 +613,13 @@ func (m *model) startMemNode(name string) *mNode {
 	if err != nil {
 		t.Fatal(err)
 	}
-	w, err := replay.New(mem, replay.Config{RingSize: m.ring, PageSize: m.page, MaxAge: m.maxAge})
-	if err != nil {
-		t.Fatal(err)
-	}
 	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn})).With("node", name)
 	// The model's clients parse like EventSource (an id-only block sets the
 	// last event ID and dispatches nothing), so they get the position
 	// announcement, as startNode's do: without it a stream cut before its
 	// first event comes back live (README, "Position announcement").
-	n, err := node.New(node.Config{Logger: log, Retry: 50 * time.Millisecond, SocketSendBuffer: m.sndBuf, ClientBufferBytes: m.cliBuf, AnnouncePosition: true}, mem, w)
+	n, err := node.New(node.Config{Logger: log, Retry: 50 * time.Millisecond, SocketSendBuffer: m.sndBuf, ClientBufferBytes: m.cliBuf, AnnouncePosition: true,
+		Window: replay.Config{RingSize: m.ring, PageSize: m.page, MaxAge: m.maxAge}}, mem)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -199,22 +199,38 @@ type subscribeClaims struct {
 	jwt.RegisteredClaims
 }
 
-// authError is a refused request: its status and a plain message for the
-// client.
-type authError struct {
-	status int
-	msg    string
+// Authorizer decides who may subscribe to what (Config.Auth); JWTAuth is
+// the node's own.
+type Authorizer interface {
+	// Authorize checks r's credentials for every topic. It returns when
+	// the stream must end so that its client comes back with fresh
+	// credentials (zero: never), or why it is refused: an error that wraps
+	// ErrUnauthorized (401: no valid credentials) or ErrForbidden (403: a
+	// topic not granted), with a message meant for the client.
+	Authorize(r *http.Request, topics []string) (until time.Time, err error)
 }
 
-func (e *authError) Error() string { return e.msg }
+// Refusals of an Authorizer.
+var (
+	ErrUnauthorized = errors.New("unauthorized")
+	ErrForbidden    = errors.New("forbidden")
+)
 
-func unauthorized(format string, args ...any) *authError {
-	return &authError{status: http.StatusUnauthorized, msg: "unauthorized: " + fmt.Sprintf(format, args...)}
+func unauthorized(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", ErrUnauthorized, fmt.Sprintf(format, args...))
 }
 
-// authorize checks r's token and that it grants every topic. It returns
-// the token's expiry, zero when it has none.
-func (a *JWTAuth) authorize(r *http.Request, topics []string) (time.Time, *authError) {
+// deniedStatus is the HTTP status of an Authorizer's refusal.
+func deniedStatus(err error) int {
+	if errors.Is(err, ErrForbidden) {
+		return http.StatusForbidden
+	}
+	return http.StatusUnauthorized
+}
+
+// Authorize checks r's token and that it grants every topic. The stream
+// ends at the token's expiry plus the leeway; never when it has none.
+func (a *JWTAuth) Authorize(r *http.Request, topics []string) (time.Time, error) {
 	raw, err := a.token(r)
 	if err != nil {
 		return time.Time{}, err
@@ -233,17 +249,17 @@ func (a *JWTAuth) authorize(r *http.Request, topics []string) (time.Time, *authE
 	}
 	for _, t := range topics {
 		if !claims.Subscribe.allows(t) {
-			return time.Time{}, &authError{status: http.StatusForbidden, msg: fmt.Sprintf("forbidden: the token does not grant topic %q", t)}
+			return time.Time{}, fmt.Errorf("%w: the token does not grant topic %q", ErrForbidden, t)
 		}
 	}
 	if claims.ExpiresAt == nil {
 		return time.Time{}, nil
 	}
-	return claims.ExpiresAt.Time, nil
+	return claims.ExpiresAt.Time.Add(a.leeway), nil
 }
 
 // token finds the request's bearer token.
-func (a *JWTAuth) token(r *http.Request) (string, *authError) {
+func (a *JWTAuth) token(r *http.Request) (string, error) {
 	var raw string
 	if h := r.Header.Get("Authorization"); h != "" {
 		scheme, tok, _ := strings.Cut(h, " ")

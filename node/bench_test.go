@@ -24,9 +24,9 @@ func BenchmarkFanout(b *testing.B) {
 				b.Fatal(err)
 			}
 			defer n.window.Release("bench")
-			clients := make([]*client, subs)
+			clients := make([]*stream, subs)
 			for i := range clients {
-				clients[i] = &client{
+				clients[i] = &stream{
 					topics: []string{"bench"},
 					slots:  make([]int, 1),
 					pos:    make([]pubsub.ID, 1),
@@ -83,17 +83,17 @@ func BenchmarkFanoutWake(b *testing.B) {
 			}
 			defer n.window.Release("bench")
 			conn := &countConn{}
-			streams := make([]*leanConn, subs)
+			streams := make([]*stream, subs)
 			for i := range streams {
-				c := &client{
+				s := &stream{
 					topics: []string{"bench"},
 					slots:  make([]int, 1),
 					pos:    make([]pubsub.ID, 1),
 				}
-				lc := &leanConn{n: n, c: c, conn: conn, queue: n.lean.queueFor()}
-				c.q = newQueue(64, 1<<20, false, lc.schedule)
-				streams[i] = lc
-				n.hub.subscribe(c)
+				s.q = newQueue(64, 1<<20, false, s.wake)
+				n.pool.attach(s, conn)
+				streams[i] = s
+				n.hub.subscribe(s)
 			}
 			entries := []pubsub.Entry{{Data: bytes.Repeat([]byte("x"), 100)}}
 			publish := func(i int) {
@@ -110,9 +110,10 @@ func BenchmarkFanoutWake(b *testing.B) {
 				publish(i)
 			}
 			b.StopTimer()
-			for _, lc := range streams {
-				n.hub.unsubscribe(lc.c)
-				lc.c.q.close()
+			for _, s := range streams {
+				n.hub.unsubscribe(s)
+				n.streams.remove(s)
+				s.q.close()
 			}
 		})
 	}
@@ -138,7 +139,7 @@ func (c *countConn) SetWriteDeadline(time.Time) error { return nil }
 func BenchmarkWriteBatch(b *testing.B) {
 	var sink discardSink
 	n := &Node{cfg: Config{WriteTimeout: 1}, m: newMetrics(nil)}
-	c := &client{topics: []string{"t"}, pos: make([]pubsub.ID, 1)}
+	c := &stream{topics: []string{"t"}, pos: make([]pubsub.ID, 1)}
 	frames := make([]*frame, 16)
 	for i := range frames {
 		frames[i] = encodeOne("t", &pubsub.Entry{ID: pubsub.ID{Ms: 1, Seq: uint64(i)}, Data: bytes.Repeat([]byte("x"), 100)})

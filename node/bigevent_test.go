@@ -125,7 +125,7 @@ func TestReplayWritesByBytes(t *testing.T) {
 		events = 40
 		budget = 4 << 10
 	)
-	tn := newTestNode(t, testOpts{lean: true, cfg: Config{ClientBufferBytes: budget, Heartbeat: time.Hour}})
+	tn := newTestNode(t, testOpts{hijack: true, cfg: Config{ClientBufferBytes: budget, Heartbeat: time.Hour}})
 	data := strings.Repeat("r", 1000)
 	for range events {
 		tn.publish(t, "rp", "", data)

@@ -9,14 +9,13 @@ import (
 	"time"
 
 	"github.com/ssecluster/ssecluster/pubsub"
-	"github.com/ssecluster/ssecluster/replay"
 )
 
 // Close waits for the request goroutine of a hijacked stream still in its
 // replay: when Close returns, that stream is closed and released, not left
 // writing into a window and broker the caller is about to close.
 func TestCloseWaitsForHijackedReplay(t *testing.T) {
-	tn := newTestNode(t, testOpts{lean: true, cfg: Config{
+	tn := newTestNode(t, testOpts{hijack: true, cfg: Config{
 		WriteTimeout:     time.Minute,
 		SocketSendBuffer: 16 << 10,
 	}})
@@ -67,11 +66,7 @@ func newBareNode(t testing.TB, cfg Config) *Node {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { mem.Close() })
-	w, err := replay.New(mem, replay.Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	n, err := New(cfg, mem, w)
+	n, err := New(cfg, mem)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -16,12 +16,12 @@ import (
 // Events carry a token, not the fd: a closed fd's number is soon reused by
 // a new connection, and a stale event must not close the newcomer.
 type epollWatcher struct {
-	l      *lean
+	pool   *writerPool
 	epfd   int
 	wakeR  int // pipe whose write end wakes the loop to stop
 	wakeW  int
 	mu     sync.Mutex
-	conns  map[uint64]*leanConn
+	conns  map[uint64]*stream
 	next   uint64
 	done   chan struct{}
 	closed bool
@@ -33,31 +33,31 @@ const (
 	watchEvents = syscall.EPOLLRDHUP | syscall.EPOLLHUP | syscall.EPOLLERR | epollET
 )
 
-func newCloseWatcher(l *lean) (closeWatcher, error) {
+func newCloseWatcher(p *writerPool) (closeWatcher, error) {
 	epfd, err := syscall.EpollCreate1(syscall.EPOLL_CLOEXEC)
 	if err != nil {
 		return nil, fmt.Errorf("epoll_create1: %w", err)
 	}
-	var p [2]int
-	if err := syscall.Pipe2(p[:], syscall.O_CLOEXEC|syscall.O_NONBLOCK); err != nil {
+	var pipe [2]int
+	if err := syscall.Pipe2(pipe[:], syscall.O_CLOEXEC|syscall.O_NONBLOCK); err != nil {
 		syscall.Close(epfd)
 		return nil, fmt.Errorf("pipe2: %w", err)
 	}
 	ev := syscall.EpollEvent{Events: syscall.EPOLLIN}
-	if err := syscall.EpollCtl(epfd, syscall.EPOLL_CTL_ADD, p[0], &ev); err != nil {
+	if err := syscall.EpollCtl(epfd, syscall.EPOLL_CTL_ADD, pipe[0], &ev); err != nil {
 		syscall.Close(epfd)
-		syscall.Close(p[0])
-		syscall.Close(p[1])
+		syscall.Close(pipe[0])
+		syscall.Close(pipe[1])
 		return nil, fmt.Errorf("epoll_ctl wake pipe: %w", err)
 	}
-	w := &epollWatcher{l: l, epfd: epfd, wakeR: p[0], wakeW: p[1], conns: make(map[uint64]*leanConn), next: wakeToken + 1, done: make(chan struct{})}
-	l.wg.Add(1)
+	w := &epollWatcher{pool: p, epfd: epfd, wakeR: pipe[0], wakeW: pipe[1], conns: make(map[uint64]*stream), next: wakeToken + 1, done: make(chan struct{})}
+	p.wg.Add(1)
 	go w.loop()
 	return w, nil
 }
 
-func (w *epollWatcher) add(lc *leanConn) error {
-	sc, ok := lc.conn.(syscall.Conn)
+func (w *epollWatcher) add(s *stream) error {
+	sc, ok := s.conn.(syscall.Conn)
 	if !ok {
 		return errors.New("connection has no file descriptor")
 	}
@@ -83,29 +83,26 @@ func (w *epollWatcher) add(lc *leanConn) error {
 	if err != nil {
 		return fmt.Errorf("epoll_ctl add: %w", err)
 	}
-	lc.token = token
-	w.conns[token] = lc
+	s.token = token
+	w.conns[token] = s
 	return nil
 }
 
-// remove forgets lc; the kernel drops the fd from the set when the socket
+// remove forgets s; the kernel drops the fd from the set when the socket
 // closes, which follows at once.
-func (w *epollWatcher) remove(lc *leanConn) {
+func (w *epollWatcher) remove(s *stream) {
 	w.mu.Lock()
-	if lc.token != 0 {
-		delete(w.conns, lc.token)
-		lc.token = 0
+	if s.token != 0 {
+		delete(w.conns, s.token)
+		s.token = 0
 	}
 	w.mu.Unlock()
 }
 
+// close stops the loop and waits for it; the pool calls it once.
 func (w *epollWatcher) close() {
 	w.mu.Lock()
-	if w.closed {
-		w.mu.Unlock()
-		return
-	}
-	w.closed = true
+	w.closed = true // add refuses from now on
 	w.mu.Unlock()
 	syscall.Write(w.wakeW, []byte{1})
 	<-w.done
@@ -115,17 +112,17 @@ func (w *epollWatcher) close() {
 }
 
 func (w *epollWatcher) loop() {
-	defer w.l.wg.Done()
+	defer w.pool.wg.Done()
 	defer close(w.done)
 	events := make([]syscall.EpollEvent, 128)
-	gone := make([]*leanConn, 0, 128)
+	gone := make([]*stream, 0, 128)
 	for {
 		n, err := syscall.EpollWait(w.epfd, events, -1)
 		if err != nil {
 			if errors.Is(err, syscall.EINTR) {
 				continue
 			}
-			w.l.n.log.Error("close watcher stopped", "err", err)
+			w.pool.n.log.Error("close watcher stopped", "err", err)
 			return
 		}
 		gone = gone[:0]
@@ -136,13 +133,13 @@ func (w *epollWatcher) loop() {
 				w.mu.Unlock()
 				return
 			}
-			if lc := w.conns[token]; lc != nil {
-				gone = append(gone, lc)
+			if s := w.conns[token]; s != nil {
+				gone = append(gone, s)
 			}
 		}
 		w.mu.Unlock()
-		for i, lc := range gone {
-			lc.close(reasonClientGone)
+		for i, s := range gone {
+			w.pool.end(s, reasonClientGone)
 			gone[i] = nil
 		}
 	}

@@ -5,19 +5,19 @@ package node
 // readerWatcher sees clients leave with one small reader goroutine per
 // stream, where epoll is not available.
 type readerWatcher struct {
-	l *lean
+	pool *writerPool
 }
 
-func newCloseWatcher(l *lean) (closeWatcher, error) { return &readerWatcher{l: l}, nil }
+func newCloseWatcher(p *writerPool) (closeWatcher, error) { return &readerWatcher{pool: p}, nil }
 
-func (w *readerWatcher) add(lc *leanConn) error {
-	w.l.wg.Add(1)
+func (w *readerWatcher) add(s *stream) error {
+	w.pool.wg.Add(1)
 	go func() {
-		defer w.l.wg.Done()
+		defer w.pool.wg.Done()
 		var b [1]byte
 		for {
-			if _, err := lc.conn.Read(b[:]); err != nil {
-				lc.close(reasonClientGone)
+			if _, err := s.conn.Read(b[:]); err != nil {
+				w.pool.end(s, reasonClientGone)
 				return
 			}
 		}
@@ -25,5 +25,5 @@ func (w *readerWatcher) add(lc *leanConn) error {
 	return nil
 }
 
-func (w *readerWatcher) remove(*leanConn) {}
-func (w *readerWatcher) close()           {}
+func (w *readerWatcher) remove(*stream) {}
+func (w *readerWatcher) close()         {}

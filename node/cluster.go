@@ -96,7 +96,7 @@ type Cluster struct {
 
 	stop    chan struct{} // closed by Close
 	done    chan struct{} // closed when the loop returns
-	streams []*client     // scratch for expire; the loop's alone
+	streams []*stream     // scratch for expire; the loop's alone
 }
 
 // NewCluster validates cfg and attaches a cluster to n, whose admin
@@ -117,19 +117,13 @@ func NewCluster(n *Node, cfg ClusterConfig) (*Cluster, error) {
 		return nil, fmt.Errorf("node: max stream age %v: must not be negative", cfg.MaxStreamAge)
 	}
 	c := &Cluster{
-		n:   n,
-		cfg: cfg,
-		shed: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "sse_rebalance_shed_total", Help: "Streams this node closed so that they reconnect elsewhere or anew, by reason (rebalance, max_age).",
-		}, []string{"reason"}),
-		share: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "sse_cluster_share", Help: "This node's open streams over its fair share of the cluster's (1: balanced).",
-		}),
-		members: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "sse_cluster_members", Help: "Live nodes in this node's last membership view.",
-		}),
-		stop: make(chan struct{}),
-		done: make(chan struct{}),
+		n:       n,
+		cfg:     cfg,
+		shed:    newCounterVec("sse_rebalance_shed_total", "Streams this node closed so that they reconnect elsewhere or anew, by reason (rebalance, max_age).", "reason"),
+		share:   newGauge("sse_cluster_share", "This node's open streams over its fair share of the cluster's (1: balanced)."),
+		members: newGauge("sse_cluster_members", "Live nodes in this node's last membership view."),
+		stop:    make(chan struct{}),
+		done:    make(chan struct{}),
 	}
 	c.shed.WithLabelValues(reasonRebalance)
 	c.shed.WithLabelValues(reasonMaxAge)
@@ -416,7 +410,7 @@ func (c *Cluster) expire(now time.Time) {
 
 // shedRandom closes up to k streams chosen at random, on every driver, and
 // returns how many it closed. Only positioned streams are closed
-// (client.positioned): one that has not been sent anything yet would come
+// (stream.positioned): one that has not been sent anything yet would come
 // back without a position and miss what is published meanwhile.
 func (n *Node) shedRandom(k int, reason string) int {
 	if k <= 0 {

@@ -190,7 +190,7 @@ func TestClusterShedsExcess(t *testing.T) {
 // yet holds no position, so closing it would lose what is published before
 // it reconnects; the cluster waits until it has one.
 func TestClusterShedsOnlyPositioned(t *testing.T) {
-	tn := newTestNode(t, testOpts{lean: true})
+	tn := newTestNode(t, testOpts{hijack: true})
 	openStreams(t, tn, 10)
 	m := &fakeMembership{}
 	m.set(pubsub.Member{ID: "self", Streams: 10, Ready: true}, pubsub.Member{ID: "other", Ready: true})
@@ -205,7 +205,7 @@ func TestClusterShedsOnlyPositioned(t *testing.T) {
 }
 
 func TestClusterNoRebalance(t *testing.T) {
-	tn := newTestNode(t, testOpts{lean: true})
+	tn := newTestNode(t, testOpts{hijack: true})
 	openStreams(t, tn, 10)
 	m := &fakeMembership{}
 	m.set(pubsub.Member{ID: "self", Streams: 10, Ready: true}, pubsub.Member{ID: "other", Ready: true})

@@ -206,7 +206,7 @@ func TestGatherSkipsAndComposes(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			c := &client{topics: tt.topics, pos: append([]pubsub.ID(nil), tt.pos...)}
+			c := &stream{topics: tt.topics, pos: append([]pubsub.ID(nil), tt.pos...)}
 			var w wire
 			f.retain(1) // the wire takes a reference over
 			n := c.gather(&w, f)

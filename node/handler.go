@@ -6,12 +6,10 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/http"
-	"net/netip"
 	"net/url"
 	"os"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -19,47 +17,6 @@ import (
 	"github.com/ssecluster/ssecluster/pubsub"
 	"github.com/ssecluster/ssecluster/replay"
 )
-
-// client is one open stream. topics, slots and q are set before the client
-// is registered; slots is guarded by the hub shard locks; pos and scratch
-// belong to the writer (the request goroutine) alone.
-type client struct {
-	topics   []string
-	slots    []int
-	pos      []pubsub.ID // last ID sent, per topic
-	announce bool        // came without a position: send the starting one
-	q        *queue
-	scratch  []byte    // composite id line for several topics
-	admitted admission // what admit took, given back by finish
-	// retry is this stream's jittered retry: line, sent with its first
-	// event (see retryLine); nil once sent. It belongs to the writer.
-	retry []byte
-	// end is why the stream must close (closeStream), nil while it may
-	// run on.
-	end atomic.Pointer[string]
-	// positioned is set once the client holds a position it will resume
-	// from: it came with one, or was sent an event, a gap or the position
-	// announcement. Closing a stream that is not yet positioned would lose
-	// what is published before it reconnects, so the cluster sheds only
-	// positioned streams.
-	positioned atomic.Bool
-	// expiry closes the stream when its token expires; nil without one.
-	expiry *time.Timer
-	// index is the stream's place in Node.streams; guarded by its lock.
-	index int
-	// ageLimit is when SSE_MAX_STREAM_AGE ends the stream, zero until the
-	// cluster loop first sees it; that loop's alone.
-	ageLimit time.Time
-}
-
-func (c *client) topicIndex(t string) int {
-	for i, x := range c.topics {
-		if x == t {
-			return i
-		}
-	}
-	return -1
-}
 
 // Handler returns the public handler: GET /events.
 func (n *Node) Handler() http.Handler {
@@ -157,9 +114,8 @@ func (n *Node) ServeEvents(w http.ResponseWriter, r *http.Request) {
 	}
 	var expires time.Time // zero: the stream does not expire
 	if n.cfg.Auth != nil {
-		var aerr *authError
-		if expires, aerr = n.cfg.Auth.authorize(r, req.topics); aerr != nil {
-			n.denied(w, aerr)
+		if expires, err = n.cfg.Auth.Authorize(r, req.topics); err != nil {
+			n.denied(w, err)
 			return
 		}
 	}
@@ -179,7 +135,7 @@ func (n *Node) ServeEvents(w http.ResponseWriter, r *http.Request) {
 			req.pos[i], _ = n.window.Last(t)
 		}
 	}
-	c := &client{
+	s := &stream{
 		topics:   req.topics,
 		slots:    make([]int, len(req.topics)),
 		pos:      req.pos,
@@ -187,9 +143,8 @@ func (n *Node) ServeEvents(w http.ResponseWriter, r *http.Request) {
 		announce: !req.resume && (n.cfg.AnnouncePosition || n.cfg.AnnounceToBrowsers && r.Header.Get("Sec-Fetch-Mode") != ""),
 		retry:    n.retryLine(),
 	}
-	c.positioned.Store(req.resume)
-	n.streams.add(c)
-	drop := n.cfg.SlowClient == PolicyDrop
+	s.q = newQueue(n.cfg.ClientBuffer, n.cfg.ClientBufferBytes, n.cfg.SlowClient == PolicyDrop, s.wake)
+	s.positioned.Store(req.resume)
 	h := w.Header()
 	h.Set("Content-Type", "text/event-stream")
 	h.Set("Cache-Control", "no-cache")
@@ -198,25 +153,25 @@ func (n *Node) ServeEvents(w http.ResponseWriter, r *http.Request) {
 	n.m.connTotal.WithLabelValues(outcomeAccepted).Inc()
 
 	// HTTP/1.1: take the connection over, so that an idle stream holds no
-	// goroutine and no net/http buffers (see lean.go). HTTP/2 streams, and
+	// goroutine and no net/http buffers (see pool.go). HTTP/2 streams, and
 	// servers that cannot hijack, stay on the net/http path; so do TLS
-	// streams (a timed-out write breaks a tls.Conn, and the lean path
-	// relies on short write deadlines) and HTTP/1.0 (no chunked encoding).
-	if !n.cfg.NoHijack && r.ProtoMajor == 1 && r.ProtoMinor >= 1 && r.TLS == nil {
-		if lc := n.hijack(w, c, drop); lc != nil {
-			n.hub.subscribe(c)
-			n.expireAt(c, expires)
-			lc.open(r)
+	// streams (a timed-out write breaks a tls.Conn, and the pool relies on
+	// short write deadlines) and HTTP/1.0 (no chunked encoding).
+	if n.pool != nil && r.ProtoMajor == 1 && r.ProtoMinor >= 1 && r.TLS == nil {
+		if header, ok := n.pool.hijack(w, s); ok {
+			n.hub.subscribe(s)
+			n.expireAt(s, expires)
+			n.pool.open(s, header)
 			return
 		}
 	}
-	signal, notify := signalNotify()
-	c.q = newQueue(n.cfg.ClientBuffer, n.cfg.ClientBufferBytes, drop, notify)
-	n.hub.subscribe(c)
-	n.expireAt(c, expires)
+	s.signal = make(chan struct{}, 1)
+	n.streams.add(s)
+	n.hub.subscribe(s)
+	n.expireAt(s, expires)
 	w.WriteHeader(http.StatusOK)
-	reason := n.stream(r, newHTTPSink(w), c, signal)
-	n.finish(c, reason)
+	reason := n.serve(r.Context(), newHTTPSink(w), s)
+	n.finish(s, reason)
 	if reason != reasonClientGone {
 		// The server ends this stream: abort it rather than end the body
 		// cleanly. http.ErrAbortHandler is net/http's documented way to
@@ -229,65 +184,30 @@ func (n *Node) ServeEvents(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// closeStream ends c's stream so that every client library reconnects
-// (and resumes with its Last-Event-ID): the connection is aborted, never
-// ended cleanly, and nothing follows the last complete event, so no
-// library dispatches a phantom event. Reconnects are spread over time by
-// the jittered retry: each stream received with its first event
-// (retryLine). It returns at once; the stream's writer closes it. Only
-// the first reason given counts: closeStream reports whether it was this one.
-func (n *Node) closeStream(c *client, reason string) bool {
-	if c.end.CompareAndSwap(nil, &reason) {
-		c.q.notify()
-		return true
-	}
-	return false
-}
-
-// ending returns why c must close, or "".
-func (c *client) ending() string {
-	if r := c.end.Load(); r != nil {
-		return *r
-	}
-	return ""
-}
-
-// expireAt closes c's stream when its token expires (at expires plus the
-// verifier's leeway), so that the client reconnects with a fresh token.
-// A zero expires never expires.
-func (n *Node) expireAt(c *client, expires time.Time) {
+// expireAt closes s at expires (Authorizer.Authorize), so that the client
+// reconnects with fresh credentials. A zero expires never expires.
+func (n *Node) expireAt(s *stream, expires time.Time) {
 	if expires.IsZero() {
 		return
 	}
-	c.expiry = time.AfterFunc(time.Until(expires.Add(n.cfg.Auth.leeway)), func() {
-		n.closeStream(c, reasonTokenExpired)
+	s.expiry = time.AfterFunc(time.Until(expires), func() {
+		n.closeStream(s, reasonTokenExpired)
 	})
 }
 
 // finish releases everything an ended stream held, in order: unregister
 // from the hub first, so no fan-out pushes after the queue lets go of its
 // frames; then what admission took (the window's topics, the counts).
-func (n *Node) finish(c *client, reason string) {
-	if c.expiry != nil {
-		c.expiry.Stop()
+func (n *Node) finish(s *stream, reason string) {
+	if s.expiry != nil {
+		s.expiry.Stop()
 	}
-	n.hub.unsubscribe(c)
-	n.streams.remove(c)
-	c.q.close()
-	c.admitted.release()
+	n.hub.unsubscribe(s)
+	n.streams.remove(s)
+	s.q.close()
+	s.admitted.release()
 	n.m.connections.Dec()
 	n.m.disconnects.WithLabelValues(reason).Inc()
-}
-
-// admission is what an admitted stream holds: a place in the connection
-// count, in its address's count (MaxConnectionsPerIP), and its topics in
-// the window. release gives back exactly what was taken, once.
-type admission struct {
-	n       *Node
-	counted bool       // a place in n.conns
-	ip      netip.Addr // held in the per-IP count when ipHeld
-	ipHeld  bool
-	topics  []string // acquired in the window
 }
 
 // admit takes a stream's places in order: the connection count, its
@@ -327,20 +247,6 @@ func (n *Node) admit(w http.ResponseWriter, r *http.Request, topics []string) (a
 	return a, true
 }
 
-// release gives back what the admission holds; a second call does nothing.
-func (a *admission) release() {
-	for _, t := range a.topics {
-		a.n.window.Release(t)
-	}
-	if a.ipHeld {
-		a.n.perIP.release(a.ip)
-	}
-	if a.counted {
-		a.n.conns.Add(-1)
-	}
-	*a = admission{n: a.n}
-}
-
 func (n *Node) reject(w http.ResponseWriter, outcome, msg string) {
 	n.m.connTotal.WithLabelValues(outcome).Inc()
 	w.Header().Set("Retry-After", strconv.Itoa(max(1, int(n.cfg.Retry/time.Second))))
@@ -350,9 +256,9 @@ func (n *Node) reject(w http.ResponseWriter, outcome, msg string) {
 // start writes the stream's opening (a retry: line and a comment) and
 // replays what the client missed. It returns "" on success, else why the
 // stream must end.
-func (n *Node) start(ctx context.Context, s sink, w *wire, c *client) (reason string) {
+func (n *Node) start(ctx context.Context, to sink, w *wire, s *stream) (reason string) {
 	ctx, span := n.startSpan(ctx, "sse.subscribe", func() []attribute.KeyValue {
-		return []attribute.KeyValue{attribute.StringSlice("sse.topics", c.topics)}
+		return []attribute.KeyValue{attribute.StringSlice("sse.topics", s.topics)}
 	})
 	defer func() {
 		if reason != "" {
@@ -365,25 +271,25 @@ func (n *Node) start(ctx context.Context, s sink, w *wire, c *client) (reason st
 	// would be dispatched as an empty event by client libraries that take
 	// any block (r3labs/sse, and the bytes left after the last blank line
 	// of a broken connection) as an event; retry: rides the first event.
-	if c.announce {
+	if s.announce {
 		// Opt-in (Config.AnnouncePosition): the opening tells a client
 		// that came without a position where it starts. An id: field with
 		// no data sets EventSource's last event ID without dispatching an
 		// event, so a stream that ends before its first event still
 		// resumes without loss; literal client libraries dispatch it as
 		// an empty event.
-		b := c.appendRetry(make([]byte, 0, 64))
+		b := s.appendRetry(make([]byte, 0, 64))
 		b = append(b, "id: "...)
-		b = replay.AppendLastEventID(b, c.pos)
+		b = replay.AppendLastEventID(b, s.pos)
 		w.add(append(b, "\n\n"...))
 	} else {
 		w.ref(opening)
 	}
-	if err := n.send(s, w); err != nil {
+	if err := n.send(to, w); err != nil {
 		return n.writeFailed(err)
 	}
-	for i, t := range c.topics {
-		if err := n.replay(ctx, s, w, c, i, t); err != nil {
+	for i, t := range s.topics {
+		if err := n.replay(ctx, to, w, s, i, t); err != nil {
 			// net/http cancels the request's context when a write fails:
 			// look at the write error first.
 			if errors.Is(err, errWrite) {
@@ -393,7 +299,7 @@ func (n *Node) start(ctx context.Context, s sink, w *wire, c *client) (reason st
 				return reasonClientGone
 			}
 			// The client reconnects with what it has and resumes.
-			n.log.Warn("replay failed", "topic", t, "after", c.pos[i], "err", err)
+			n.log.Warn("replay failed", "topic", t, "after", s.pos[i], "err", err)
 			return reasonWriteError
 		}
 	}
@@ -414,70 +320,43 @@ func (n *Node) retryLine() []byte {
 	return append(b, '\n')
 }
 
-// appendRetry appends the stream's retry: line if it has not been sent,
-// ahead of the first event.
-func (c *client) appendRetry(b []byte) []byte {
-	return append(b, c.takeRetry()...)
-}
-
-// takeRetry returns the stream's retry: line the first time it is called,
-// nil after. Whatever follows it is an event, a gap or the announcement,
-// so the client now holds a position.
-func (c *client) takeRetry() []byte {
-	r := c.retry
-	if r != nil {
-		c.retry = nil
-		c.positioned.Store(true)
-	}
-	return r
-}
-
-// stream runs a net/http stream to its end and returns why it ended. The
-// writer is the request goroutine itself.
-func (n *Node) stream(r *http.Request, s sink, c *client, signal <-chan struct{}) string {
-	ctx := r.Context()
+// serve runs a net/http stream to its end and returns why it ended. The
+// writer is the request goroutine itself, woken by s.signal.
+func (n *Node) serve(ctx context.Context, to sink, s *stream) string {
 	w := new(wire)
 	defer w.reset()
-	if reason := n.start(ctx, s, w, c); reason != "" {
+	if reason := n.start(ctx, to, w, s); reason != "" {
 		return reason
 	}
 	hb := time.NewTimer(n.cfg.Heartbeat)
 	defer hb.Stop()
 	var batch []*frame
+	heartbeatDue := false
 	for {
-		heartbeatDue := false
+		// A step first: a drain that began before s was registered woke
+		// no one.
+		var reason string
+		if reason, batch = n.step(s, w, batch, heartbeatDue); reason != "" {
+			return reason
+		}
+		if w.size > 0 {
+			start, sent := time.Now(), w.events
+			if err := n.send(to, w); err != nil {
+				return n.writeFailed(err)
+			}
+			n.wrote(start, sent)
+			hb.Reset(n.cfg.Heartbeat)
+		}
+		heartbeatDue = false
 		select {
 		case <-ctx.Done():
 			return reasonClientGone
-		case <-n.drainCh:
 		case <-hb.C:
 			heartbeatDue = true
-		case <-signal:
+		case <-s.signal:
 		}
-		var reason string
-		if reason, batch = n.step(c, w, batch, heartbeatDue); reason != "" {
-			return reason
-		}
-		if w.size == 0 {
-			continue
-		}
-		start, sent := time.Now(), w.events
-		if err := n.send(s, w); err != nil {
-			return n.writeFailed(err)
-		}
-		n.wrote(start, sent)
-		hb.Reset(n.cfg.Heartbeat)
 	}
 }
-
-// opening and heartbeat are blank lines, the only bytes between events
-// that no client library dispatches as an event, even when a connection
-// breaks right after them (a comment would do for browsers, not for
-// r3labs/sse once it knows an event ID).
-var (
-	opening   = []byte("\n\n")
-	heartbeat = []byte("\n\n")
-)
 
 // errWrite marks errors from writing to the client, as opposed to reading
 // the replay window.
@@ -491,73 +370,27 @@ func (n *Node) writeFailed(err error) string {
 	return reasonWriteError
 }
 
-// send writes what w gathered to s, within the write timeout, and lets go
+// send writes what w gathered through the sink, within the write timeout, and lets go
 // of w's frames whatever happens.
-func (n *Node) send(s sink, w *wire) error {
+func (n *Node) send(to sink, w *wire) error {
 	defer w.reset()
-	if err := s.SetWriteDeadline(time.Now().Add(n.cfg.WriteTimeout)); err != nil {
+	if err := to.SetWriteDeadline(time.Now().Add(n.cfg.WriteTimeout)); err != nil {
 		return fmt.Errorf("%w: set deadline: %w", errWrite, err)
 	}
-	if err := s.send(w); err != nil {
+	if err := to.send(w); err != nil {
 		return fmt.Errorf("%w: %w", errWrite, err)
 	}
 	return nil
-}
-
-// topicOf is the index of f's topic among the client's, or -1.
-func (c *client) topicOf(f *frame) int {
-	if len(c.topics) == 1 {
-		return 0
-	}
-	return c.topicIndex(f.topic)
-}
-
-// gather adds to w the events of f that the client has not had yet
-// (replay may have sent the first ones), as the client must see them: with
-// a composite id line before each body when it follows several topics.
-// The frame's bytes go by reference; w takes over the caller's reference
-// to f. It advances the client's position and returns how many events it
-// added.
-func (c *client) gather(w *wire, f *frame) int {
-	w.hold(f)
-	i := c.topicOf(f)
-	if i < 0 {
-		return 0
-	}
-	k := f.after(c.pos[i])
-	if k == len(f.events) {
-		return 0
-	}
-	if r := c.takeRetry(); r != nil {
-		w.add(r)
-	}
-	sent := len(f.events) - k
-	w.events += sent
-	if len(c.topics) == 1 {
-		c.pos[0] = f.ID()
-		w.ref(f.buf[f.events[k].start:])
-		return sent
-	}
-	for j := k; j < len(f.events); j++ {
-		c.pos[i] = f.events[j].id
-		// Only the id line is the client's own.
-		c.scratch = append(c.scratch[:0], "id: "...)
-		c.scratch = replay.AppendLastEventID(c.scratch, c.pos)
-		c.scratch = append(c.scratch, '\n')
-		w.add(c.scratch)
-		w.ref(f.buf[f.events[j].body:f.end(j)])
-	}
-	return sent
 }
 
 // replay sends topic i's missed entries, an sse-gap event first if some
 // were lost. Each entry is encoded once into a frame that goes out by
 // reference, and the client's byte budget (SSE_CLIENT_BUFFER_BYTES) bounds
 // what waits to be written, as it bounds the live queue.
-func (n *Node) replay(ctx context.Context, s sink, w *wire, c *client, i int, topic string) error {
-	ctx, span := n.startSpan(ctx, "sse.replay", replayAttrs(topic, c.pos[i]))
+func (n *Node) replay(ctx context.Context, to sink, w *wire, s *stream, i int, topic string) error {
+	ctx, span := n.startSpan(ctx, "sse.replay", replayAttrs(topic, s.pos[i]))
 	sent := 0
-	res, err := n.window.Replay(ctx, topic, c.pos[i],
+	res, err := n.window.Replay(ctx, topic, s.pos[i],
 		func(g replay.Gap) error {
 			n.m.replayRequests.WithLabelValues("gap").Inc()
 			// After a reset the stream's history restarted: what follows
@@ -565,23 +398,23 @@ func (n *Node) replay(ctx context.Context, s sink, w *wire, c *client, i int, to
 			// Any other gap leaves the position, so live frames at or
 			// below it are still discarded.
 			if g.Reset {
-				c.pos[i] = pubsub.ID{}
+				s.pos[i] = pubsub.ID{}
 			}
-			b := c.appendRetry(nil)
+			b := s.appendRetry(nil)
 			b = append(b, "event: sse-gap\ndata: "...)
 			b = g.AppendJSON(b)
 			w.add(append(b, "\n\n"...))
-			return n.send(s, w)
+			return n.send(to, w)
 		},
 		func(e pubsub.Entry) error {
-			sent += c.gather(w, encodeOne(topic, &e))
+			sent += s.gather(w, encodeOne(topic, &e))
 			if w.size < n.cfg.ClientBufferBytes {
 				return nil
 			}
-			return n.send(s, w)
+			return n.send(to, w)
 		})
 	if err == nil && w.size > 0 {
-		err = n.send(s, w)
+		err = n.send(to, w)
 	}
 	w.reset()
 	replayResult(span, res, sent)

@@ -32,7 +32,7 @@ type testNode struct {
 
 type testOpts struct {
 	cfg    Config
-	lean   bool // hijack HTTP/1.1 streams even in the SSE_TEST_NETHTTP pass
+	hijack bool // hijack HTTP/1.1 streams even in the SSE_TEST_NETHTTP pass
 	mem    pubsub.MemoryConfig
 	window replay.Config
 }
@@ -43,14 +43,11 @@ func newTestNode(t testing.TB, o testOpts) *testNode {
 	if err != nil {
 		t.Fatal(err)
 	}
-	w, err := replay.New(b, o.window)
-	if err != nil {
-		t.Fatal(err)
-	}
 	reg := prometheus.NewRegistry()
 	o.cfg.Registerer = reg
-	o.cfg.NoHijack = o.cfg.NoHijack || (netHTTPPath && !o.lean)
-	n, err := New(o.cfg, b, w)
+	o.cfg.NoHijack = o.cfg.NoHijack || (netHTTPPath && !o.hijack)
+	o.cfg.Window = o.window
+	n, err := New(o.cfg, b)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -206,6 +203,6 @@ func eventually(t testing.TB, d time.Duration, what string, cond func() bool) {
 }
 
 // subscribers returns the streams registered for topic.
-func (tn *testNode) subscribers(topic string) []*client {
+func (tn *testNode) subscribers(topic string) []*stream {
 	return tn.hub.subscribers(nil, topic)
 }

@@ -23,7 +23,7 @@ type hubShard struct {
 }
 
 type topicSubs struct {
-	subs []*client
+	subs []*stream
 }
 
 func newHub() *hub {
@@ -39,7 +39,7 @@ func (h *hub) shard(topic string) *hubShard {
 }
 
 // subscribe registers c under each of its topics.
-func (h *hub) subscribe(c *client) {
+func (h *hub) subscribe(c *stream) {
 	for i, t := range c.topics {
 		s := h.shard(t)
 		s.mu.Lock()
@@ -56,7 +56,7 @@ func (h *hub) subscribe(c *client) {
 
 // unsubscribe removes c from each of its topics. After it returns no
 // fan-out will push to c's queue again.
-func (h *hub) unsubscribe(c *client) {
+func (h *hub) unsubscribe(c *stream) {
 	for i, t := range c.topics {
 		s := h.shard(t)
 		s.mu.Lock()
@@ -74,7 +74,7 @@ func (h *hub) unsubscribe(c *client) {
 			delete(s.topics, t)
 		} else if cap(ts.subs) > 64 && len(ts.subs) < cap(ts.subs)/4 {
 			// Give memory back after a crowd has left.
-			ts.subs = append([]*client(nil), ts.subs...)
+			ts.subs = append([]*stream(nil), ts.subs...)
 		}
 		s.mu.Unlock()
 	}
@@ -84,7 +84,7 @@ func (h *hub) unsubscribe(c *client) {
 // The caller keeps its own reference to each frame. refused is called for
 // every frame a queue did not take. It returns how many queues took each
 // frame, on average.
-func (h *hub) fanout(topic string, frames []*frame, refused func(*client, overflow)) (delivered int) {
+func (h *hub) fanout(topic string, frames []*frame, refused func(*stream, overflow)) (delivered int) {
 	s := h.shard(topic)
 	s.mu.RLock()
 	defer s.mu.RUnlock()
@@ -115,7 +115,7 @@ func (h *hub) fanout(topic string, frames []*frame, refused func(*client, overfl
 }
 
 // subscribers returns the subscribers of topic, appended to dst.
-func (h *hub) subscribers(dst []*client, topic string) []*client {
+func (h *hub) subscribers(dst []*stream, topic string) []*stream {
 	s := h.shard(topic)
 	s.mu.RLock()
 	defer s.mu.RUnlock()

@@ -202,13 +202,13 @@ func (n *Node) tooMany(w http.ResponseWriter) {
 	http.Error(w, fmt.Sprintf("too many streams from your address: at most %d", n.cfg.MaxConnectionsPerIP), http.StatusTooManyRequests)
 }
 
-// denied answers a request refused by access control.
-func (n *Node) denied(w http.ResponseWriter, e *authError) {
-	outcome := outcomeForbidden
-	if e.status == http.StatusUnauthorized {
+// denied answers a request an Authorizer refused.
+func (n *Node) denied(w http.ResponseWriter, err error) {
+	status, outcome := deniedStatus(err), outcomeForbidden
+	if status == http.StatusUnauthorized {
 		outcome = outcomeUnauthorized
 		w.Header().Set("WWW-Authenticate", `Bearer realm="sse"`)
 	}
 	n.m.connTotal.WithLabelValues(outcome).Inc()
-	http.Error(w, e.msg, e.status)
+	http.Error(w, err.Error(), status)
 }

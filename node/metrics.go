@@ -45,51 +45,20 @@ const (
 
 func newMetrics(reg prometheus.Registerer) *metrics {
 	m := &metrics{
-		connections: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "sse_connections", Help: "Open SSE streams on this node.",
-		}),
-		connTotal: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "sse_connections_total", Help: "SSE subscribe requests by outcome.",
-		}, []string{"outcome"}),
-		disconnects: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "sse_disconnects_total", Help: "Closed SSE streams by reason.",
-		}, []string{"reason"}),
-		slowDisconnects: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "sse_slow_client_disconnects_total", Help: "Streams closed because the client could not keep up, by reason.",
-		}, []string{"reason"}),
-		brokerEvents: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "sse_broker_events_total", Help: "Entries received from the broker for local topics.",
-		}),
-		delivered: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "sse_frames_delivered_total", Help: "Frames written to clients (live and replayed).",
-		}),
-		dropped: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "sse_frames_dropped_total", Help: "Frames a client queue refused under the drop policy, by reason.",
-		}, []string{"reason"}),
-		flush: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name: "sse_flush_duration_seconds", Help: "Time to write and flush one batch of frames to a client.",
-			Buckets: prometheus.ExponentialBuckets(100e-6, 2, 10),
-		}),
-		queueDepth: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name: "sse_queue_depth", Help: "Frames waiting in a client queue when its writer takes them.",
-			Buckets: []float64{1, 2, 4, 8, 16, 32, 64, 128, 256},
-		}),
-		replayRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "sse_replay_requests_total", Help: "Resumes by the source that served them (ring, redis) and gaps reported.",
-		}, []string{"source"}),
-		replayEvents: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "sse_replay_events_total", Help: "Events sent to clients from replay.",
-		}),
-		readLag: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name: "sse_broker_read_lag_seconds", Help: "Time from an entry's ID timestamp to its local fan-out.",
-			Buckets: prometheus.ExponentialBuckets(250e-6, 2, 16),
-		}),
-		draining: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "sse_draining", Help: "1 while the node drains for shutdown.",
-		}),
-		brokerUp: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "sse_broker_up", Help: "1 when the last broker health check succeeded.",
-		}),
+		connections:     newGauge("sse_connections", "Open SSE streams on this node."),
+		connTotal:       newCounterVec("sse_connections_total", "SSE subscribe requests by outcome.", "outcome"),
+		disconnects:     newCounterVec("sse_disconnects_total", "Closed SSE streams by reason.", "reason"),
+		slowDisconnects: newCounterVec("sse_slow_client_disconnects_total", "Streams closed because the client could not keep up, by reason.", "reason"),
+		brokerEvents:    newCounter("sse_broker_events_total", "Entries received from the broker for local topics."),
+		delivered:       newCounter("sse_frames_delivered_total", "Frames written to clients (live and replayed)."),
+		dropped:         newCounterVec("sse_frames_dropped_total", "Frames a client queue refused under the drop policy, by reason.", "reason"),
+		flush:           newHistogram("sse_flush_duration_seconds", "Time to write and flush one batch of frames to a client.", prometheus.ExponentialBuckets(100e-6, 2, 10)),
+		queueDepth:      newHistogram("sse_queue_depth", "Frames waiting in a client queue when its writer takes them.", []float64{1, 2, 4, 8, 16, 32, 64, 128, 256}),
+		replayRequests:  newCounterVec("sse_replay_requests_total", "Resumes by the source that served them (ring, redis) and gaps reported.", "source"),
+		replayEvents:    newCounter("sse_replay_events_total", "Events sent to clients from replay."),
+		readLag:         newHistogram("sse_broker_read_lag_seconds", "Time from an entry's ID timestamp to its local fan-out.", prometheus.ExponentialBuckets(250e-6, 2, 16)),
+		draining:        newGauge("sse_draining", "1 while the node drains for shutdown."),
+		brokerUp:        newGauge("sse_broker_up", "1 when the last broker health check succeeded."),
 	}
 	if reg != nil {
 		reg.MustRegister(m.connections, m.connTotal, m.disconnects, m.slowDisconnects,
@@ -128,12 +97,8 @@ type BrokerMetrics struct {
 // (panicking on a name registered twice, as the node's own metrics do).
 func NewBrokerMetrics(reg prometheus.Registerer) *BrokerMetrics {
 	m := &BrokerMetrics{
-		badEntries: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "sse_broker_bad_entries_total", Help: "Stream entries or keys the broker could not use, by reason.",
-		}, []string{"reason"}),
-		readErrors: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "sse_broker_errors_total", Help: "Errors reading from Redis (each followed by a backoff).",
-		}),
+		badEntries: newCounterVec("sse_broker_bad_entries_total", "Stream entries or keys the broker could not use, by reason.", "reason"),
+		readErrors: newCounter("sse_broker_errors_total", "Errors reading from Redis (each followed by a backoff)."),
 	}
 	if reg != nil {
 		reg.MustRegister(m.badEntries, m.readErrors)
@@ -146,3 +111,19 @@ func (m *BrokerMetrics) BadEntry(topic, reason string) { m.badEntries.WithLabelV
 
 // ReadError counts a failed read from the broker.
 func (m *BrokerMetrics) ReadError(error) { m.readErrors.Inc() }
+
+func newGauge(name, help string) prometheus.Gauge {
+	return prometheus.NewGauge(prometheus.GaugeOpts{Name: name, Help: help})
+}
+
+func newCounter(name, help string) prometheus.Counter {
+	return prometheus.NewCounter(prometheus.CounterOpts{Name: name, Help: help})
+}
+
+func newCounterVec(name, help, label string) *prometheus.CounterVec {
+	return prometheus.NewCounterVec(prometheus.CounterOpts{Name: name, Help: help}, []string{label})
+}
+
+func newHistogram(name, help string, buckets []float64) prometheus.Histogram {
+	return prometheus.NewHistogram(prometheus.HistogramOpts{Name: name, Help: help, Buckets: buckets})
+}

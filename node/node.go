@@ -5,13 +5,13 @@
 // Events come from a Broker through a single Handler; each is encoded once
 // into a reference-counted frame, appended to the replay window and handed
 // to every local subscriber's queue without blocking. By default an
-// HTTP/1.1 stream is then taken over from net/http (lean.go): it holds no
+// HTTP/1.1 stream is then taken over from net/http (pool.go): it holds no
 // goroutine while idle, and a small pool of writers serves the streams that
 // have frames. HTTP/2, TLS and HTTP/1.0 streams, and every stream with
-// Config.NoHijack, keep their request goroutine as writer. Both drivers run
-// the same step (step.go) and write frames by reference, a batch in one
-// write, with a per-write deadline; every server-side end goes through
-// closeStream.
+// Config.NoHijack, keep their request goroutine as writer. Both drivers
+// serve the one stream type and run its step (stream.go), and write frames
+// by reference, a batch in one write, with a per-write deadline; every
+// server-side end goes through closeStream.
 package node
 
 import (
@@ -33,8 +33,8 @@ import (
 )
 
 // Broker is the one broker a node uses: it delivers, publishes, answers
-// health checks and, as the replay.Source of the node's window, serves
-// replays (New's window must read the same broker).
+// health checks and, as the replay.Source of the window New builds over
+// it, serves replays.
 type Broker interface {
 	replay.Source
 	// Start begins delivering the entries of watched topics to h.
@@ -99,10 +99,10 @@ type Config struct {
 	// (SO_SNDBUF), so a slow client's backlog waits in its bounded queue
 	// where policy applies; 0 leaves the kernel's default.
 	SocketSendBuffer int
-	// Auth, when set, requires a JWT granting the topics to subscribe
-	// (see auth.go): 401 without a valid token, 403 for a topic not
-	// granted. nil lets anyone subscribe to anything.
-	Auth *JWTAuth
+	// Auth, when set, decides who may subscribe to what (JWTAuth
+	// requires a JWT granting the topics): 401 without valid credentials,
+	// 403 for a topic not granted. nil lets anyone subscribe to anything.
+	Auth Authorizer
 	// PublishToken, when set, is the bearer token POST /publish requires;
 	// "" leaves publishing open to whoever reaches the admin listener.
 	PublishToken string
@@ -119,6 +119,8 @@ type Config struct {
 	// TracerProvider traces streams, replays, drains and deliveries of
 	// entries that carry a traceparent; nil traces nothing, at no cost.
 	TracerProvider trace.TracerProvider
+	// Window configures the replay window the node keeps over its broker.
+	Window replay.Config
 	// Logger receives the node's logs; nil means slog.Default().
 	Logger *slog.Logger
 	// Registerer receives the node's metrics; nil registers nowhere.
@@ -184,25 +186,23 @@ type Node struct {
 	conns    atomic.Int64   // open streams
 	streams  streamRegistry // every open stream, for shedding and age limits
 	draining atomic.Bool
-	drainCh  chan struct{} // closed when draining starts
-	drainMu  sync.Mutex    // guards closing drainCh
-	life     sync.Mutex    // orders Start and Close
+	life     sync.Mutex // orders Start and Close
 	started  atomic.Bool
 	closed   atomic.Bool
 
 	cluster atomic.Pointer[Cluster] // set by NewCluster; nil without one
 
 	tracer trace.Tracer    // nil when tracing is off
-	lean   *lean           // the hijacked-stream machinery; nil with NoHijack
+	pool   *writerPool     // the hijacked streams' writers; nil with NoHijack
 	ctx    context.Context // ends with Close; replays of hijacked streams run under it
 	cancel context.CancelFunc
 }
 
-// New validates cfg and returns a node that reads events from b through w.
-// The window must have been built over the same broker.
-func New(cfg Config, b Broker, w *replay.Window) (*Node, error) {
-	if b == nil || w == nil {
-		return nil, errors.New("node: broker and window are required")
+// New validates cfg and returns a node that serves events from b, through
+// a replay window of its own over the same broker.
+func New(cfg Config, b Broker) (*Node, error) {
+	if b == nil {
+		return nil, errors.New("node: a broker is required")
 	}
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
@@ -215,24 +215,27 @@ func New(cfg Config, b Broker, w *replay.Window) (*Node, error) {
 	if cfg.MaxConnectionsPerIP > 0 {
 		perIP = newIPLimiter(cfg.MaxConnectionsPerIP, cfg.TrustedProxies)
 	}
+	w, err := replay.New(b, cfg.Window)
+	if err != nil {
+		return nil, fmt.Errorf("node: %w", err)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	var tracer trace.Tracer
 	if cfg.TracerProvider != nil {
 		tracer = cfg.TracerProvider.Tracer(tracerName)
 	}
 	return &Node{
-		tracer:  tracer,
-		cors:    c,
-		perIP:   perIP,
-		cfg:     cfg,
-		broker:  b,
-		window:  w,
-		hub:     newHub(),
-		m:       newMetrics(cfg.Registerer),
-		log:     cfg.Logger,
-		drainCh: make(chan struct{}),
-		ctx:     ctx,
-		cancel:  cancel,
+		tracer: tracer,
+		cors:   c,
+		perIP:  perIP,
+		cfg:    cfg,
+		broker: b,
+		window: w,
+		hub:    newHub(),
+		m:      newMetrics(cfg.Registerer),
+		log:    cfg.Logger,
+		ctx:    ctx,
+		cancel: cancel,
 	}, nil
 }
 
@@ -247,11 +250,11 @@ func (n *Node) Start() error {
 		return errors.New("node: already started")
 	}
 	if !n.cfg.NoHijack {
-		l, err := newLean(n)
+		p, err := newWriterPool(n)
 		if err != nil {
 			return err
 		}
-		n.lean = l
+		n.pool = p
 	}
 	if err := n.broker.Start(n.deliver); err != nil {
 		return fmt.Errorf("node: start broker: %w", err)
@@ -272,8 +275,8 @@ func (n *Node) Close() error {
 		return nil
 	}
 	n.cancel()
-	if n.lean != nil {
-		n.lean.close()
+	if n.pool != nil {
+		n.pool.close()
 	}
 	return nil
 }
@@ -312,18 +315,21 @@ func (n *Node) deliver(topic string, entries []pubsub.Entry) {
 func (n *Node) reset(topic string) {
 	n.log.Warn("node: stream reset under the reader; resuming its clients", "topic", topic)
 	n.window.Reset(topic)
-	for _, c := range n.hub.subscribers(nil, topic) {
-		if n.closeStream(c, reasonStreamReset) {
+	for _, s := range n.hub.subscribers(nil, topic) {
+		if n.closeStream(s, reasonStreamReset) {
 			n.m.slowDisconnects.WithLabelValues(reasonStreamReset).Inc()
 		}
 	}
 }
 
-func (n *Node) refused(_ *client, o overflow) {
+func (n *Node) refused(_ *stream, o overflow) {
 	if n.cfg.SlowClient == PolicyDrop {
 		n.m.dropped.WithLabelValues(o.reason()).Inc()
 	}
 }
+
+// WindowStats is the replay window's use of its budgets.
+func (n *Node) WindowStats() replay.Stats { return n.window.Stats() }
 
 // Connections is the number of open streams.
 func (n *Node) Connections() int { return int(n.conns.Load()) }
@@ -354,15 +360,11 @@ func (n *Node) Drain(ctx context.Context) (err error) {
 		return []attribute.KeyValue{attribute.Int64("sse.streams", n.conns.Load())}
 	})
 	defer func() { endSpan(span, err) }()
-	n.drainMu.Lock()
 	if !n.draining.Swap(true) {
 		n.m.draining.Set(1)
-		close(n.drainCh)
 	}
-	n.drainMu.Unlock()
-	if n.lean != nil {
-		n.lean.drain()
-	}
+	// Every stream's writer sees the drain at its next step.
+	n.streams.each((*stream).wake)
 	// Poll rather than wait in a goroutine that could outlive ctx.
 	tick := time.NewTicker(5 * time.Millisecond)
 	defer tick.Stop()

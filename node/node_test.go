@@ -1,7 +1,6 @@
 package node
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -67,14 +66,7 @@ func TestPayloadsThroughGoSSE(t *testing.T) {
 		{"utf8", "héllo, 世界 ✓"},
 		{"", strings.Repeat("big ", 5000)},
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, tn.srv.URL+"/events?topic=p", nil)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
+	resp := getWith(t, tn.srv.URL+"/events?topic=p", nil)
 	if ct := resp.Header.Get("Content-Type"); ct != "text/event-stream" {
 		t.Fatalf("Content-Type = %q", ct)
 	}
@@ -327,14 +319,7 @@ func TestMaxConnections(t *testing.T) {
 	tn := newTestNode(t, testOpts{cfg: Config{MaxConnections: 2, Retry: 3 * time.Second}})
 	dial(t, tn.srv.URL+"/events?topic=m", "")
 	dial(t, tn.srv.URL+"/events?topic=m", "")
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, tn.srv.URL+"/events?topic=m", nil)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
+	resp := getWith(t, tn.srv.URL+"/events?topic=m", nil)
 	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") != "3" {
 		t.Fatalf("third stream: %d Retry-After %q, want 503 and 3", resp.StatusCode, resp.Header.Get("Retry-After"))
 	}

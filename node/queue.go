@@ -22,11 +22,9 @@ func (o overflow) reason() string {
 	return "closed"
 }
 
-// queue is a client's bounded frame queue. The hub pushes without blocking;
-// the client's writer takes everything at once. notify tells the writer
-// there is work: a 1-slot channel for a writer that is a request goroutine,
-// a schedule on the writer pool for a hijacked connection. A burst of pushes
-// costs one wake-up either way.
+// queue is a stream's bounded frame queue. The hub pushes without blocking;
+// the stream's writer takes everything at once. notify (stream.wake) tells
+// the writer there is work.
 //
 // The ring starts small and grows to the bound, so an idle client holds a
 // few pointers, not the whole bound.
@@ -46,19 +44,6 @@ type queue struct {
 
 func newQueue(frames, maxBytes int, drop bool, notify func()) *queue {
 	return &queue{max: frames, maxBytes: maxBytes, drop: drop, notify: notify}
-}
-
-// signalNotify returns a 1-slot channel and the notify func that fills it.
-// The channel is never closed: pushers may still hold the queue after the
-// client is gone.
-func signalNotify() (chan struct{}, func()) {
-	c := make(chan struct{}, 1)
-	return c, func() {
-		select {
-		case c <- struct{}{}:
-		default:
-		}
-	}
 }
 
 // push offers f to the queue. On accepted the queue owns one reference the

@@ -163,12 +163,12 @@ func TestQueueBounds(t *testing.T) {
 	}
 }
 
-// TestOverflowCutsStuckWrite: on the lean path a client whose queue
+// TestOverflowCutsStuckWrite: on the writer pool a client whose queue
 // overflows while a write to it is stuck is cut off at the overflow, not at
 // the write deadline (a minute here). The net/http path waits out its
 // deadline (README), so this test always hijacks.
 func TestOverflowCutsStuckWrite(t *testing.T) {
-	tn := newTestNode(t, testOpts{lean: true, cfg: Config{
+	tn := newTestNode(t, testOpts{hijack: true, cfg: Config{
 		SlowClient:       PolicyDisconnect,
 		ClientBuffer:     16,
 		WriteTimeout:     time.Minute,

@@ -11,17 +11,17 @@ import (
 // finish.
 type streamRegistry struct {
 	mu   sync.Mutex
-	list []*client
+	list []*stream
 }
 
-func (o *streamRegistry) add(c *client) {
+func (o *streamRegistry) add(c *stream) {
 	o.mu.Lock()
 	c.index = len(o.list)
 	o.list = append(o.list, c)
 	o.mu.Unlock()
 }
 
-func (o *streamRegistry) remove(c *client) {
+func (o *streamRegistry) remove(c *stream) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	i := c.index
@@ -35,12 +35,22 @@ func (o *streamRegistry) remove(c *client) {
 	o.list = o.list[:last]
 	c.index = -1
 	if cap(o.list) > 1024 && len(o.list) < cap(o.list)/4 {
-		o.list = append([]*client(nil), o.list...)
+		o.list = append([]*stream(nil), o.list...)
+	}
+}
+
+// each calls f for every open stream, under the registry's lock (see the
+// lock order in stream.go).
+func (o *streamRegistry) each(f func(*stream)) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	for _, s := range o.list {
+		f(s)
 	}
 }
 
 // all returns the open streams, appended to dst.
-func (o *streamRegistry) all(dst []*client) []*client {
+func (o *streamRegistry) all(dst []*stream) []*stream {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	return append(dst, o.list...)
@@ -48,10 +58,10 @@ func (o *streamRegistry) all(dst []*client) []*client {
 
 // sample returns up to k open streams that hold a position, chosen at
 // random.
-func (o *streamRegistry) sample(k int) []*client {
+func (o *streamRegistry) sample(k int) []*stream {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	pick := make([]*client, 0, min(k, len(o.list)))
+	pick := make([]*stream, 0, min(k, len(o.list)))
 	// A scan from a random start over a random stride prime to the length
 	// visits every stream once, in an order that differs each time.
 	if m := len(o.list); m > 0 {

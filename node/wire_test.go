@@ -311,17 +311,17 @@ func TestAdminPublish(t *testing.T) {
 
 // HTTP/1.1 streams are hijacked by default; NoHijack (and HTTP/2) keep
 // them on net/http.
-func TestLeanPathIsDefaultOnHTTP11(t *testing.T) {
+func TestHijackIsDefaultOnHTTP11(t *testing.T) {
 	tn := newTestNode(t, testOpts{})
 	dial(t, tn.srv.URL+"/events?topic=lean", "")
 	dial(t, tn.srv.URL+"/events?topic=lean", "")
-	hijacked := func() int {
-		if tn.lean == nil {
-			return 0
-		}
-		tn.lean.mu.Lock()
-		defer tn.lean.mu.Unlock()
-		return len(tn.lean.conns)
+	hijacked := func() (k int) {
+		tn.streams.each(func(s *stream) {
+			if s.pooled.Load() {
+				k++
+			}
+		})
+		return k
 	}
 	want := 2
 	if netHTTPPath {

@@ -106,46 +106,46 @@ func run(args []string, env map[string]string, stdout, stderr io.Writer) int {
 		_ = stopTracing(ctx)
 	}()
 
-	w, err := replay.New(b, replay.Config{RingSize: cfg.RingSize, MaxAge: cfg.ReplayMaxAge,
-		RingBytes: cfg.RingBytes, PageBytes: cfg.PageBytes, PageCacheBytes: cfg.CacheBytes})
-	if err != nil {
-		log.Error("replay window", "err", err)
-		return 1
-	}
-	registerReplayMetrics(reg, w)
 	auth, err := newAuth(cfg, log)
 	if err != nil {
 		log.Error("subscribe auth", "err", err)
 		return 1
 	}
 	defer auth.Close()
+	var authz node.Authorizer // nil lets anyone subscribe; a nil *JWTAuth would not
+	if auth != nil {
+		authz = auth
+	}
 	trusted, _ := node.ParseTrustedProxies(cfg.TrustedProxies) // validated by loadConfig
 	n, err := node.New(node.Config{
-		ClientBuffer:        cfg.ClientBuffer,
-		ClientBufferBytes:   cfg.ClientBufferBytes,
-		SlowClient:          cfg.SlowClient,
-		Heartbeat:           cfg.Heartbeat,
-		WriteTimeout:        cfg.WriteTimeout,
-		Retry:               cfg.Retry,
-		MaxConnections:      cfg.MaxConnections,
-		MaxTopics:           cfg.MaxTopics,
-		NoHijack:            !cfg.Hijack,
-		AnnouncePosition:    cfg.AnnouncePosition == "true",
-		AnnounceToBrowsers:  cfg.AnnouncePosition == "auto",
-		SocketSendBuffer:    cfg.SocketSndbuf,
-		TracerProvider:      tp,
-		Auth:                auth,
+		ClientBuffer:       cfg.ClientBuffer,
+		ClientBufferBytes:  cfg.ClientBufferBytes,
+		SlowClient:         cfg.SlowClient,
+		Heartbeat:          cfg.Heartbeat,
+		WriteTimeout:       cfg.WriteTimeout,
+		Retry:              cfg.Retry,
+		MaxConnections:     cfg.MaxConnections,
+		MaxTopics:          cfg.MaxTopics,
+		NoHijack:           !cfg.Hijack,
+		AnnouncePosition:   cfg.AnnouncePosition == "true",
+		AnnounceToBrowsers: cfg.AnnouncePosition == "auto",
+		SocketSendBuffer:   cfg.SocketSndbuf,
+		TracerProvider:     tp,
+		Auth:               authz,
+		Window: replay.Config{RingSize: cfg.RingSize, MaxAge: cfg.ReplayMaxAge,
+			RingBytes: cfg.RingBytes, PageBytes: cfg.PageBytes, PageCacheBytes: cfg.CacheBytes},
 		PublishToken:        cfg.PublishToken,
 		CORSOrigins:         cfg.CORSOrigins,
 		MaxConnectionsPerIP: cfg.MaxConnsPerIP,
 		TrustedProxies:      trusted,
 		Logger:              log,
 		Registerer:          reg,
-	}, b, w)
+	}, b)
 	if err != nil {
 		log.Error("node", "err", err)
 		return 1
 	}
+	registerReplayMetrics(reg, n.WindowStats)
 	if err := n.Start(); err != nil {
 		log.Error("start", "err", err)
 		return 1

@@ -48,7 +48,7 @@ func TestReplayMetrics(t *testing.T) {
 		time.Sleep(time.Millisecond)
 	}
 	reg := prometheus.NewRegistry()
-	registerReplayMetrics(reg, w)
+	registerReplayMetrics(reg, w.Stats)
 	want := `
 # HELP sse_ring_budget_bytes SSE_RING_BYTES: the budget of all replay rings.
 # TYPE sse_ring_budget_bytes gauge

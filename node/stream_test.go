@@ -17,7 +17,7 @@ func TestStep(t *testing.T) {
 		queued    int       // frames pushed, IDs 1-1, 1-2, ...
 		pos       pubsub.ID // the client's position
 		heartbeat bool      // a heartbeat is due
-		setup     func(*Node, *client)
+		setup     func(*Node, *stream)
 		reason    string
 		want      string
 	}{
@@ -27,14 +27,14 @@ func TestStep(t *testing.T) {
 		{name: "nothing"},
 		{name: "frames already had", queued: 2, pos: pubsub.ID{Ms: 1, Seq: 2}},
 		{name: "frames already had, heartbeat due", queued: 1, pos: pubsub.ID{Ms: 1, Seq: 1}, heartbeat: true, want: "\n\n"},
-		{name: "drain", queued: 1, setup: func(n *Node, _ *client) { n.draining.Store(true) }, reason: reasonDrain},
-		{name: "closed", queued: 1, setup: func(n *Node, c *client) { n.closeStream(c, reasonMaxAge) }, reason: reasonMaxAge},
+		{name: "drain", queued: 1, setup: func(n *Node, _ *stream) { n.draining.Store(true) }, reason: reasonDrain},
+		{name: "closed", queued: 1, setup: func(n *Node, c *stream) { n.closeStream(c, reasonMaxAge) }, reason: reasonMaxAge},
 		{name: "overflow", queued: 3, reason: reasonSlowClient},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			n := &Node{m: newMetrics(nil)}
-			c := &client{topics: []string{"t"}, pos: []pubsub.ID{tt.pos}}
+			c := &stream{topics: []string{"t"}, pos: []pubsub.ID{tt.pos}}
 			c.q = newQueue(2, 1<<20, false, func() {})
 			var frames []*frame
 			for i := range tt.queued {
