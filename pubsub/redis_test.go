@@ -153,7 +153,7 @@ func TestRedisUnreachable(t *testing.T) {
 	if err := b.Ping(short); err == nil {
 		t.Fatal("ping succeeded with no server")
 	}
-	if _, err := b.Watch(short, "t", 0); err == nil {
+	if _, err := b.Watch(short, "t", 0, 0); err == nil {
 		t.Fatal("watch succeeded with no server")
 	}
 	if err := b.Start(func(string, []Entry) {}); err != nil {
@@ -210,10 +210,10 @@ func TestRedisArgumentChecks(t *testing.T) {
 	}
 	defer b.Close()
 	ctx := context.Background()
-	if _, err := b.Watch(ctx, "bad topic", 0); !errors.Is(err, ErrBadTopic) {
+	if _, err := b.Watch(ctx, "bad topic", 0, 0); !errors.Is(err, ErrBadTopic) {
 		t.Errorf("Watch bad topic = %v", err)
 	}
-	if _, err := b.Watch(ctx, "t", -1); err == nil {
+	if _, err := b.Watch(ctx, "t", -1, 0); err == nil {
 		t.Error("Watch negative tail succeeded")
 	}
 	if _, err := b.Range(ctx, "t", ID{}, 0); err == nil {
