@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 	"unicode/utf8"
+	"unsafe"
 )
 
 func TestRedisConfigValidation(t *testing.T) {
@@ -359,13 +360,17 @@ func TestRedisDecodeEntries(t *testing.T) {
 	}
 }
 
-// TestRedisDecodeDataIsOwned: the Handler may keep and change Data.
-func TestRedisDecodeDataIsOwned(t *testing.T) {
-	v := "payload"
+// TestRedisDecodeDataIsTheReply: Data is the reply's bulk string itself,
+// not a copy (entries are immutable; a payload is held once).
+func TestRedisDecodeDataIsTheReply(t *testing.T) {
+	v := strings.Repeat("p", 100)
 	got, _, _, _ := decodeEntries([]any{entry("1-0", "data", v)}, func(string) {})
-	got[0].Data[0] = 'P'
-	if v != "payload" {
-		t.Fatal("Data aliases the reply")
+	if len(got) != 1 || string(got[0].Data) != v || unsafe.SliceData(got[0].Data) != unsafe.StringData(v) {
+		t.Fatal("Data is a copy of the reply, or not its bytes")
+	}
+	empty, _, _, _ := decodeEntries([]any{entry("2-0", "data", "")}, func(string) {})
+	if len(empty) != 1 || empty[0].Data == nil || len(empty[0].Data) != 0 {
+		t.Fatalf("empty data decoded as %#v, want an empty non-nil slice", empty)
 	}
 }
 
