@@ -308,6 +308,18 @@ func TestBroker(t *testing.T) {
 		if tail.Last != ids[4] || !slices.Equal(idsOf(tail.Entries), ids[2:]) {
 			t.Fatalf("tail = last %v entries %v, want %v %v", tail.Last, idsOf(tail.Entries), ids[4], ids[2:])
 		}
+		// A byte bound keeps the newest entries that fit whole (the read
+		// script counts 72 per entry plus field names and values: 77 here),
+		// none when the newest does not fit; Last stays the stream's.
+		for _, tt := range []struct {
+			maxBytes int
+			want     []pubsub.ID
+		}{{2 * 77, ids[3:]}, {76, nil}} {
+			tail, err := b.Watch(ctx, "tail", 3, tt.maxBytes)
+			if err != nil || tail.Last != ids[4] || !slices.Equal(idsOf(tail.Entries), tt.want) {
+				t.Fatalf("tail within %d bytes = last %v entries %v, %v; want %v %v", tt.maxBytes, tail.Last, idsOf(tail.Entries), err, ids[4], tt.want)
+			}
+		}
 		// Watching again is a no-op for delivery: the next entry comes once.
 		if _, err := b.Watch(ctx, "tail", 0, 0); err != nil {
 			t.Fatal(err)

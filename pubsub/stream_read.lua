@@ -6,9 +6,11 @@
 --
 -- KEYS[1]  the stream key
 -- ARGV[1]  "range": XRANGE from ARGV[2] (inclusive) to the end;
---          "rev": the newest entries, newest first; "info": no entries
--- ARGV[2]  the first ID of a range
--- ARGV[3]  the number of entries
+--          "rev": the newest entries, newest first; "info": no entries;
+--          "held": {ARGV[2]} when the stream holds that entry, else none
+--          (its ID alone: a history check does not read payloads)
+-- ARGV[2]  the first ID of a range, the ID of "held"
+-- ARGV[3]  the number of entries; for "held", the ID just before ARGV[2]
 -- ARGV[4]  optional: a byte bound (72 per entry plus its field names and
 --          values), so that large entries make short replies. "range": the
 --          reply stops at the entry that brings it to this many bytes; an
@@ -43,6 +45,13 @@ if ARGV[1] == 'range' then
   entries = redis.call('XRANGE', key, ARGV[2], '+', 'COUNT', ARGV[3])
 elseif ARGV[1] == 'rev' then
   entries = redis.call('XREVRANGE', key, '+', '-', 'COUNT', ARGV[3])
+elseif ARGV[1] == 'held' then
+  -- XREAD from the ID before, not XRANGE: replay's reads stay apart in
+  -- INFO commandstats.
+  local r = redis.call('XREAD', 'COUNT', 1, 'STREAMS', key, ARGV[3])
+  if r and r[1][2][1] and r[1][2][1][1] == ARGV[2] then
+    entries = {ARGV[2]}
+  end
 end
 local limit = tonumber(ARGV[4] or '0') or 0
 if limit > 0 then
