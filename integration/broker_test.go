@@ -199,7 +199,7 @@ func TestBroker(t *testing.T) {
 		t.Parallel()
 		b, col := newBroker(t, srv, nil)
 		key := b.Prefix() + "orders"
-		tail, err := b.Watch(ctxT(t), "orders", 10)
+		tail, err := b.Watch(ctxT(t), "orders", 10, 0)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -232,7 +232,7 @@ func TestBroker(t *testing.T) {
 		b, col := newBroker(t, srv, func(c *pubsub.RedisConfig) { c.Readers = 3; c.Count = 7 })
 		const topics, per = 30, 20
 		for i := range topics {
-			if _, err := b.Watch(ctxT(t), "room/"+strconv.Itoa(i), 0); err != nil {
+			if _, err := b.Watch(ctxT(t), "room/"+strconv.Itoa(i), 0, 0); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -257,7 +257,7 @@ func TestBroker(t *testing.T) {
 		// One reader blocking for a minute: a delivery within
 		// deliverWithin is only possible if Watch and Unwatch wake it.
 		b, col := newBroker(t, srv, func(c *pubsub.RedisConfig) { c.Readers = 1; c.Block = time.Minute })
-		if _, err := b.Watch(ctxT(t), "first", 0); err != nil {
+		if _, err := b.Watch(ctxT(t), "first", 0, 0); err != nil {
 			t.Fatal(err)
 		}
 		if _, err := b.Publish(ctxT(t), "first", "", []byte("1")); err != nil {
@@ -266,7 +266,7 @@ func TestBroker(t *testing.T) {
 		col.waitEntries(t, "first", 1, deliverWithin) // the reader is now in its blocking loop
 		for i := range 3 {
 			topic := "second-" + strconv.Itoa(i)
-			if _, err := b.Watch(ctxT(t), topic, 0); err != nil {
+			if _, err := b.Watch(ctxT(t), topic, 0, 0); err != nil {
 				t.Fatal(err)
 			}
 			if _, err := b.Publish(ctxT(t), topic, "", []byte("x")); err != nil {
@@ -301,15 +301,27 @@ func TestBroker(t *testing.T) {
 			}
 			ids = append(ids, id)
 		}
-		tail, err := b.Watch(ctx, "tail", 3)
+		tail, err := b.Watch(ctx, "tail", 3, 0)
 		if err != nil {
 			t.Fatal(err)
 		}
 		if tail.Last != ids[4] || !slices.Equal(idsOf(tail.Entries), ids[2:]) {
 			t.Fatalf("tail = last %v entries %v, want %v %v", tail.Last, idsOf(tail.Entries), ids[4], ids[2:])
 		}
+		// A byte bound keeps the newest entries that fit whole (the read
+		// script counts 72 per entry plus field names and values: 77 here),
+		// none when the newest does not fit; Last stays the stream's.
+		for _, tt := range []struct {
+			maxBytes int
+			want     []pubsub.ID
+		}{{2 * 77, ids[3:]}, {76, nil}} {
+			tail, err := b.Watch(ctx, "tail", 3, tt.maxBytes)
+			if err != nil || tail.Last != ids[4] || !slices.Equal(idsOf(tail.Entries), tt.want) {
+				t.Fatalf("tail within %d bytes = last %v entries %v, %v; want %v %v", tt.maxBytes, tail.Last, idsOf(tail.Entries), err, ids[4], tt.want)
+			}
+		}
 		// Watching again is a no-op for delivery: the next entry comes once.
-		if _, err := b.Watch(ctx, "tail", 0); err != nil {
+		if _, err := b.Watch(ctx, "tail", 0, 0); err != nil {
 			t.Fatal(err)
 		}
 		id5, _ := b.Publish(ctx, "tail", "", []byte("5"))
@@ -322,13 +334,13 @@ func TestBroker(t *testing.T) {
 		key := b.Prefix() + "emptied"
 		last := xadd(t, srv, key, "data", "gone")
 		srv.MustDo(t, "XTRIM", key, "MAXLEN", "0")
-		tail, err = b.Watch(ctx, "emptied", 5)
+		tail, err = b.Watch(ctx, "emptied", 5, 0)
 		if err != nil || tail.Last != last || len(tail.Entries) != 0 {
 			t.Fatalf("emptied: %+v, %v; want Last %v", tail, err, last)
 		}
 
 		srv.MustDo(t, "SET", b.Prefix()+"str", "x")
-		if _, err := b.Watch(ctx, "str", 1); !errors.Is(err, pubsub.ErrWrongType) {
+		if _, err := b.Watch(ctx, "str", 1, 0); !errors.Is(err, pubsub.ErrWrongType) {
 			t.Fatalf("watch of a string key: %v, want ErrWrongType", err)
 		}
 	})
@@ -427,7 +439,7 @@ func TestBroker(t *testing.T) {
 		b, col := newBroker(t, srv, func(c *pubsub.RedisConfig) { c.Readers = 1; c.Block = time.Second })
 		ctx := ctxT(t)
 		for _, topic := range []string{"good", "bad"} {
-			if _, err := b.Watch(ctx, topic, 0); err != nil {
+			if _, err := b.Watch(ctx, topic, 0, 0); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -457,7 +469,7 @@ func TestBroker(t *testing.T) {
 		t.Parallel()
 		b, col := newBroker(t, srv, nil)
 		key := b.Prefix() + "shapes"
-		if _, err := b.Watch(ctxT(t), "shapes", 0); err != nil {
+		if _, err := b.Watch(ctxT(t), "shapes", 0, 0); err != nil {
 			t.Fatal(err)
 		}
 		xadd(t, srv, key, "user", "ann", "event", "joined", "bytes", "\xff<&>")
@@ -485,7 +497,7 @@ func TestBroker(t *testing.T) {
 		t.Parallel()
 		b, col := newBroker(t, srv, nil)
 		ctx := ctxT(t)
-		if _, err := b.Watch(ctx, "bin", 0); err != nil {
+		if _, err := b.Watch(ctx, "bin", 0, 0); err != nil {
 			t.Fatal(err)
 		}
 		all := make([]byte, 256)
@@ -517,7 +529,7 @@ func TestBroker(t *testing.T) {
 		t.Parallel()
 		b, _ := newBroker(t, srv, func(c *pubsub.RedisConfig) { c.MaxAge = 200 * time.Millisecond })
 		ctx := ctxT(t)
-		if _, err := b.Watch(ctx, "aged", 0); err != nil {
+		if _, err := b.Watch(ctx, "aged", 0, 0); err != nil {
 			t.Fatal(err)
 		}
 		// MINID ~ trims whole radix-tree nodes (100 entries by default).
@@ -556,7 +568,7 @@ func TestBroker(t *testing.T) {
 		})
 		for i := range 3 {
 			topic := "acl-" + strconv.Itoa(i)
-			if _, err := b.Watch(ctxT(t), topic, 0); err != nil {
+			if _, err := b.Watch(ctxT(t), topic, 0, 0); err != nil {
 				t.Fatal(err)
 			}
 			if _, err := b.Publish(ctxT(t), topic, "", []byte("x")); err != nil {
@@ -581,7 +593,7 @@ func TestBroker(t *testing.T) {
 		if err := b.Ping(ctxT(t)); !errors.Is(err, pubsub.ErrClosed) {
 			t.Fatalf("ping after close: %v", err)
 		}
-		if _, err := b.Watch(ctxT(t), "x", 0); !errors.Is(err, pubsub.ErrClosed) {
+		if _, err := b.Watch(ctxT(t), "x", 0, 0); !errors.Is(err, pubsub.ErrClosed) {
 			t.Fatalf("watch after close: %v", err)
 		}
 	})
@@ -705,7 +717,7 @@ func TestBrokerRedisRestart(t *testing.T) {
 		c.OnReadError = func(error) { readErrs.Add(1) }
 	})
 	ctx := ctxT(t)
-	if _, err := b.Watch(ctx, "live", 0); err != nil {
+	if _, err := b.Watch(ctx, "live", 0, 0); err != nil {
 		t.Fatal(err)
 	}
 	key := b.Prefix() + "live"
@@ -736,7 +748,7 @@ func TestBrokerRedisStall(t *testing.T) {
 	srv := redistest.Start(t, redistest.WithContainer())
 	b, col := newBroker(t, srv, func(c *pubsub.RedisConfig) { c.Block = 500 * time.Millisecond })
 	ctx := ctxT(t)
-	if _, err := b.Watch(ctx, "stall", 0); err != nil {
+	if _, err := b.Watch(ctx, "stall", 0, 0); err != nil {
 		t.Fatal(err)
 	}
 	key := b.Prefix() + "stall"

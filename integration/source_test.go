@@ -173,7 +173,7 @@ func TestSourceReads(t *testing.T) {
 		for name, read := range map[string]func() error{
 			"Page":  func() error { _, err := b.Page(ctx, "str", pubsub.ID{}, 10, 0); return err },
 			"Info":  func() error { _, err := b.Info(ctx, "str"); return err },
-			"Watch": func() error { _, err := b.Watch(ctx, "str", 10); return err },
+			"Watch": func() error { _, err := b.Watch(ctx, "str", 10, 0); return err },
 		} {
 			n := len(mon.sent(t, srv, key, func() {
 				if err := read(); !errors.Is(err, pubsub.ErrWrongType) || !strings.Contains(err.Error(), "type string") {
@@ -219,7 +219,7 @@ func TestSourceReads(t *testing.T) {
 		if info, err := b.Info(ctx, "m"); err != nil || info.Length != 5 {
 			t.Fatalf("info out of memory: %+v, %v", info, err)
 		}
-		if tail, err := b.Watch(ctx, "m", 3); err != nil || tail.Last != ids[4] || !slices.Equal(idsOf(tail.Entries), ids[2:]) {
+		if tail, err := b.Watch(ctx, "m", 3, 0); err != nil || tail.Last != ids[4] || !slices.Equal(idsOf(tail.Entries), ids[2:]) {
 			t.Fatalf("watch out of memory: %+v, %v", tail, err)
 		}
 	})
@@ -238,7 +238,7 @@ func TestSourceReads(t *testing.T) {
 		if err := b.Ping(ctx); err != nil {
 			t.Fatalf("ping: %v", err)
 		}
-		tail, err := b.Watch(ctx, "acl", 10)
+		tail, err := b.Watch(ctx, "acl", 10, 0)
 		if err != nil || tail.Last != first {
 			t.Fatalf("watch: %+v, %v", tail, err)
 		}

@@ -502,7 +502,7 @@ func TestTopologyStandalone(t *testing.T) {
 			}},
 		} {
 			topic := strings.ReplaceAll(tc.name, " ", "-")
-			if _, err := b.Watch(ctx, topic, 0); err != nil {
+			if _, err := b.Watch(ctx, topic, 0, 0); err != nil {
 				t.Fatal(err)
 			}
 			var last string

@@ -120,19 +120,20 @@ func (m *Memory) Start(h Handler) error {
 }
 
 // Watch makes topic active: it returns the stream's current last ID and up
-// to tail newest entries (oldest first), and from then on the Handler
-// receives every entry after Tail.Last. Watching an already watched topic
-// returns a fresh Tail and leaves delivery where it is.
+// to tail newest entries (oldest first) that fit in maxBytes together (by
+// Entry.Size; 0: no bound), and from then on the Handler receives every
+// entry after Tail.Last. Watching an already watched topic returns a fresh
+// Tail and leaves delivery where it is.
 //
 // After Unwatch, a batch the reader had already taken may still reach the
 // Handler; if the topic is watched again meanwhile, that batch holds entries
 // at or below the new Tail.Last, which callers discard.
-func (m *Memory) Watch(ctx context.Context, topic string, tail int) (Tail, error) {
+func (m *Memory) Watch(ctx context.Context, topic string, tail, maxBytes int) (Tail, error) {
 	if err := m.check(ctx, "watch", topic); err != nil {
 		return Tail{}, err
 	}
-	if tail < 0 {
-		return Tail{}, fmt.Errorf("pubsub: watch %q: negative tail %d", topic, tail)
+	if tail < 0 || maxBytes < 0 {
+		return Tail{}, fmt.Errorf("pubsub: watch %q: negative tail %d or maxBytes %d", topic, tail, maxBytes)
 	}
 	s, err := m.lockStream(topic, true)
 	if err != nil {
@@ -148,6 +149,12 @@ func (m *Memory) Watch(ctx context.Context, topic string, tail int) (Tail, error
 	}
 	held := s.log[s.head:]
 	n := min(tail, len(held))
+	for bytes, i := 0, 0; maxBytes > 0 && i < n; i++ {
+		if bytes += held[len(held)-1-i].Size(); bytes > maxBytes {
+			n = i
+			break
+		}
+	}
 	t := Tail{Last: s.last}
 	if n > 0 {
 		t.Entries = append([]Entry(nil), held[len(held)-n:]...)

@@ -297,7 +297,7 @@ func TestMemoryMaxAge(t *testing.T) {
 		t.Fatalf("lazy Range = %v, want %v", ids(got), []ID{c, d})
 	}
 	clock.Set(t0 + 20001)
-	tail, err := m.Watch(ctx, "t", 10)
+	tail, err := m.Watch(ctx, "t", 10, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -327,7 +327,7 @@ func TestMemoryInfoMissing(t *testing.T) {
 		t.Fatalf("Info(never) = %+v, %v; want zero, nil", info, err)
 	}
 	// Watching does not create the stream, as in Redis.
-	if _, err := m.Watch(ctx, "never", 5); err != nil {
+	if _, err := m.Watch(ctx, "never", 5, 0); err != nil {
 		t.Fatal(err)
 	}
 	if info, _ := m.Info(ctx, "never"); info.Exists {
@@ -443,7 +443,7 @@ func TestMemoryWatchTailAndLive(t *testing.T) {
 		tail int
 		want []ID
 	}{{0, nil}, {3, before[2:]}, {100, before}} {
-		tail, err := m.Watch(ctx, "t", tt.tail)
+		tail, err := m.Watch(ctx, "t", tt.tail, 0)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -451,7 +451,7 @@ func TestMemoryWatchTailAndLive(t *testing.T) {
 			t.Fatalf("Watch tail %d = last %v entries %v; want %v, %v", tt.tail, tail.Last, ids(tail.Entries), before[4], tt.want)
 		}
 	}
-	if _, err := m.Watch(ctx, "t", -1); err == nil {
+	if _, err := m.Watch(ctx, "t", -1, 0); err == nil {
 		t.Fatal("Watch with negative tail: no error")
 	}
 
@@ -476,11 +476,11 @@ func TestMemoryWatchAgainKeepsCursor(t *testing.T) {
 	m := newTestMemory(t, MemoryConfig{})
 	rec := newRecorder(t)
 	ctx := context.Background()
-	if _, err := m.Watch(ctx, "t", 0); err != nil {
+	if _, err := m.Watch(ctx, "t", 0, 0); err != nil {
 		t.Fatal(err)
 	}
 	a := mustPublish(t, m, "t", "a") // not delivered yet: no reader
-	tail, err := m.Watch(ctx, "t", 1)
+	tail, err := m.Watch(ctx, "t", 1, 0)
 	if err != nil || tail.Last != a || !slices.Equal(ids(tail.Entries), []ID{a}) {
 		t.Fatalf("second Watch = %+v, %v; want fresh tail ending at %v", tail, err, a)
 	}
@@ -512,7 +512,7 @@ func TestMemoryConcurrent(t *testing.T) {
 	tails := map[string]Tail{}
 	var tmu sync.Mutex
 	watch := func(topic string) {
-		tail, err := m.Watch(ctx, topic, 50)
+		tail, err := m.Watch(ctx, topic, 50, 0)
 		if err != nil {
 			t.Error(err)
 		}
@@ -618,7 +618,7 @@ func TestMemoryUnwatch(t *testing.T) {
 	if err := m.Start(rec.handle); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := m.Watch(ctx, "t", 0); err != nil {
+	if _, err := m.Watch(ctx, "t", 0, 0); err != nil {
 		t.Fatal(err)
 	}
 	a := mustPublish(t, m, "t", "a")
@@ -630,7 +630,7 @@ func TestMemoryUnwatch(t *testing.T) {
 	c := mustPublish(t, m, "t", "c")
 
 	// Barrier: another topic's entry is delivered after t's publishes.
-	if _, err := m.Watch(ctx, "other", 0); err != nil {
+	if _, err := m.Watch(ctx, "other", 0, 0); err != nil {
 		t.Fatal(err)
 	}
 	mustPublish(t, m, "other", "x")
@@ -640,7 +640,7 @@ func TestMemoryUnwatch(t *testing.T) {
 	}
 
 	// Watching again starts after the newest entry.
-	tail, err := m.Watch(ctx, "t", 0)
+	tail, err := m.Watch(ctx, "t", 0, 0)
 	if err != nil || tail.Last != c {
 		t.Fatalf("re-Watch = %+v, %v; want Last %v", tail, err, c)
 	}
@@ -677,7 +677,7 @@ func TestMemoryTrimmedBeforeDelivery(t *testing.T) {
 	if err := m.Start(h); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := m.Watch(ctx, "t", 0); err != nil {
+	if _, err := m.Watch(ctx, "t", 0, 0); err != nil {
 		t.Fatal(err)
 	}
 	var all []ID
@@ -711,7 +711,7 @@ func TestMemoryBadInput(t *testing.T) {
 	if _, err := m.Publish(ctx, bad, "", nil); !errors.Is(err, ErrBadTopic) {
 		t.Errorf("Publish: %v, want ErrBadTopic", err)
 	}
-	if _, err := m.Watch(ctx, bad, 0); !errors.Is(err, ErrBadTopic) {
+	if _, err := m.Watch(ctx, bad, 0, 0); !errors.Is(err, ErrBadTopic) {
 		t.Errorf("Watch: %v, want ErrBadTopic", err)
 	}
 	if _, err := m.Range(ctx, bad, ID{}, 1); !errors.Is(err, ErrBadTopic) {
@@ -751,7 +751,7 @@ func TestMemoryClose(t *testing.T) {
 	if err := m.Start(rec.handle); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := m.Watch(ctx, "t", 0); err != nil {
+	if _, err := m.Watch(ctx, "t", 0, 0); err != nil {
 		t.Fatal(err)
 	}
 	mustPublish(t, m, "t", "a")
@@ -767,7 +767,7 @@ func TestMemoryClose(t *testing.T) {
 
 	checks := map[string]error{}
 	_, checks["Publish"] = m.Publish(ctx, "t", "", nil)
-	_, checks["Watch"] = m.Watch(ctx, "t", 0)
+	_, checks["Watch"] = m.Watch(ctx, "t", 0, 0)
 	_, checks["Range"] = m.Range(ctx, "t", ID{}, 1)
 	_, checks["Info"] = m.Info(ctx, "t")
 	checks["Ping"] = m.Ping(ctx)
@@ -808,7 +808,7 @@ func TestMemoryCloseWaitsForHandler(t *testing.T) {
 	if err := m.Start(h); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := m.Watch(context.Background(), "t", 0); err != nil {
+	if _, err := m.Watch(context.Background(), "t", 0, 0); err != nil {
 		t.Fatal(err)
 	}
 	mustPublish(t, m, "t", "a")
@@ -823,7 +823,7 @@ func TestMemoryPublishAllocs(t *testing.T) {
 	m := newTestMemory(t, MemoryConfig{MaxLen: 16})
 	ctx := context.Background()
 	data := []byte("payload")
-	if _, err := m.Watch(ctx, "watched", 0); err != nil {
+	if _, err := m.Watch(ctx, "watched", 0, 0); err != nil {
 		t.Fatal(err)
 	}
 	for _, topic := range []string{"plain", "watched"} {
@@ -848,7 +848,7 @@ func BenchmarkMemoryPublish(b *testing.B) {
 	if err := m.Start(func(_ string, es []Entry) { delivered.Add(int64(len(es))) }); err != nil {
 		b.Fatal(err)
 	}
-	if _, err := m.Watch(ctx, "t", 0); err != nil {
+	if _, err := m.Watch(ctx, "t", 0, 0); err != nil {
 		b.Fatal(err)
 	}
 	data := make([]byte, 128)

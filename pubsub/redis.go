@@ -409,22 +409,23 @@ func (b *Redis) Start(h Handler) error {
 }
 
 // Watch makes topic active: it returns the stream's current last ID and up
-// to tail newest entries (oldest first), and from then on the Handler
-// receives every entry after Tail.Last. Watching an already watched topic
+// to tail newest entries (oldest first) that fit in maxBytes together (by
+// Entry.Size; 0: no bound), and from then on the Handler receives every
+// entry after Tail.Last. Watching an already watched topic
 // returns a fresh Tail and leaves its delivery cursor where it is. A key
 // holding another type gives an error wrapping ErrWrongType.
 //
 // After Unwatch, a batch a reader had already read may still reach the
 // Handler; entries at or below the cursor of a new Watch are filtered out.
-func (b *Redis) Watch(ctx context.Context, topic string, tail int) (Tail, error) {
+func (b *Redis) Watch(ctx context.Context, topic string, tail, maxBytes int) (Tail, error) {
 	if err := b.check(ctx, "watch", topic); err != nil {
 		return Tail{}, err
 	}
-	if tail < 0 {
-		return Tail{}, fmt.Errorf("pubsub: watch %q: negative tail %d", topic, tail)
+	if tail < 0 || maxBytes < 0 {
+		return Tail{}, fmt.Errorf("pubsub: watch %q: negative tail %d or maxBytes %d", topic, tail, maxBytes)
 	}
 	key := b.key(topic)
-	t, err := b.tail(ctx, topic, key, tail)
+	t, err := b.tail(ctx, topic, key, tail, maxBytes)
 	if err != nil {
 		return Tail{}, fmt.Errorf("pubsub: watch %q: %w", topic, err)
 	}
@@ -700,12 +701,14 @@ func prevID(id ID) ID {
 	return ID{}
 }
 
-// tail reads the newest n entries of key (oldest first) and the ID after
-// which live delivery starts: the newest entry's ID, or for an empty stream
-// its last-generated-id, or 0-0 when the key is missing. Both come from one
-// atomic read, so no entry can slip between them.
-func (b *Redis) tail(ctx context.Context, topic, key string, n int) (Tail, error) {
-	raw, err := b.readStream(ctx, key, readRev, MaxID, max(n, 1))
+// tail reads the newest n entries of key (oldest first) that fit in
+// maxBytes (0: no bound) and the ID after which live delivery starts: the
+// newest entry's ID, or when no entry is read (an empty stream, or a newest
+// entry larger than maxBytes) its last-generated-id, or 0-0 when the key is
+// missing. Both come from one atomic read, so no entry can slip between
+// them.
+func (b *Redis) tail(ctx context.Context, topic, key string, n, maxBytes int) (Tail, error) {
+	raw, err := b.readStreamBytes(ctx, key, readRev, MaxID, max(n, 1), maxBytes)
 	if err != nil {
 		return Tail{}, err
 	}
@@ -714,7 +717,8 @@ func (b *Redis) tail(ctx context.Context, topic, key string, n int) (Tail, error
 		return Tail{}, fmt.Errorf("xrevrange reply of type %T", raw.entries)
 	}
 	if read == 0 {
-		// Missing (Last zero) or empty: any later entry sorts after Last.
+		// Missing (Last zero), empty or cut to nothing: any later entry
+		// sorts after Last.
 		return Tail{Last: raw.info.Last}, nil
 	}
 	t := Tail{Last: last}

@@ -301,9 +301,9 @@ func (r *reader) run(h Handler) {
 // missing; a fork keeps it) and h gets the topic with no entries, the broker's way of
 // saying "your position is no longer in this stream": the node then makes
 // its clients resume through the replay window, which announces the gap.
-// One pipeline of XINFO STREAM and a one-entry XREAD per stream on the
-// reader's own connection (the same node it reads), every historyCheck at
-// most.
+// One pipeline of the read script per stream (its state, and whether it
+// holds the cursor's entry: IDs only, no payload) on the reader's own
+// connection (the same node it reads), every historyCheck at most.
 func (r *reader) checkHistory(h Handler) error {
 	r.mu.Lock()
 	ws := make([]*watched, 0, len(r.topics))
@@ -330,48 +330,45 @@ func (r *reader) checkHistory(h Handler) error {
 		}
 		c = m
 	}
-	cmds := make([]*redis.XInfoStreamCmd, len(ws))
-	// The first entry after the one before the cursor: the cursor's own
-	// entry when the stream holds it. (XREAD, not XRANGE, keeps replay's
-	// read count apart.)
-	at := make([]*redis.XStreamSliceCmd, len(ws))
-	_, _ = c.Pipelined(ctx, func(p redis.Pipeliner) error {
-		for i, w := range ws {
-			cmds[i] = p.XInfoStream(ctx, w.key)
-			at[i] = p.XRead(ctx, &redis.XReadArgs{Streams: []string{w.key, prevID(curs[i]).String()}, Count: 1, Block: -1})
+	// One read per stream of its state and whether it holds the cursor's
+	// entry (its ID alone: a big payload is not read again each check).
+	states := make([]*redis.Cmd, len(ws))
+	for attempt := 0; ; attempt++ {
+		_, _ = c.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for i, w := range ws {
+				states[i] = streamRead.EvalShaRO(ctx, p, []string{w.key}, readHeld, curs[i].String(), prevID(curs[i]).String(), 0)
+			}
+			return nil
+		})
+		if err := states[0].Err(); attempt > 0 || !redis.HasErrorPrefix(err, "NOSCRIPT") {
+			break
 		}
-		return nil
-	})
-	for i, w := range ws {
-		v, err := cmds[i].Result()
-		var last, first ID
-		exists, forked := true, false
-		switch {
-		case err == nil:
-			if last, err = ParseID(v.LastGeneratedID); err != nil {
-				return fmt.Errorf("xinfo %s: %w", w.key, err)
-			}
-			if v.Length > 0 {
-				if first, err = ParseID(v.FirstEntry.ID); err != nil {
-					return fmt.Errorf("xinfo %s: %w", w.key, err)
-				}
-				// The cursor is an entry the reader delivered (or Watch's
-				// newest). Within the stream's span but not in it: the
-				// stream forked (a failover to a server that never had
-				// it, while writes went on there).
-				es, err := at[i].Result()
-				if err != nil && !errors.Is(err, redis.Nil) {
-					return &readError{err: err}
-				}
-				held := len(es) == 1 && len(es[0].Messages) == 1 && es[0].Messages[0].ID == curs[i].String()
-				forked = !curs[i].IsZero() && !curs[i].Less(first) && !last.Less(curs[i]) && !held
-			}
-		case isNoSuchKey(err):
-			exists = false
-		case isWrongType(err):
-			continue // the read parks it
-		default:
+		// A new server (a restart, a failover): load the script, once.
+		if err := streamRead.Load(ctx, c).Err(); err != nil {
 			return &readError{err: err}
+		}
+	}
+	for i, w := range ws {
+		v, err := states[i].Result()
+		if err != nil {
+			return &readError{err: err}
+		}
+		page, err := parseStreamRead(v)
+		if errors.Is(err, ErrWrongType) {
+			continue // the read parks it
+		}
+		if err != nil {
+			return fmt.Errorf("history of %s: %w", w.key, err)
+		}
+		exists, last, first := page.info.Exists, page.info.Last, page.info.First
+		forked := false
+		if page.info.Length > 0 {
+			// The cursor is an entry the reader delivered (or Watch's
+			// newest). Within the stream's span but not in it: the
+			// stream forked (a failover to a server that never had it,
+			// while writes went on there).
+			held, _ := page.entries.([]any)
+			forked = !curs[i].IsZero() && !curs[i].Less(first) && !last.Less(curs[i]) && len(held) == 0
 		}
 		r.mu.Lock()
 		if r.topics[w.key] != w {
@@ -383,10 +380,10 @@ func (r *reader) checkHistory(h Handler) error {
 			r.mu.Unlock()
 			continue // moved on meanwhile: checked next time
 		}
-		back := !exists && !from.IsZero() || exists && (last.Less(from) || v.EntriesAdded < w.added)
+		back := !exists && !from.IsZero() || exists && (last.Less(from) || page.added < w.added)
 		w.added, w.last = 0, ID{}
 		if exists {
-			w.added, w.last = v.EntriesAdded, last
+			w.added, w.last = page.added, last
 		}
 		// A fork keeps the cursor (even though entries-added went down
 		// with the lost branch): the new branch's entries after it are new
@@ -406,12 +403,6 @@ func (r *reader) checkHistory(h Handler) error {
 		}
 	}
 	return nil
-}
-
-// isNoSuchKey reports XINFO's reply for a missing key.
-func isNoSuchKey(err error) bool {
-	var re redis.Error
-	return errors.As(err, &re) && strings.HasPrefix(re.Error(), "ERR no such key")
 }
 
 // failed handles a read error: a WRONGTYPE parks the topics at fault and

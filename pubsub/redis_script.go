@@ -22,6 +22,7 @@ const (
 	readRange = "range" // entries after a position, ascending
 	readRev   = "rev"   // the newest entries, newest first
 	readInfo  = "info"  // the state alone
+	readHeld  = "held"  // the state and whether the stream holds an entry
 )
 
 // rawPage is a streamRead reply before its entries are decoded.

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 	"unicode/utf8"
+	"unsafe"
 )
 
 func TestRedisConfigValidation(t *testing.T) {
@@ -153,7 +154,7 @@ func TestRedisUnreachable(t *testing.T) {
 	if err := b.Ping(short); err == nil {
 		t.Fatal("ping succeeded with no server")
 	}
-	if _, err := b.Watch(short, "t", 0); err == nil {
+	if _, err := b.Watch(short, "t", 0, 0); err == nil {
 		t.Fatal("watch succeeded with no server")
 	}
 	if err := b.Start(func(string, []Entry) {}); err != nil {
@@ -210,10 +211,10 @@ func TestRedisArgumentChecks(t *testing.T) {
 	}
 	defer b.Close()
 	ctx := context.Background()
-	if _, err := b.Watch(ctx, "bad topic", 0); !errors.Is(err, ErrBadTopic) {
+	if _, err := b.Watch(ctx, "bad topic", 0, 0); !errors.Is(err, ErrBadTopic) {
 		t.Errorf("Watch bad topic = %v", err)
 	}
-	if _, err := b.Watch(ctx, "t", -1); err == nil {
+	if _, err := b.Watch(ctx, "t", -1, 0); err == nil {
 		t.Error("Watch negative tail succeeded")
 	}
 	if _, err := b.Range(ctx, "t", ID{}, 0); err == nil {
@@ -359,13 +360,17 @@ func TestRedisDecodeEntries(t *testing.T) {
 	}
 }
 
-// TestRedisDecodeDataIsOwned: the Handler may keep and change Data.
-func TestRedisDecodeDataIsOwned(t *testing.T) {
-	v := "payload"
+// TestRedisDecodeDataIsTheReply: Data is the reply's bulk string itself,
+// not a copy (entries are immutable; a payload is held once).
+func TestRedisDecodeDataIsTheReply(t *testing.T) {
+	v := strings.Repeat("p", 100)
 	got, _, _, _ := decodeEntries([]any{entry("1-0", "data", v)}, func(string) {})
-	got[0].Data[0] = 'P'
-	if v != "payload" {
-		t.Fatal("Data aliases the reply")
+	if len(got) != 1 || string(got[0].Data) != v || unsafe.SliceData(got[0].Data) != unsafe.StringData(v) {
+		t.Fatal("Data is a copy of the reply, or not its bytes")
+	}
+	empty, _, _, _ := decodeEntries([]any{entry("2-0", "data", "")}, func(string) {})
+	if len(empty) != 1 || empty[0].Data == nil || len(empty[0].Data) != 0 {
+		t.Fatalf("empty data decoded as %#v, want an empty non-nil slice", empty)
 	}
 }
 

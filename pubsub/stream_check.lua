@@ -11,7 +11,8 @@
 -- returned are gone), {type} when the key is not a stream ("none" when
 -- missing), else the stream_read.lua state {"stream", length,
 -- last-generated-id, max-deleted-entry-id, entries-added, first-entry-id
--- or "", the entry at the position (empty when not held), 0}.
+-- or "", {position} when the stream holds the position's entry (else
+-- empty), 0}.
 local out = {}
 for i, key in ipairs(KEYS) do
   local pos = ARGV[i]
@@ -31,9 +32,11 @@ for i, key in ipairs(KEYS) do
     if info['first-entry'] then
       first = info['first-entry'][1]
     end
+    -- The position's ID alone, not its entry: a big payload is not sent
+    -- again with every read that follows it.
     local held = {}
-    if pos ~= '0-0' then
-      held = redis.call('XRANGE', key, pos, pos)
+    if pos ~= '0-0' and #redis.call('XRANGE', key, pos, pos) > 0 then
+      held = {pos}
     end
     -- Before Redis 7 the last two fields do not exist: -1, unknown.
     out[i] = {t, info['length'], info['last-generated-id'],

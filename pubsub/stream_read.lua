@@ -6,15 +6,20 @@
 --
 -- KEYS[1]  the stream key
 -- ARGV[1]  "range": XRANGE from ARGV[2] (inclusive) to the end;
---          "rev": the newest entries, newest first; "info": no entries
--- ARGV[2]  the first ID of a range
--- ARGV[3]  the number of entries
--- ARGV[4]  "range" only, optional: a byte bound; the reply stops at the
---          entry that brings it to this many bytes (72 per entry plus its
---          field names and values), so that large entries make short
---          replies. An entry larger than the bound is a page alone. The
---          script still reads ARGV[3] entries (one XRANGE): the caller sizes
---          the count by the entries' expected size. 0: no bound.
+--          "rev": the newest entries, newest first; "info": no entries;
+--          "held": {ARGV[2]} when the stream holds that entry, else none
+--          (its ID alone: a history check does not read payloads)
+-- ARGV[2]  the first ID of a range, the ID of "held"
+-- ARGV[3]  the number of entries; for "held", the ID just before ARGV[2]
+-- ARGV[4]  optional: a byte bound (72 per entry plus its field names and
+--          values), so that large entries make short replies. "range": the
+--          reply stops at the entry that brings it to this many bytes; an
+--          entry larger than the bound is a page alone. "rev": the reply
+--          holds the newest entries that fit in the bound whole, none if
+--          the newest does not (a ring load takes only what its budget
+--          holds). The script still reads ARGV[3] entries (one XRANGE or
+--          XREVRANGE): the caller sizes the count by the entries' expected
+--          size. 0: no bound.
 --
 -- Reply: {type} when the key is not a stream ("none" when missing), else
 -- {"stream", length, last-generated-id, max-deleted-entry-id,
@@ -38,28 +43,45 @@ local entries = {}
 local cut = 0
 if ARGV[1] == 'range' then
   entries = redis.call('XRANGE', key, ARGV[2], '+', 'COUNT', ARGV[3])
-  local limit = tonumber(ARGV[4] or '0') or 0
-  if limit > 0 then
-    -- Keep the entries up to the one that brings the reply to the bound.
-    local bytes = 0
-    for i, e in ipairs(entries) do
-      bytes = bytes + 72
-      if type(e[2]) == 'table' then
-        for _, s in ipairs(e[2]) do
-          bytes = bytes + #s
-        end
-      end
-      if bytes >= limit and i < #entries then
-        for k = #entries, i + 1, -1 do
-          entries[k] = nil
-        end
-        cut = 1
-        break
-      end
-    end
-  end
 elseif ARGV[1] == 'rev' then
   entries = redis.call('XREVRANGE', key, '+', '-', 'COUNT', ARGV[3])
+elseif ARGV[1] == 'held' then
+  -- XREAD from the ID before, not XRANGE: replay's reads stay apart in
+  -- INFO commandstats.
+  local r = redis.call('XREAD', 'COUNT', 1, 'STREAMS', key, ARGV[3])
+  if r and r[1][2][1] and r[1][2][1][1] == ARGV[2] then
+    entries = {ARGV[2]}
+  end
+end
+local limit = tonumber(ARGV[4] or '0') or 0
+if limit > 0 then
+  local bytes = 0
+  for i, e in ipairs(entries) do
+    bytes = bytes + 72
+    if type(e[2]) == 'table' then
+      for _, s in ipairs(e[2]) do
+        bytes = bytes + #s
+      end
+    end
+    -- keep is how many entries the reply keeps, once the bound is reached:
+    -- up to the one that reaches it ("range"), up to the last that fits
+    -- ("rev").
+    local keep = nil
+    if ARGV[1] == 'rev' then
+      if bytes > limit then
+        keep = i - 1
+      end
+    elseif bytes >= limit and i < #entries then
+      keep = i
+    end
+    if keep then
+      for k = #entries, keep + 1, -1 do
+        entries[k] = nil
+      end
+      cut = 1
+      break
+    end
+  end
 end
 -- Before Redis 7 the last two fields do not exist: nothing is known deleted.
 return {t, info['length'], info['last-generated-id'],

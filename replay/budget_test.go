@@ -362,3 +362,73 @@ func TestRingBudgetConcurrentTopics(t *testing.T) {
 		t.Fatalf("stats %+v: want the budget held, with evictions", st)
 	}
 }
+
+// TestRingLoadsHeldToBudget: ring loads hold their bytes against RingBytes
+// before they read, so that the tails of loads in flight and the rings
+// together never pass it (a load takes what is left, nothing when nothing
+// is), at most PageBytes each; a topic loaded without its history still
+// resumes whole, from the source.
+func TestRingLoadsHeldToBudget(t *testing.T) {
+	const topics = 4
+	src := newFake()
+	for i := range topics {
+		addBig(src, fmt.Sprint("t", i), 10, 17) // 8 entries each
+	}
+	// Every load waits inside Watch until all have entered: all tails are
+	// in flight at once.
+	var entered sync.WaitGroup
+	entered.Add(topics)
+	src.onWatch = func(ctx context.Context, topic string) {
+		entered.Done()
+		entered.Wait()
+	}
+	budget := int64(10 * bigSize)
+	w := newWindow(t, src, Config{RingBytes: budget, PageBytes: 6 * bigSize})
+	var wg sync.WaitGroup
+	for i := range topics {
+		wg.Go(func() { acquire(t, w, fmt.Sprint("t", i)) })
+	}
+	wg.Wait()
+	if got := src.tailBytes.Load(); got > budget {
+		t.Errorf("loads in flight at once read tails of %d bytes, budget %d", got, budget)
+	}
+	loaded := 0
+	for i := range topics {
+		n := len(ringIDs(w, fmt.Sprint("t", i)))
+		if n > 6 {
+			t.Errorf("t%d loaded %d entries, PageBytes holds 6", i, n)
+		}
+		loaded += n
+	}
+	// 6 + 4: the first loads take PageBytes, then what is left.
+	if st := w.Stats(); loaded != 10 || st.RingBytes != int64(loaded*bigSize) || st.Evicted["budget"] != 0 {
+		t.Errorf("%d entries loaded, stats %+v: want 10 loaded, none evicted", loaded, st)
+	}
+	for i := range topics {
+		ids, gaps, _ := collect(t, w, fmt.Sprint("t", i), pubsub.ID{})
+		if !slices.Equal(ids, seq(10, 17)) || len(gaps) != 0 {
+			t.Errorf("t%d resumed from 0: %v, gaps %v; want 10..17", i, ids, gaps)
+		}
+	}
+}
+
+// TestRingBufferShrinksAfterEviction: a ring the budget emptied gives its
+// buffer back (the budget counts held entries, not slots).
+func TestRingBufferShrinksAfterEviction(t *testing.T) {
+	src := newFake()
+	w := newWindow(t, src, Config{RingSize: 64, RingBytes: int64(40 * bigSize)})
+	acquire(t, w, "cold")
+	acquire(t, w, "hot")
+	w.Append("cold", addBig(src, "cold", 10, 49)) // 40 entries: 64 slots
+	w.Append("hot", addBig(src, "hot", 10, 49))   // over budget: cold leaves
+	w.withRing("cold", func(st *topicState) {
+		if st.ring.n != 0 || len(st.ring.buf) != 0 {
+			t.Errorf("cold ring holds %d entries in %d slots, want none", st.ring.n, len(st.ring.buf))
+		}
+	})
+	w.withRing("hot", func(st *topicState) {
+		if len(st.ring.buf) > max(2*st.ring.n, minRingAlloc) || len(st.ring.buf) < st.ring.n {
+			t.Errorf("hot ring holds %d entries in %d slots", st.ring.n, len(st.ring.buf))
+		}
+	})
+}

@@ -21,6 +21,7 @@ type fakeSource struct {
 
 	watches, unwatches, ranges, infos atomic.Int64
 	maxCount                          atomic.Int64 // largest count a Range asked for
+	tailBytes                         atomic.Int64 // Entry.Size of the entries of every Watch tail
 
 	inflight sync.Map // topic -> *atomic.Int32: Watch/Unwatch calls in progress
 	overlap  atomic.Bool
@@ -109,7 +110,7 @@ func (f *fakeSource) enter(topic string) func() {
 	return func() { c.Add(-1) }
 }
 
-func (f *fakeSource) Watch(ctx context.Context, topic string, tail int) (pubsub.Tail, error) {
+func (f *fakeSource) Watch(ctx context.Context, topic string, tail, maxBytes int) (pubsub.Tail, error) {
 	defer f.enter(topic)()
 	f.watches.Add(1)
 	if f.onWatch != nil {
@@ -124,7 +125,15 @@ func (f *fakeSource) Watch(ctx context.Context, topic string, tail int) (pubsub.
 	f.mu.Lock()
 	s := f.stream(topic)
 	t := pubsub.Tail{Last: s.last}
-	k := max(0, len(s.entries)-tail)
+	k, bytes := len(s.entries), 0
+	for ; k > 0 && len(s.entries)-k < tail; k-- {
+		size := s.entries[k-1].Size()
+		if maxBytes > 0 && bytes+size > maxBytes {
+			break
+		}
+		bytes += size
+	}
+	f.tailBytes.Add(int64(bytes))
 	t.Entries = append([]pubsub.Entry(nil), s.entries[k:]...)
 	f.mu.Unlock()
 	if f.afterTail != nil {

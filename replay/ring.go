@@ -24,9 +24,33 @@ const (
 // once per locked operation rather than per entry: fewer writes to memory
 // every topic shares.
 type ringAccount struct {
-	bytes   atomic.Int64
-	evicted [numEvictReasons]atomic.Uint64
+	bytes atomic.Int64
+	// reserved is held for ring loads in flight: bytes+reserved stays
+	// within the budget while tails are read (appends alone may pass it
+	// until the next sweep).
+	reserved atomic.Int64
+	evicted  [numEvictReasons]atomic.Uint64
 }
+
+// reserve holds up to want bytes of budget for a ring load and returns
+// what it got: what budget has left beside the rings and other loads, 0 if
+// nothing.
+func (a *ringAccount) reserve(budget, want int64) int64 {
+	for {
+		r := a.reserved.Load()
+		got := min(want, budget-a.bytes.Load()-r)
+		if got <= 0 {
+			return 0
+		}
+		if a.reserved.CompareAndSwap(r, r+got) {
+			return got
+		}
+	}
+}
+
+// release gives back what reserve returned, once the ring that loaded
+// has settled what it kept.
+func (a *ringAccount) release(n int64) { a.reserved.Add(-n) }
 
 // minRingAlloc is the first allocation of a ring's buffer. Buffers grow by
 // doubling up to the ring's capacity, so a quiet topic does not pin
@@ -76,9 +100,11 @@ func (r *ring) account(delta int64) {
 	r.unsettledBytes += delta
 }
 
-// settle adds to the account what changed since the last settle. Every
-// locked operation on a ring ends with it.
+// settle adds to the account what changed since the last settle, and gives
+// back the buffer of a ring that eviction left mostly empty. Every locked
+// operation on a ring ends with it.
 func (r *ring) settle() {
+	r.fit()
 	if r.acct == nil {
 		return
 	}
@@ -139,13 +165,30 @@ func (r *ring) reserve(want int) {
 	if want <= len(r.buf) {
 		return
 	}
-	size := max(len(r.buf)*2, minRingAlloc, want)
-	size = min(size, r.max)
+	r.resize(min(max(len(r.buf)*2, minRingAlloc, want), r.max))
+}
+
+// resize moves the held entries to a new buf of size slots (>= n),
+// linearising the circle so that head is 0.
+func (r *ring) resize(size int) {
 	nb := make([]pubsub.Entry, size)
 	for i := 0; i < r.n; i++ {
 		nb[i] = *r.at(i)
 	}
 	r.buf, r.head = nb, 0
+}
+
+// fit shrinks buf once it is at most a quarter full, to twice what the
+// ring holds (nil when empty): the budget counts held entries, so the
+// slots that evictions emptied must not stay allocated. The margin keeps
+// a ring that shrinks and grows again from reallocating on every push.
+func (r *ring) fit() {
+	switch {
+	case r.n == 0:
+		r.buf, r.head = nil, 0
+	case len(r.buf) > minRingAlloc && r.n <= len(r.buf)/4:
+		r.resize(max(2*r.n, minRingAlloc))
+	}
 }
 
 // push appends e as the newest entry, evicting the oldest when full. The

@@ -16,7 +16,15 @@
 //     floor: positions below it are served from source pages, with the
 //     gap rule (a raised floor is not a deletion, so no gap). An entry
 //     larger than the whole budget is evicted as soon as it is pushed:
-//     clients get it live, a resume reads it from the source;
+//     clients get it live, a resume reads it from the source. A topic's
+//     first Acquire loads its ring with the newest entries that fit in
+//     what the budget has left, at most PageBytes: the load holds that
+//     much of the budget before it reads (until the ring has counted what
+//     it kept), so that loads in flight and the rings never pass it
+//     together, and a load that finds no room loads no history (the ring
+//     starts at the stream's last ID; older positions are served from
+//     source pages). A ring's buffer shrinks when evictions leave it a
+//     quarter full, so emptied slots do not stay allocated;
 //   - a Replay holds one page at a time, of at most PageSize entries and
 //     PageBytes but for its last entry: ring and source pages stop at the
 //     entry that brings them to PageBytes (the source cuts its reply where
@@ -100,8 +108,10 @@ import (
 // Source is what the window needs from a broker; pubsub.Memory and
 // pubsub.Redis both satisfy it.
 type Source interface {
-	// Watch activates topic and returns its last ID and up to tail newest entries.
-	Watch(ctx context.Context, topic string, tail int) (pubsub.Tail, error)
+	// Watch activates topic and returns its last ID and up to tail newest
+	// entries that fit in maxBytes together (by pubsub.Entry.Size; 0: no
+	// bound).
+	Watch(ctx context.Context, topic string, tail, maxBytes int) (pubsub.Tail, error)
 	// Unwatch stops delivering topic; it must not block.
 	Unwatch(topic string)
 	// Page returns up to count entries with ID > after, ascending, and the
@@ -310,7 +320,8 @@ func orDefault[T int | int64](v, def T) T {
 }
 
 // Acquire marks topic active for one more local subscriber. The first
-// Acquire calls Watch(ctx, topic, RingSize) and fills the ring from the
+// Acquire calls Watch for up to RingSize entries that fit in the room the
+// budget has left (see the package doc) and fills the ring from the
 // returned tail; concurrent Acquires of a topic that is still loading wait
 // for it (or their ctx). A Watch error is returned wrapped and leaves the
 // topic inactive; if it came from the loading caller's ctx ending, the
@@ -378,6 +389,10 @@ func (w *Window) load(ctx context.Context, topic string, st *topicState) (err er
 	// dropped by a reset: the stream may have been deleted and recreated
 	// since.
 	w.forget(topic)
+	// The tail is held against the budget before it is read (released
+	// below once the ring holds, and accounts for, what it kept).
+	held := w.rings.reserve(w.ringBytes, int64(w.pageBytes))
+	defer w.rings.release(held)
 	var tail pubsub.Tail
 	err = errSourcePanicked
 	defer func() {
@@ -404,7 +419,11 @@ func (w *Window) load(ctx context.Context, topic string, st *topicState) (err er
 		st.ring.settle()
 		close(st.done)
 	}()
-	tail, err = w.src.Watch(ctx, topic, w.ringSize)
+	count := w.ringSize
+	if held == 0 {
+		count = 0 // no room: the ring starts at Tail.Last
+	}
+	tail, err = w.src.Watch(ctx, topic, count, int(held))
 	return err
 }
 
