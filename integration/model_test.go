@@ -360,7 +360,7 @@ func (m *model) trim() {
 		}
 		e := old[m.rng.IntN(len(old))]
 		err := m.rc.Do(m.ctx(), "XDEL", key, e.id.String()).Err()
-		m.h.remove(topic, at, func(_ int, x *hEntry) bool { return x == e })
+		m.h.xdel(topic, e, at)
 		m.logf("XDEL %s %s: %v", topic, e.id, err)
 	}
 }

@@ -395,9 +395,18 @@ type hEntry struct {
 	id      pubsub.ID
 	payload string
 	sentAt  time.Time // before the command that added it was sent
+	// firstSent is sentAt of the first epoch that held this very entry (ID
+	// and payload): a RESTOREd entry was published long before the RESTORE.
+	// A client that started live after it had passed it and is not owed it
+	// when the same entry comes back.
+	firstSent time.Time
 	// delAt is the earliest time the entry may have left the stream (a trim,
 	// XDEL, DEL, data loss); zero while it surely is there.
 	delAt time.Time
+	// xdel: it left by XDEL. hiddenAt: when an XDEL of a higher ID made
+	// that removal untraceable (Redis keeps only the highest removed ID).
+	xdel     bool
+	hiddenAt time.Time
 }
 
 // hEpoch is one history of a stream: from its creation (or a restore) to
@@ -522,9 +531,15 @@ func (h *history) add(topic string, id pubsub.ID, payload string, sentAt time.Ti
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	ep := h.currentLocked(topic)
-	e := &hEntry{id: id, payload: payload, sentAt: sentAt}
+	key := entryKey(id, payload)
+	e := &hEntry{id: id, payload: payload, sentAt: sentAt, firstSent: sentAt}
+	for _, old := range h.topics[topic] {
+		if o := old.byKey[key]; o != nil && o.firstSent.Before(e.firstSent) {
+			e.firstSent = o.firstSent
+		}
+	}
 	ep.entries = append(ep.entries, e)
-	ep.byKey[entryKey(id, payload)] = e
+	ep.byKey[key] = e
 }
 
 // remove marks the current epoch's entries for which del is true (and not
@@ -566,6 +581,20 @@ func (h *history) newEpoch(topic string, at time.Time) {
 	defer h.mu.Unlock()
 	eps := h.topics[topic]
 	h.topics[topic] = append(eps, &hEpoch{n: len(eps), start: at, byKey: make(map[string]*hEntry), maxAge: h.maxAge})
+}
+
+// xdel records the XDEL of e at at: e is gone, and earlier XDELs below
+// it leave no trace from now on.
+func (h *history) xdel(topic string, e *hEntry, at time.Time) {
+	h.remove(topic, at, func(_ int, x *hEntry) bool { return x == e })
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	e.xdel = true
+	for _, x := range h.currentLocked(topic).entries {
+		if x.xdel && x.id.Less(e.id) && x.hiddenAt.IsZero() {
+			x.hiddenAt = at
+		}
+	}
 }
 
 // present returns the current epoch's entries not marked gone.
@@ -657,7 +686,8 @@ func topicOf(payload string) string {
 //     (position: its "requested"; after a reset gap, none: everything the
 //     stream holds follows), else the start (position: the
 //     initial Last-Event-ID; for a live start, no position but only entries
-//     sent after the first stream opened). An entry e of b's epoch is owed
+//     first published after the first stream opened: an entry RESTOREd
+//     as it was is not new). An entry e of b's epoch is owed
 //     before b when its ID is between A's position and b's ID, it was not
 //     already received (since the last reset gap), it was not removed within
 //     removalGrace of being added, and, when A is a gap or a start from
@@ -666,6 +696,10 @@ func topicOf(payload string) string {
 //     history moved under the client) A's position is no bound: every entry
 //     of b's epoch below b is owed, except those that a's epoch held below
 //     a (the client had them or had passed them before the history moved).
+//     An entry removed by XDEL is not owed once an XDEL of a higher ID
+//     has come before b: Redis keeps only the highest removed ID, so the
+//     first removal left no trace a reader can see (a documented limit of
+//     the gap rule).
 //     Receiving b while an owed entry was never received, with no sse-gap
 //     in between, is a violation: a silent skip.
 //
@@ -804,11 +838,14 @@ func checkTopic(h *history, c *wClient, items []recvItem, ti int, topic string, 
 			if bounded && (e.id.Less(prev.id) || (e.id == prev.id && !prev.inclusive)) {
 				continue
 			}
-			if prev.noBound && !e.sentAt.After(prev.at) {
+			if prev.noBound && !e.firstSent.After(prev.at) {
 				continue
 			}
 			if g := ep.gone(e); !g.IsZero() && (g.Sub(e.sentAt) < removalGrace || (prev.gap && !g.After(prev.at))) {
 				continue
+			}
+			if !e.hiddenAt.IsZero() && !e.hiddenAt.After(it.at) {
+				continue // its XDEL left no trace by then (see checkClient)
 			}
 			if seen[entryKey(e.id, e.payload)] {
 				continue

@@ -302,6 +302,11 @@ func (m *Memory) read(ctx context.Context, op, topic string, after ID, count int
 	return p, nil
 }
 
+// Recheck does nothing: the embedded broker's reader sees every trim that
+// overtakes it as it happens (see take), and its streams are never deleted
+// or made again.
+func (m *Memory) Recheck(string) {}
+
 // Ping reports ErrClosed after Close, else the context's error, else nil.
 func (m *Memory) Ping(ctx context.Context) error {
 	if m.closed.Load() {

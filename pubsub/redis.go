@@ -498,6 +498,33 @@ func (b *Redis) Unwatch(topic string) {
 	}
 }
 
+// Recheck makes the reader of topic check its watched streams' history
+// (see reader.checkHistory) right after its current read instead of at its
+// next periodic check: a caller that read the stream and found that it
+// lost what was delivered live (it is gone, or its last ID is below what
+// the reader delivered) calls it, so that live delivery does not go on from
+// a cursor in the old history. It does not block.
+func (b *Redis) Recheck(topic string) {
+	if b.closed.Load() {
+		return
+	}
+	key := b.key(topic)
+	r := b.readerFor(key)
+	if r == nil {
+		return
+	}
+	r.mu.Lock()
+	_, had := r.topics[key]
+	if had {
+		r.recheck.Store(true)
+		r.gen++ // the waker ends the blocked read (CLIENT UNBLOCK)
+	}
+	r.mu.Unlock()
+	if had {
+		b.wakeReader(r)
+	}
+}
+
 // Publish appends an entry to topic's stream, as any Go publisher would:
 //
 //	XADD <Prefix><topic> MAXLEN ~ <MaxLen> * data <data> [event <event>]

@@ -49,6 +49,8 @@ type reader struct {
 	wake chan struct{}
 	// applied is the gen of the topic set the current (or last) read uses.
 	applied atomic.Uint64
+	// recheck asks for a history check after the current read (Recheck).
+	recheck atomic.Bool
 
 	mu     sync.Mutex
 	topics map[string]*watched // by key; guarded by mu
@@ -271,7 +273,7 @@ func (r *reader) run(h Handler) {
 		if err == nil {
 			err = r.block(set, nextCheck, h)
 		}
-		if err == nil && time.Since(checked) >= historyCheck {
+		if err == nil && (r.recheck.Swap(false) || time.Since(checked) >= historyCheck) {
 			err = r.checkHistory(h)
 			checked = time.Now()
 		}

@@ -20,6 +20,7 @@ type fakeSource struct {
 	streams map[string]*fakeStream
 
 	watches, unwatches, ranges, infos atomic.Int64
+	rechecked                         sync.Map     // topic -> true: Recheck was called
 	maxCount                          atomic.Int64 // largest count a Range asked for
 	tailBytes                         atomic.Int64 // Entry.Size of the entries of every Watch tail
 
@@ -186,6 +187,8 @@ func (f *fakeSource) Page(ctx context.Context, topic string, after pubsub.ID, co
 	}
 	return p, nil
 }
+
+func (f *fakeSource) Recheck(topic string) { f.rechecked.Store(topic, true) }
 
 func (f *fakeSource) Info(ctx context.Context, topic string) (pubsub.StreamInfo, error) {
 	f.infos.Add(1)

@@ -269,6 +269,46 @@ func TestReplayRecreatedHigherUnderLiveRing(t *testing.T) {
 	}
 }
 
+// TestReplayLostUnderLiveReader: a resume that finds the stream gone, or
+// its last ID below what the live path delivered, while the broker has not
+// signalled a reset (it checks history about once a second), asks the
+// broker to check now and empties the ring; a resume that merely asks for
+// a future position does neither.
+func TestReplayLostUnderLiveReader(t *testing.T) {
+	tests := []struct {
+		name    string
+		change  func(src *fakeSource)
+		pos     uint64
+		want    []string
+		recheck bool
+	}{
+		{"deleted, resume inside the ring", func(src *fakeSource) { src.lose("t") }, 50, []string{"gap 50-0..0-0!"}, true},
+		{"deleted, resume below the ring", func(src *fakeSource) { src.lose("t") }, 5, []string{"gap 5-0..0-0!"}, true},
+		{"moved back", func(src *fakeSource) { src.lose("t"); src.add("t", 1, 30) }, 50, strs([]string{"gap 50-0..1-0!"}, 1, 30), true},
+		{"no change, a future position", func(*fakeSource) {}, 500, strs([]string{"gap 500-0..1-0!"}, 1, 100), false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			src := newFake()
+			src.add("t", 1, 100)
+			w := newWindow(t, src, Config{RingSize: 64})
+			acquire(t, w, "t") // ring holds 37..100
+			tt.change(src)
+			got, _ := events(t, w, "t", id(tt.pos))
+			if !slices.Equal(got, tt.want) {
+				t.Fatalf("got %v\nwant %v", got, tt.want)
+			}
+			_, rechecked := src.rechecked.Load("t")
+			if rechecked != tt.recheck {
+				t.Fatalf("Recheck called: %v, want %v", rechecked, tt.recheck)
+			}
+			if last, _ := w.Last("t"); tt.recheck && !last.IsZero() {
+				t.Fatalf("ring's last ID %s after the stream lost it, want it emptied", last)
+			}
+		})
+	}
+}
+
 // TestReplayRecreatedHigherAtRingFloor: a ring loaded from an emptied
 // stream covers only its floor (the stream's last ID); once the stream is
 // recreated with higher IDs, that position was never an entry of the new

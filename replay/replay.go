@@ -295,6 +295,7 @@ func (w *Window) sourcePage(ctx context.Context, topic string, from pubsub.ID, c
 		// A page read before a Reset of its topic ends may describe the
 		// old stream: never keep it.
 		if w.resets.Load() == resets {
+			w.sawState(topic, &p.Info)
 			w.recent.noteState(topic, p.Info, at)
 			if p.Read == count || p.Cut {
 				w.recent.put(key, &p, w.now())

@@ -121,6 +121,10 @@ type Source interface {
 	Page(ctx context.Context, topic string, after pubsub.ID, count, maxBytes int) (pubsub.Page, error)
 	// Info describes topic's stream, to check a ring against it.
 	Info(ctx context.Context, topic string) (pubsub.StreamInfo, error)
+	// Recheck tells the live reader of topic that a read found the stream
+	// lost what was delivered live: it should check the stream's history
+	// now, not at its next periodic check. It must not block.
+	Recheck(topic string)
 }
 
 // Defaults for zero Config fields.
@@ -558,24 +562,53 @@ func (w *Window) checkRing(ctx context.Context, topic string) error {
 	if err != nil {
 		return fmt.Errorf("replay: stream info of %q: %w", topic, err)
 	}
+	lost := false
 	w.withRing(topic, func(st *topicState) {
 		if st == c.st && st.phase == active && w.resets.Load() == c.resets {
-			st.applyCheckLocked(c)
+			lost = st.applyCheckLocked(c)
 		}
 	})
+	if lost {
+		w.src.Recheck(topic)
+	}
 	return nil
+}
+
+// lostUnder reports that the stream in info lost entries delivered live up
+// to last: it is gone, or its last ID went below last. That is a reset the
+// broker has not (yet) signalled: it checks a stream's history about once
+// a second, and a DEL followed by a RESTORE of the same entries within that
+// time would look to it like no change at all, while clients resuming in
+// between were told of the reset.
+func lostUnder(info *pubsub.StreamInfo, last pubsub.ID) bool {
+	return (!info.Exists && !last.IsZero()) || info.Last.Less(last)
+}
+
+// sawState takes the state of topic's stream read by a page: if it lost
+// what the live path delivered, the ring is emptied and the broker asked
+// to check the stream's history now.
+func (w *Window) sawState(topic string, info *pubsub.StreamInfo) {
+	lost := false
+	w.withRing(topic, func(st *topicState) {
+		if st.phase == active && lostUnder(info, st.last) {
+			st.resetLocked()
+			lost = true
+		}
+	})
+	if lost {
+		w.src.Recheck(topic)
+	}
 }
 
 // applyCheckLocked makes st's ring answer as the stream in c does: every
 // position it covers gets from it what a source page would give, with no
-// gap. st's ring must be locked.
-func (st *topicState) applyCheckLocked(c ringCheck) {
+// gap. It reports that the stream lost what the ring holds (lostUnder); the
+// ring is then empty. st's ring must be locked.
+func (st *topicState) applyCheckLocked(c ringCheck) (lost bool) {
 	info := &c.info
-	if (!info.Exists && !c.last.IsZero()) || info.Last.Less(c.last) {
-		// The stream lost what the ring holds: a reset the broker has not
-		// (yet) signalled.
+	if lostUnder(info, c.last) {
 		st.resetLocked()
-		return
+		return true
 	}
 	r := &st.ring
 	r.raiseFloor(info.MaxDeleted)
@@ -595,6 +628,7 @@ func (st *topicState) applyCheckLocked(c ringCheck) {
 	if st.checkedAt.Before(c.at) {
 		st.checkedAt = c.at
 	}
+	return false
 }
 
 // Last returns the newest ID the window has seen for topic (the ring's
