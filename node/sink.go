@@ -179,3 +179,17 @@ func (s *connSink) send(w *wire) error {
 }
 
 func (s *connSink) SetWriteDeadline(t time.Time) error { return s.conn.SetWriteDeadline(t) }
+
+// consume drops the first n bytes of *b, as a vectored write that wrote n
+// bytes does.
+func consume(b *net.Buffers, n int) {
+	for len(*b) > 0 {
+		if n < len((*b)[0]) {
+			(*b)[0] = (*b)[0][n:]
+			return
+		}
+		n -= len((*b)[0])
+		(*b)[0] = nil
+		*b = (*b)[1:]
+	}
+}

@@ -1,0 +1,73 @@
+package node
+
+import (
+	"net"
+	"syscall"
+	"unsafe"
+)
+
+// vecWriter writes a chunk to a socket in one writev(2) without waiting:
+// what the socket buffer does not take now is left in the buffers for the
+// caller to finish elsewhere. Going through the raw descriptor skips the
+// write deadline a net.Conn write needs to be bounded (arming and
+// disarming a runtime timer per write was a visible share of a pool
+// writer's time); a call that cannot block needs no bound. One per pool
+// writer: its iovec array is reused.
+type vecWriter struct {
+	iov []syscall.Iovec
+}
+
+// iovMax is the kernel's limit on iovecs per writev (UIO_MAXIOV).
+const iovMax = 1024
+
+// writeNow writes what the socket takes of *b now, and consumes it from
+// *b. A full socket buffer (EAGAIN) is no error: *b keeps the rest. ok is
+// false when conn offers no raw descriptor; nothing was written then.
+func (v *vecWriter) writeNow(rc syscall.RawConn, b *net.Buffers) (ok bool, err error) {
+	if rc == nil {
+		return false, nil
+	}
+	for len(*b) > 0 {
+		v.iov = v.iov[:0]
+		for _, p := range *b {
+			if len(p) == 0 {
+				continue
+			}
+			iov := syscall.Iovec{Base: &p[0]}
+			iov.SetLen(len(p))
+			v.iov = append(v.iov, iov)
+			if len(v.iov) == iovMax {
+				break
+			}
+		}
+		if len(v.iov) == 0 {
+			*b = (*b)[:0]
+			return true, nil
+		}
+		var n uintptr
+		var errno syscall.Errno
+		if cerr := rc.Write(func(fd uintptr) bool {
+			for {
+				n, _, errno = syscall.Syscall(syscall.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&v.iov[0])), uintptr(len(v.iov)))
+				if errno != syscall.EINTR {
+					return true // never wait: a full buffer is the caller's to finish
+				}
+			}
+		}); cerr != nil {
+			return true, cerr
+		}
+		clear(v.iov) // drop the references to the frames' bytes
+		switch errno {
+		case 0:
+		case syscall.EAGAIN:
+			return true, nil
+		default:
+			return true, &net.OpError{Op: "writev", Net: "tcp", Err: errno}
+		}
+		consume(b, int(n))
+		if int(n) == 0 {
+			return true, nil
+		}
+	}
+	return true, nil
+}
