@@ -9,6 +9,7 @@ import (
 	"runtime"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -23,9 +24,11 @@ import (
 //     which puts it on one of the pool writers' ready queues. A writer runs
 //     the stream's step (stream.go), the same decision the net/http driver
 //     makes, and writes what it gathered as one chunk in one vectored write
-//     of the shared frames, with a short deadline. A write cut short (the
-//     client's socket buffer is full) is finished by a goroutine of its own
-//     within SSE_WRITE_TIMEOUT, so a slow client never holds a pool writer.
+//     of the shared frames that never waits (writev on the raw socket on
+//     Linux, so no deadline is armed per write; elsewhere a net.Conn write
+//     with a short deadline). A write cut short (the client's socket
+//     buffer is full) is finished by a goroutine of its own within
+//     SSE_WRITE_TIMEOUT, so a slow client never holds a pool writer.
 //   - One goroutine sends heartbeats to streams idle for SSE_HEARTBEAT.
 //   - A client that leaves is seen at once by the close watcher (epoll on
 //     Linux, a small reader goroutine per stream elsewhere), or by the next
@@ -33,8 +36,9 @@ import (
 //
 // The goroutines, their owner and the lock order are in stream.go.
 
-// poolWriteTimeout bounds a pool writer's write; past it the rest of the
-// chunk goes to a goroutine of its own.
+// poolWriteTimeout bounds a pool writer's write where there is no raw
+// socket to write without waiting; past it the rest of the chunk goes to a
+// goroutine of its own.
 const poolWriteTimeout = 10 * time.Millisecond
 
 // writerPool owns the hijacked streams' goroutines. The streams themselves
@@ -204,6 +208,9 @@ func (p *writerPool) attach(s *stream, conn net.Conn) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	s.conn, s.ready = conn, &p.queues[p.next.Add(1)%uint32(len(p.queues))]
+	if sc, ok := conn.(syscall.Conn); ok {
+		s.raw, _ = sc.SyscallConn()
+	}
 	p.n.streams.add(s)
 	if p.stopped {
 		conn.Close()
@@ -222,6 +229,9 @@ func (p *writerPool) open(s *stream, header http.Header) {
 		p.end(s, reason)
 		return
 	}
+	// The pool's writes set no deadline (they never wait): the replay's
+	// must not outlive it.
+	_ = s.conn.SetWriteDeadline(time.Time{})
 	s.lastWrite.Store(time.Now().UnixNano())
 	if err := p.add(s); err != nil {
 		p.end(s, reasonWriteError)
@@ -299,6 +309,7 @@ type poolWriter struct {
 	p     *writerPool
 	batch []*frame
 	out   *wire
+	vw    vecWriter
 }
 
 // serve writes what one stream has ready, as one chunk in one vectored
@@ -328,9 +339,15 @@ func (w *poolWriter) serve(s *stream) {
 	}
 	start := time.Now()
 	vec := out.chunk()
-	_ = s.conn.SetWriteDeadline(start.Add(min(poolWriteTimeout, n.cfg.WriteTimeout)))
-	_, err := vec.WriteTo(s.conn)
-	if err != nil && errors.Is(err, os.ErrDeadlineExceeded) && len(*vec) > 0 && n.cfg.WriteTimeout > poolWriteTimeout {
+	raw, err := w.vw.writeNow(s.raw, vec)
+	if !raw {
+		// No raw descriptor: a net.Conn write, bounded by a short deadline.
+		_ = s.conn.SetWriteDeadline(start.Add(min(poolWriteTimeout, n.cfg.WriteTimeout)))
+		if _, err = vec.WriteTo(s.conn); errors.Is(err, os.ErrDeadlineExceeded) && n.cfg.WriteTimeout > poolWriteTimeout {
+			err = nil // the rest is finished below
+		}
+	}
+	if err == nil && len(*vec) > 0 {
 		// The client's socket buffer is full: finish on a goroutine of
 		// the stream's own, so the pool moves on. It still owns the
 		// stream, and takes the wire (the frames stay referenced, not
@@ -375,6 +392,10 @@ func (p *writerPool) finishWrite(s *stream, out *wire, rest *net.Buffers, start 
 		err = errOverflow
 	} else {
 		_, err = rest.WriteTo(s.conn)
+	}
+	if err == nil {
+		// Pool writes set no deadline: this one must not outlive the write.
+		_ = s.conn.SetWriteDeadline(time.Time{})
 	}
 	p.finished(s, out, start, err)
 }

@@ -189,3 +189,68 @@ func TestOverflowCutsStuckWrite(t *testing.T) {
 		t.Fatalf("overflow disconnects = %v, want 1", over)
 	}
 }
+
+// TestPausedClientOutlivesWriteTimeout: a stream keeps working long after
+// SSE_WRITE_TIMEOUT: after an idle time following its replay, and after
+// its client stopped reading long enough to fill its socket (a pool write
+// finished off the pool) and then caught up. Neither the replay's write
+// nor that slow write may leave a deadline on the socket that a later
+// write trips over.
+func TestPausedClientOutlivesWriteTimeout(t *testing.T) {
+	const timeout = 300 * time.Millisecond
+	tn := newTestNode(t, testOpts{hijack: true, cfg: Config{
+		WriteTimeout:     timeout,
+		SocketSendBuffer: 16 << 10,
+	}})
+	addr := strings.TrimPrefix(tn.srv.URL, "http://")
+	tn.publish(t, "p", "", "before")
+	// Resume from 0: the opening and replay write under a deadline. (A
+	// normal receive buffer: with a tiny one the kernel waits for its
+	// persist timer to resume sending, longer than the write timeout.)
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	fmt.Fprintf(conn, "GET /events?topic=p HTTP/1.1\r\nHost: test\r\nLast-Event-ID: 0\r\n\r\n")
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// No resp.Body.Close: it would read to the end of an endless stream;
+	// closing conn ends it.
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	want := func(prefix string) {
+		t.Helper()
+		for sc.Scan() {
+			if strings.HasPrefix(sc.Text(), "data: "+prefix) {
+				return
+			}
+		}
+		t.Fatalf("stream ended before %q: %v (disconnects: write_timeout %v, write_error %v)", prefix, sc.Err(),
+			testutil.ToFloat64(tn.m.disconnects.WithLabelValues(reasonWriteTimeout)),
+			testutil.ToFloat64(tn.m.disconnects.WithLabelValues(reasonWriteError)))
+	}
+	want("before")
+	time.Sleep(3 * timeout) // past the replay's deadline
+	tn.publish(t, "p", "", "idle")
+	want("idle")
+
+	// Fill the path while the client reads nothing, but stay within the
+	// write timeout: the pool's write is cut short and finished later.
+	payload := strings.Repeat("y", 32<<10)
+	const burst = 24 // 768 KiB: more than the path holds, less than the queue
+	for i := range burst {
+		tn.publish(t, "p", "", fmt.Sprintf("burst %d %s", i, payload))
+	}
+	time.Sleep(timeout / 3)
+	for i := range burst {
+		want(fmt.Sprintf("burst %d ", i))
+	}
+	time.Sleep(3 * timeout) // past the slow write's deadline
+	for i := range 3 {
+		tn.publish(t, "p", "", fmt.Sprintf("after %d", i))
+		want(fmt.Sprintf("after %d", i))
+	}
+}

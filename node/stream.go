@@ -4,6 +4,7 @@ import (
 	"net"
 	"net/netip"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/ssecluster/ssecluster/pubsub"
@@ -49,6 +50,9 @@ type stream struct {
 	// conn is the hijacked connection of a pool stream, set (under
 	// writerPool.mu) before it is registered; nil on net/http.
 	conn net.Conn
+	// raw is conn's descriptor for the pool writers' writes that never
+	// wait (vecWriter); nil when conn has none.
+	raw syscall.RawConn
 	// ready is the pool writers' queue a pool stream waits in when
 	// scheduled; nil on net/http.
 	ready *readyQueue
