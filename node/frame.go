@@ -23,8 +23,12 @@ type frame struct {
 	buf    []byte
 	events []frameEvent
 	topic  string
-	refs   atomic.Int32
-	class  int8 // pool size class; -1 when not pooled
+	// prev is the ID the broker delivered before the frame's first event,
+	// which the frame continues from; zero when unknown (replay frames, the
+	// first delivery after a reset).
+	prev  pubsub.ID
+	refs  atomic.Int32
+	class int8 // pool size class; -1 when not pooled
 }
 
 // frameEvent locates one event inside a frame's buf.
@@ -137,7 +141,7 @@ const maxBatchBytes = 16 << 10
 // encodeFrames encodes entries into as few frames as fit maxBatchBytes
 // (one entry never splits), appending them to dst. Each frame holds one
 // reference for the caller.
-func encodeFrames(dst []*frame, topic string, entries []pubsub.Entry) []*frame {
+func encodeFrames(dst []*frame, topic string, prev pubsub.ID, entries []pubsub.Entry) []*frame {
 	for len(entries) > 0 {
 		n, size := 1, frameSize(&entries[0])
 		for n < len(entries) {
@@ -148,7 +152,9 @@ func encodeFrames(dst []*frame, topic string, entries []pubsub.Entry) []*frame {
 			size += s
 			n++
 		}
-		dst = append(dst, encodeFrame(topic, entries[:n], size))
+		f := encodeFrame(topic, entries[:n], size)
+		f.prev, prev = prev, entries[n-1].ID
+		dst = append(dst, f)
 		entries = entries[n:]
 	}
 	return dst
@@ -163,7 +169,7 @@ func encodeFrame(topic string, entries []pubsub.Entry, size int) *frame {
 		f.buf, body = appendEvent(f.buf, e.ID, e.Event, e.Data)
 		f.events = append(f.events, frameEvent{id: e.ID, start: start, body: body})
 	}
-	f.topic = topic
+	f.topic, f.prev = topic, pubsub.ID{}
 	return f
 }
 

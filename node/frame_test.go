@@ -149,7 +149,7 @@ func TestEncodeFramesBatches(t *testing.T) {
 	for i := range 100 {
 		entries = append(entries, pubsub.Entry{ID: pubsub.ID{Ms: 9, Seq: uint64(i)}, Data: bytes.Repeat([]byte("z"), 400)})
 	}
-	frames := encodeFrames(nil, "t", entries)
+	frames := encodeFrames(nil, "t", pubsub.ID{}, entries)
 	var all []byte
 	n := 0
 	for _, f := range frames {
@@ -189,7 +189,7 @@ func TestGatherSkipsAndComposes(t *testing.T) {
 		{ID: pubsub.ID{Ms: 1, Seq: 2}, Data: []byte("b")},
 		{ID: pubsub.ID{Ms: 1, Seq: 3}, Event: "e", Data: []byte("c")},
 	}
-	f := encodeFrames(nil, "t2", entries)[0]
+	f := encodeFrames(nil, "t2", pubsub.ID{}, entries)[0]
 	defer f.Release()
 	tests := []struct {
 		name   string

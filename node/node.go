@@ -289,14 +289,14 @@ func (n *Node) deliver(topic string, entries []pubsub.Entry) {
 		n.reset(topic)
 		return
 	}
-	n.window.Append(topic, entries)
+	prev := n.window.Append(topic, entries)
 	n.m.brokerEvents.Add(float64(len(entries)))
 	now := time.Now()
 	for i := range entries {
 		n.m.readLag.Observe(now.Sub(entries[i].Time()).Seconds())
 	}
 	var stack [8]*frame
-	frames := encodeFrames(stack[:0], topic, entries)
+	frames := encodeFrames(stack[:0], topic, prev, entries)
 	subs := n.hub.fanout(topic, frames, n.refused)
 	if n.tracer != nil {
 		n.traceDeliveries(topic, entries, subs)

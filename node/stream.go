@@ -152,7 +152,16 @@ func (n *Node) step(s *stream, w *wire, batch []*frame, heartbeatDue bool) (stri
 	}
 	if len(batch) > 0 {
 		n.m.queueDepth.Observe(float64(len(batch)))
-		for _, f := range batch {
+		for j, f := range batch {
+			if s.behind(f) {
+				for _, g := range batch[j:] {
+					g.Release()
+				}
+				clear(batch)
+				w.reset()
+				n.m.slowDisconnects.WithLabelValues(reasonStreamReset).Inc()
+				return reasonStreamReset, batch
+			}
 			s.gather(w, f)
 		}
 		clear(batch)
@@ -230,6 +239,22 @@ func (s *stream) takeRetry() []byte {
 		s.positioned.Store(true)
 	}
 	return r
+}
+
+// behind reports that live frame f continues from a position above the
+// stream's position in its topic, with events the client lacks: entries
+// between the two may exist that neither the replay nor the live path
+// gave it (the broker's reader went on in a history the replay did not
+// see, e.g. a stream deleted and restored while the client resumed). The
+// stream must then end, so that the client resumes from its position and
+// the replay applies the gap rule there. A position of 0-0 (no position,
+// or a reset that restarted the history) takes any frame.
+func (s *stream) behind(f *frame) bool {
+	i := s.topicOf(f)
+	if i < 0 || s.pos[i].IsZero() || !s.pos[i].Less(f.prev) {
+		return false
+	}
+	return f.after(s.pos[i]) < len(f.events)
 }
 
 // gather adds to w the events of f that the client has not had yet

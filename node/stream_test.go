@@ -16,6 +16,7 @@ func TestStep(t *testing.T) {
 		name      string
 		queued    int       // frames pushed, IDs 1-1, 1-2, ...
 		pos       pubsub.ID // the client's position
+		prev      pubsub.ID // what the first frame continues from (zero: unknown)
 		heartbeat bool      // a heartbeat is due
 		setup     func(*Node, *stream)
 		reason    string
@@ -30,6 +31,10 @@ func TestStep(t *testing.T) {
 		{name: "drain", queued: 1, setup: func(n *Node, _ *stream) { n.draining.Store(true) }, reason: reasonDrain},
 		{name: "closed", queued: 1, setup: func(n *Node, c *stream) { n.closeStream(c, reasonMaxAge) }, reason: reasonMaxAge},
 		{name: "overflow", queued: 3, reason: reasonSlowClient},
+		{name: "frames continue from the position", queued: 2, pos: pubsub.ID{Ms: 1}, prev: pubsub.ID{Ms: 1}, want: "id: 1-1\ndata: d\n\nid: 1-2\ndata: d\n\n"},
+		{name: "frames continue from past the position", queued: 2, pos: pubsub.ID{Seq: 5}, prev: pubsub.ID{Ms: 1}, reason: reasonStreamReset},
+		{name: "frames continue from inside the position's frame", queued: 2, pos: pubsub.ID{Ms: 1, Seq: 1}, prev: pubsub.ID{Ms: 1}, want: "id: 1-2\ndata: d\n\n"},
+		{name: "no position takes any frame", queued: 2, prev: pubsub.ID{Ms: 1}, want: "id: 1-1\ndata: d\n\nid: 1-2\ndata: d\n\n"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -37,8 +42,12 @@ func TestStep(t *testing.T) {
 			c := &stream{topics: []string{"t"}, pos: []pubsub.ID{tt.pos}}
 			c.q = newQueue(2, 1<<20, false, func() {})
 			var frames []*frame
+			prev := tt.prev
 			for i := range tt.queued {
 				f := encodeOne("t", entry(uint64(i+1)))
+				if !prev.IsZero() {
+					f.prev, prev = prev, f.ID()
+				}
 				f.retain(1) // the queue's, given back if it refuses (as fan-out does)
 				if c.q.push(f) != accepted {
 					f.Release()

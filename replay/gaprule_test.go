@@ -356,3 +356,31 @@ func TestRingCheckStalledSource(t *testing.T) {
 		t.Fatal("the replay waits for a stalled ring check")
 	}
 }
+
+// TestAppendReturnsLivePosition: Append tells what the broker delivered
+// before its entries (the Tail's Last at first), which a ring emptied on
+// a read's evidence does not change (the reader still reads from there)
+// and the broker's reset clears.
+func TestAppendReturnsLivePosition(t *testing.T) {
+	src := newFake()
+	src.add("t", 1, 100)
+	w := newWindow(t, src, Config{RingSize: 64})
+	acquire(t, w, "t")
+	if prev := w.Append("t", src.add("t", 101, 101)); prev != id(100) {
+		t.Fatalf("first Append: prev %s, want the tail's last 100-0", prev)
+	}
+	if prev := w.Append("t", src.add("t", 102, 103)); prev != id(101) {
+		t.Fatalf("second Append: prev %s, want 101-0", prev)
+	}
+	// A resume finds the stream gone: the ring is emptied, the live
+	// position stays.
+	src.lose("t")
+	events(t, w, "t", id(50))
+	if prev := w.Append("t", []pubsub.Entry{entry(104)}); prev != id(103) {
+		t.Fatalf("Append after the ring was emptied: prev %s, want 103-0", prev)
+	}
+	w.Reset("t")
+	if prev := w.Append("t", []pubsub.Entry{entry(1)}); !prev.IsZero() {
+		t.Fatalf("Append after Reset: prev %s, want zero (unknown)", prev)
+	}
+}

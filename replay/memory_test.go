@@ -20,7 +20,7 @@ func TestWindowOverMemoryBroker(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = b.Close() })
 	w := newWindow(t, b, Config{RingSize: 20, PageSize: 7})
-	if err := b.Start(w.Append); err != nil {
+	if err := b.Start(func(topic string, entries []pubsub.Entry) { w.Append(topic, entries) }); err != nil {
 		t.Fatal(err)
 	}
 	var ids []pubsub.ID

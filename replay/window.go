@@ -266,6 +266,11 @@ type topicState struct {
 	// after a reset, so that the stream's new entries are taken whatever
 	// their IDs.
 	last pubsub.ID
+	// live is the newest ID the broker's reader delivered (or Tail.Last):
+	// where its next delivery continues from. Only the broker's reset
+	// signal (Reset) clears it; a ring emptied on a read's evidence
+	// leaves it, since the reader still reads from there.
+	live pubsub.ID
 	ring ring
 	// checkedAt is when the read that last checked the ring against the
 	// stream started; zero if never, or since a reset.
@@ -417,6 +422,9 @@ func (w *Window) load(ctx context.Context, topic string, st *topicState) (err er
 				tail.Last = st.last
 			}
 			st.last = tail.Last
+			if st.live.Less(tail.Last) {
+				st.live = tail.Last
+			}
 			st.phase = active
 			w.evictAgedLocked(st)
 		}
@@ -481,26 +489,38 @@ func (w *Window) unwatch(topic string, st *topicState) {
 // newer than the newest seen (late or repeated deliveries). It does no I/O
 // and allocates only when a ring grows toward its capacity. When the rings
 // exceed RingBytes, it evicts the coldest entries (see the package doc).
-func (w *Window) Append(topic string, entries []pubsub.Entry) {
+//
+// It returns the newest ID the broker delivered before entries, which they
+// continue from, so that the node can tell a client whose position lies
+// below it that entries between the two may exist; zero when unknown (the
+// topic is not active, or the broker reset it since).
+func (w *Window) Append(topic string, entries []pubsub.Entry) (prev pubsub.ID) {
 	if len(entries) == 0 {
-		return
+		return pubsub.ID{}
 	}
-	w.append(topic, entries)
+	prev = w.append(topic, entries)
 	w.keepBudget()
+	return prev
 }
 
 // append is Append but for the budget, which needs the locks released.
-func (w *Window) append(topic string, entries []pubsub.Entry) {
+func (w *Window) append(topic string, entries []pubsub.Entry) (prev pubsub.ID) {
 	w.mu.RLock()
 	defer w.mu.RUnlock()
 	st := w.topics[topic]
 	if st == nil || (st.phase != active && st.phase != loading) {
-		return
+		return pubsub.ID{}
 	}
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	defer st.ring.settle()
 	w.touch(st)
+	if st.phase == active {
+		prev = st.live
+	}
+	if last := entries[len(entries)-1].ID; st.live.Less(last) {
+		st.live = last
+	}
 	for i := range entries {
 		if !st.last.Less(entries[i].ID) {
 			continue
@@ -511,6 +531,7 @@ func (w *Window) append(topic string, entries []pubsub.Entry) {
 	if st.phase == active {
 		w.evictAgedLocked(st)
 	}
+	return prev
 }
 
 // Reset forgets what the window holds of topic because its stream moved
@@ -522,6 +543,7 @@ func (w *Window) append(topic string, entries []pubsub.Entry) {
 func (w *Window) Reset(topic string) {
 	w.forget(topic)
 	w.withRing(topic, func(st *topicState) {
+		st.live = pubsub.ID{}
 		switch st.phase {
 		case active:
 			st.resetLocked()

@@ -27,7 +27,7 @@ func TestReplayMetrics(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := b.Start(w.Append); err != nil {
+	if err := b.Start(func(topic string, entries []pubsub.Entry) { w.Append(topic, entries) }); err != nil {
 		t.Fatal(err)
 	}
 	if err := w.Acquire(ctx, "t"); err != nil {
