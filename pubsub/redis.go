@@ -478,6 +478,23 @@ func (b *Redis) addWatched(topic, key string, last ID) (had bool, r *reader) {
 
 // Unwatch stops delivering topic. It does not block.
 func (b *Redis) Unwatch(topic string) {
+	b.changeWatched(topic, func(r *reader, key string) { delete(r.topics, key) })
+}
+
+// Recheck makes the reader of topic check its watched streams' history
+// (see reader.checkHistory) right after its current read instead of at its
+// next periodic check: a caller that read the stream and found that it
+// lost what was delivered live (it is gone, or its last ID is below what
+// the reader delivered) calls it, so that live delivery does not go on from
+// a cursor in the old history. It does not block.
+func (b *Redis) Recheck(topic string) {
+	b.changeWatched(topic, func(r *reader, _ string) { r.recheck.Store(true) })
+}
+
+// changeWatched applies change to the reader of topic, under its mu, if
+// topic is watched, and wakes the reader (the waker ends its blocked read
+// with CLIENT UNBLOCK) to act on it. It does not block.
+func (b *Redis) changeWatched(topic string, change func(r *reader, key string)) {
 	if b.closed.Load() {
 		return
 	}
@@ -489,35 +506,8 @@ func (b *Redis) Unwatch(topic string) {
 	r.mu.Lock()
 	_, had := r.topics[key]
 	if had {
-		delete(r.topics, key)
+		change(r, key)
 		r.gen++
-	}
-	r.mu.Unlock()
-	if had {
-		b.wakeReader(r)
-	}
-}
-
-// Recheck makes the reader of topic check its watched streams' history
-// (see reader.checkHistory) right after its current read instead of at its
-// next periodic check: a caller that read the stream and found that it
-// lost what was delivered live (it is gone, or its last ID is below what
-// the reader delivered) calls it, so that live delivery does not go on from
-// a cursor in the old history. It does not block.
-func (b *Redis) Recheck(topic string) {
-	if b.closed.Load() {
-		return
-	}
-	key := b.key(topic)
-	r := b.readerFor(key)
-	if r == nil {
-		return
-	}
-	r.mu.Lock()
-	_, had := r.topics[key]
-	if had {
-		r.recheck.Store(true)
-		r.gen++ // the waker ends the blocked read (CLIENT UNBLOCK)
 	}
 	r.mu.Unlock()
 	if had {
