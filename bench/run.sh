@@ -288,8 +288,12 @@ fi
 if runs S5; then
   flush
   start_node s5
+  # A CPU profile from when all are connected, over the storm.
+  ( wait_conns "$NODE_ADMIN" "$S5_N" 60 && profile "$NODE_ADMIN" s5 8 ) &
+  s5prof=$!
   load S5 "${S5_N}c-50ev" "$NODE_LOG" "$NODE_START" -- -url "$NODE_URL" "${common[@]}" -n "$S5_N" -rate 10 -duration 3s \
     -storm-events 50 -storm-timeout 30s -topics s5 -node-pid "$NODE_PID" -scrape "$NODE_ADMIN" -check
+  wait "$s5prof" 2>/dev/null || true
   stop_node "$NODE_PID"
 fi
 
