@@ -134,9 +134,13 @@ func (w *Window) Replay(ctx context.Context, topic string, after pubsub.ID,
 		return gap(g)
 	}
 	var bufp *[]pubsub.Entry
+	used := 0 // how much of *bufp's array the ring pages wrote
 	defer func() {
 		if bufp != nil {
-			clear((*bufp)[:cap(*bufp)]) // drop Data references before pooling
+			// Drop Data references before pooling; only what was written
+			// (clearing the whole page for every resume was a visible
+			// share of a reconnect storm's CPU).
+			clear((*bufp)[:used])
 			*bufp = (*bufp)[:0]
 			w.pages.Put(bufp)
 		}
@@ -149,6 +153,7 @@ func (w *Window) Replay(ctx context.Context, topic string, after pubsub.ID,
 			bufp = w.pages.Get().(*[]pubsub.Entry)
 		}
 		page, covered, unchecked, mean := w.ringPage(topic, cursor, (*bufp)[:0], !checked)
+		used = max(used, min(len(page), cap(*bufp)))
 		if unchecked {
 			// A failed check leaves the ring as it is: its entries are
 			// still every entry after its floor that the reader saw, and a
