@@ -388,21 +388,9 @@ func (w *Window) ringPage(topic string, cursor pubsub.ID, buf []pubsub.Entry, ch
 		if !r.covers(cursor, st.last) {
 			return
 		}
-		if check {
-			// A check stands for infoReuse. In its second half one Replay
-			// renews it while the others go on serving: in a reconnect
-			// storm, resumes then never all wait for a round trip to the
-			// source (they did every infoReuse, 0.3-0.5 s of S5's 1.7 s).
-			age := w.now().Sub(st.checkedAt)
-			switch {
-			case st.checkedAt.IsZero() || age >= infoReuse:
-				unchecked = true
-				return
-			case age >= infoReuse/2 && !st.refreshing:
-				st.refreshing = true
-				unchecked = true
-				return
-			}
+		if check && (st.checkedAt.IsZero() || w.now().Sub(st.checkedAt) >= infoReuse) {
+			unchecked = true
+			return
 		}
 		w.touch(st)
 		covered = true

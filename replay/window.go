@@ -275,9 +275,6 @@ type topicState struct {
 	// checkedAt is when the read that last checked the ring against the
 	// stream started; zero if never, or since a reset.
 	checkedAt time.Time
-	// refreshing: a Replay is renewing a check that still stands (see
-	// ringPage), so the others need not wait for it.
-	refreshing bool
 	// stale means a reset arrived while loading: the tail may be from the
 	// stream's old history.
 	stale bool
@@ -585,7 +582,6 @@ func (w *Window) checkRing(ctx context.Context, topic string) error {
 		return c, err
 	})
 	if err != nil {
-		w.withRing(topic, func(st *topicState) { st.refreshing = false })
 		return fmt.Errorf("replay: stream info of %q: %w", topic, err)
 	}
 	lost := false
@@ -593,7 +589,6 @@ func (w *Window) checkRing(ctx context.Context, topic string) error {
 		if st == c.st && st.phase == active && w.resets.Load() == c.resets {
 			lost = st.applyCheckLocked(c)
 		}
-		st.refreshing = false
 	})
 	if lost {
 		w.src.Recheck(topic)
