@@ -291,7 +291,9 @@ func stringMap(m map[string]any) map[string]string {
 
 var (
 	goEnvTagRE     = regexp.MustCompile(`env:"(\w+)"`)
-	goMetricNameRE = regexp.MustCompile(`Name:\s*"(sse_\w+)"`)
+	// A metric's name, in its Opts or as the first argument of node's
+	// constructors (newGauge, newCounterVec, ...).
+	goMetricNameRE = regexp.MustCompile(`(?:Name:\s*|new(?:Gauge|Counter|CounterVec|Histogram)\(\s*)"(sse_\w+)"`)
 )
 
 // goSources returns the repository's non-test Go files outside deploy/.
