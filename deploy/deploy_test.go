@@ -290,7 +290,7 @@ func stringMap(m map[string]any) map[string]string {
 }
 
 var (
-	goEnvTagRE     = regexp.MustCompile(`env:"(\w+)"`)
+	goEnvTagRE = regexp.MustCompile(`env:"(\w+)"`)
 	// A metric's name, in its Opts or as the first argument of node's
 	// constructors (newGauge, newCounterVec, ...).
 	goMetricNameRE = regexp.MustCompile(`(?:Name:\s*|new(?:Gauge|Counter|CounterVec|Histogram)\(\s*)"(sse_\w+)"`)
