@@ -87,44 +87,6 @@ func TestWriteNow(t *testing.T) {
 	}
 }
 
-// TestWriteNowSmall: a small chunk goes out whole in one write.
-func TestWriteNowSmall(t *testing.T) {
-	a, b := tcpPair(t)
-	rc, err := a.(syscall.Conn).SyscallConn()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var v vecWriter
-	bufs := net.Buffers{[]byte("5\r\n"), nil, []byte("ab"), []byte("cde"), []byte("\r\n")}
-	if ok, err := v.writeNow(rc, &bufs); !ok || err != nil || len(bufs) != 0 {
-		t.Fatalf("writeNow = %v, %v, %d pieces left; want true, nil, 0", ok, err, len(bufs))
-	}
-	got := make([]byte, 10)
-	if _, err := io.ReadFull(b, got); err != nil || string(got) != "5\r\nabcde\r\n" {
-		t.Fatalf("read %q, %v", got, err)
-	}
-}
-
-// tcpPair returns the two ends of a loopback TCP connection.
-func tcpPair(t *testing.T) (net.Conn, net.Conn) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	c, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close(); s.Close() })
-	return s, c
-}
-
 // TestWriteNowNoRawConn: without a raw descriptor nothing is written.
 func TestWriteNowNoRawConn(t *testing.T) {
 	var v vecWriter
