@@ -393,12 +393,11 @@ func (n *Node) replay(ctx context.Context, to sink, w *wire, s *stream, i int, t
 	res, err := n.window.Replay(ctx, topic, s.pos[i],
 		func(g replay.Gap) error {
 			n.m.replayRequests.WithLabelValues("gap").Inc()
-			// After a reset the stream's history restarted: what follows
-			// is new to the client whatever its ID, and arrives in order.
-			// Any other gap leaves the position, so live frames at or
-			// below it are still discarded.
+			// After a reset the stream's history restarted (see
+			// stream.restart). Any other gap leaves the position, so live
+			// frames at or below it are still discarded.
 			if g.Reset {
-				s.pos[i] = pubsub.ID{}
+				s.restart(i)
 			}
 			b := s.appendRetry(nil)
 			b = append(b, "event: sse-gap\ndata: "...)

@@ -62,7 +62,11 @@ type stream struct {
 
 	// The writer's alone: whoever owns writing.
 	pos     []pubsub.ID // last ID sent, per topic
-	scratch []byte      // composite id line for several topics
+	// restarted marks the topics a reset gap sent to position 0-0: the
+	// client holds nothing of the new history, so a live frame that
+	// continues from past 0-0 skipped entries of it. nil until a reset gap.
+	restarted []bool
+	scratch   []byte // composite id line for several topics
 	// retry is this stream's jittered retry: line, sent with its first
 	// event (see retryLine); nil once sent.
 	retry []byte
@@ -247,14 +251,29 @@ func (s *stream) takeRetry() []byte {
 // gave it (the broker's reader went on in a history the replay did not
 // see, e.g. a stream deleted and restored while the client resumed). The
 // stream must then end, so that the client resumes from its position and
-// the replay applies the gap rule there. A position of 0-0 (no position,
-// or a reset that restarted the history) takes any frame.
+// the replay applies the gap rule there. A position of 0-0 takes any frame
+// when the client came without one, not when a reset gap restarted its
+// history: then a frame that continues from past 0-0 follows entries the
+// client never had (e.g. a stream deleted, told as a reset, then restored).
 func (s *stream) behind(f *frame) bool {
 	i := s.topicOf(f)
-	if i < 0 || s.pos[i].IsZero() || !s.pos[i].Less(f.prev) {
+	if i < 0 || !s.pos[i].Less(f.prev) {
+		return false
+	}
+	if s.pos[i].IsZero() && (s.restarted == nil || !s.restarted[i]) {
 		return false
 	}
 	return f.after(s.pos[i]) < len(f.events)
+}
+
+// restart sets topic i's position to 0-0 after a reset gap: what follows
+// is new to the client whatever its ID, and must start the new history.
+func (s *stream) restart(i int) {
+	s.pos[i] = pubsub.ID{}
+	if s.restarted == nil {
+		s.restarted = make([]bool, len(s.topics))
+	}
+	s.restarted[i] = true
 }
 
 // gather adds to w the events of f that the client has not had yet

@@ -35,6 +35,8 @@ func TestStep(t *testing.T) {
 		{name: "frames continue from past the position", queued: 2, pos: pubsub.ID{Seq: 5}, prev: pubsub.ID{Ms: 1}, reason: reasonStreamReset},
 		{name: "frames continue from inside the position's frame", queued: 2, pos: pubsub.ID{Ms: 1, Seq: 1}, prev: pubsub.ID{Ms: 1}, want: "id: 1-2\ndata: d\n\n"},
 		{name: "no position takes any frame", queued: 2, prev: pubsub.ID{Ms: 1}, want: "id: 1-1\ndata: d\n\nid: 1-2\ndata: d\n\n"},
+		{name: "after a reset gap, frames that continue from the start", queued: 2, prev: pubsub.ID{Seq: 0}, setup: func(_ *Node, c *stream) { c.restart(0) }, want: "id: 1-1\ndata: d\n\nid: 1-2\ndata: d\n\n"},
+		{name: "after a reset gap, frames that continue from past the start", queued: 2, prev: pubsub.ID{Ms: 1}, setup: func(_ *Node, c *stream) { c.restart(0) }, reason: reasonStreamReset},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
