@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -382,5 +383,38 @@ func TestAppendReturnsLivePosition(t *testing.T) {
 	w.Reset("t")
 	if prev := w.Append("t", []pubsub.Entry{entry(1)}); !prev.IsZero() {
 		t.Fatalf("Append after Reset: prev %s, want zero (unknown)", prev)
+	}
+}
+
+// TestReplayPageRacesLiveReader: the live path delivers newer entries while
+// a resume's page is read from the source. The page's state predates them,
+// so it must not look like a stream that lost them: the ring stays, and no
+// history check is asked for (a false one emptied the ring in every
+// reconnect storm with live traffic, sending the rest of the storm to the
+// source).
+func TestReplayPageRacesLiveReader(t *testing.T) {
+	src := newFake()
+	src.add("t", 1, 100)
+	w := newWindow(t, src, Config{RingSize: 64})
+	acquire(t, w, "t") // ring holds 37..100
+	var once sync.Once
+	src.onRange = func(string, pubsub.ID) {
+		// After the read's snapshot (simulated: the source never
+		// holds them), before its state is taken.
+		once.Do(func() {
+			for ms := uint64(101); ms <= 110; ms++ {
+				w.Append("t", []pubsub.Entry{entry(ms)})
+			}
+		})
+	}
+	got, _ := events(t, w, "t", id(5)) // below the ring: read from the source
+	if want := strs(nil, 6, 100); !slices.Equal(got[:len(want)], want) {
+		t.Fatalf("got %v\nwant %v first", got, want)
+	}
+	if _, rechecked := src.rechecked.Load("t"); rechecked {
+		t.Fatal("Recheck called for a page that only predates live entries")
+	}
+	if last, _ := w.Last("t"); last != id(110) {
+		t.Fatalf("ring's last ID %s, want 110-0: the ring was emptied", last)
 	}
 }

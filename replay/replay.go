@@ -292,7 +292,7 @@ func (w *Window) sourcePage(ctx context.Context, topic string, from pubsub.ID, c
 		return p, nil
 	}
 	p, err := w.ranges.do(ctx, key, func(ctx context.Context) (*pubsub.Page, error) {
-		resets, at := w.resets.Load(), w.now()
+		resets, at, mark := w.resets.Load(), w.now(), w.markLive(topic)
 		p, err := w.src.Page(ctx, topic, from, count, w.pageBytes)
 		if err != nil {
 			return nil, err
@@ -300,7 +300,7 @@ func (w *Window) sourcePage(ctx context.Context, topic string, from pubsub.ID, c
 		// A page read before a Reset of its topic ends may describe the
 		// old stream: never keep it.
 		if w.resets.Load() == resets {
-			w.sawState(topic, &p.Info)
+			w.sawState(topic, &p.Info, mark)
 			w.recent.noteState(topic, p.Info, at)
 			if p.Read == count || p.Cut {
 				w.recent.put(key, &p, w.now())

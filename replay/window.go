@@ -210,12 +210,26 @@ const infoReuse = 100 * time.Millisecond
 // rather than hold resumes the ring can serve.
 const checkWait = 500 * time.Millisecond
 
+// liveMark is what the live path had delivered of a topic when a read of
+// its stream started. The state the read returns is checked against it,
+// never against the topic's state when the read returns: the live path may
+// have delivered newer entries meanwhile, which the read could not see.
+type liveMark struct {
+	st   *topicState // the topic's state; nil if it was not in the window
+	last pubsub.ID   // st.last
+}
+
+// markLive returns topic's liveMark now.
+func (w *Window) markLive(topic string) (m liveMark) {
+	w.withRing(topic, func(st *topicState) { m = liveMark{st, st.last} })
+	return m
+}
+
 // ringCheck is a stream's state read to check a topic's ring, with the
 // ring's state when the read started.
 type ringCheck struct {
-	st   *topicState // the topic state whose ring was checked
-	last pubsub.ID   // st.last when the read started
-	at   time.Time   // when the read started
+	liveMark
+	at time.Time // when the read started
 	// resets is Window.resets when the read started.
 	resets uint64
 	info   pubsub.StreamInfo
@@ -576,7 +590,7 @@ func (w *Window) checkRing(ctx context.Context, topic string) error {
 	c, err := w.infos.do(ctx, topic, func(ctx context.Context) (ringCheck, error) {
 		c := ringCheck{resets: w.resets.Load()}
 		c.at = w.now()
-		w.withRing(topic, func(st *topicState) { c.st, c.last = st, st.last })
+		c.liveMark = w.markLive(topic)
 		var err error
 		c.info, err = w.src.Info(ctx, topic)
 		return c, err
@@ -606,13 +620,13 @@ func lostUnder(info *pubsub.StreamInfo, last pubsub.ID) bool {
 	return (!info.Exists && !last.IsZero()) || info.Last.Less(last)
 }
 
-// sawState takes the state of topic's stream read by a page: if it lost
-// what the live path delivered, the ring is emptied and the broker asked
-// to check the stream's history now.
-func (w *Window) sawState(topic string, info *pubsub.StreamInfo) {
+// sawState takes the state of topic's stream read by a page that started
+// at mark: if it lost what the live path had delivered by then, the ring
+// is emptied and the broker asked to check the stream's history now.
+func (w *Window) sawState(topic string, info *pubsub.StreamInfo, mark liveMark) {
 	lost := false
 	w.withRing(topic, func(st *topicState) {
-		if st.phase == active && lostUnder(info, st.last) {
+		if st == mark.st && st.phase == active && lostUnder(info, mark.last) {
 			st.resetLocked()
 			lost = true
 		}
