@@ -61,7 +61,7 @@ type stream struct {
 	signal chan struct{}
 
 	// The writer's alone: whoever owns writing.
-	pos     []pubsub.ID // last ID sent, per topic
+	pos []pubsub.ID // last ID sent, per topic
 	// restarted marks the topics a reset gap sent to position 0-0: the
 	// client holds nothing of the new history, so a live frame that
 	// continues from past 0-0 skipped entries of it. nil until a reset gap.
