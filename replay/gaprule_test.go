@@ -418,3 +418,61 @@ func TestReplayPageRacesLiveReader(t *testing.T) {
 		t.Fatalf("ring's last ID %s, want 110-0: the ring was emptied", last)
 	}
 }
+
+// TestRingCheckRenewedWithoutWaiting: past infoReuse one Replay renews a
+// ring check and the others serve from the ring without waiting for the
+// source; past staleServe everyone waits for a new check.
+func TestRingCheckRenewedWithoutWaiting(t *testing.T) {
+	src := newFake()
+	src.add("t", 1, 100)
+	var mu sync.Mutex
+	clock := time.Unix(1e6, 0)
+	now := func() time.Time { mu.Lock(); defer mu.Unlock(); return clock }
+	advance := func(d time.Duration) { mu.Lock(); clock = clock.Add(d); mu.Unlock() }
+	w := newWindow(t, src, Config{RingSize: 200, Now: now})
+	acquire(t, w, "t")
+	events(t, w, "t", id(50)) // the first check
+	if n := src.infos.Load(); n != 1 {
+		t.Fatalf("first replay: %d Info calls, want 1", n)
+	}
+	advance(infoReuse + (staleServe-infoReuse)/2)
+	stall := make(chan struct{})
+	entered := make(chan struct{}, 1)
+	src.onInfo = func(string) {
+		entered <- struct{}{}
+		<-stall
+	}
+	renewed := make(chan error, 1)
+	go func() {
+		_, err := w.Replay(context.Background(), "t", id(90), nil, func(pubsub.Entry) error { return nil })
+		renewed <- err
+	}()
+	select {
+	case <-entered: // the renewing Replay waits in Info
+	case <-time.After(10 * time.Second):
+		t.Fatal("no Replay renewed a check past infoReuse")
+	}
+	// Others serve at once while the renewal is in flight.
+	got, _ := events(t, w, "t", id(95))
+	if want := strs(nil, 96, 100); !slices.Equal(got, want) {
+		t.Fatalf("replay during the renewal: got %v, want %v", got, want)
+	}
+	close(stall)
+	if err := <-renewed; err != nil {
+		t.Fatal(err)
+	}
+	if n := src.infos.Load(); n != 2 {
+		t.Fatalf("%d Info calls, want 2 (one renewal)", n)
+	}
+	src.onInfo = nil
+	advance(infoReuse * 3 / 4) // the renewed check stands
+	events(t, w, "t", id(95))
+	if n := src.infos.Load(); n != 2 {
+		t.Fatalf("within infoReuse of the renewal: %d Info calls, want 2", n)
+	}
+	advance(staleServe) // past it: a check before serving
+	events(t, w, "t", id(95))
+	if n := src.infos.Load(); n != 3 {
+		t.Fatalf("past staleServe: %d Info calls, want 3", n)
+	}
+}

@@ -388,9 +388,21 @@ func (w *Window) ringPage(topic string, cursor pubsub.ID, buf []pubsub.Entry, ch
 		if !r.covers(cursor, st.last) {
 			return
 		}
-		if check && (st.checkedAt.IsZero() || w.now().Sub(st.checkedAt) >= infoReuse) {
-			unchecked = true
-			return
+		if check {
+			// Past infoReuse one Replay renews the check while the others
+			// go on serving, up to staleServe: in a reconnect storm the
+			// resumes then never all wait for a round trip, which a
+			// loaded node answers slowly (they did every infoReuse).
+			age := w.now().Sub(st.checkedAt)
+			switch {
+			case st.checkedAt.IsZero() || age >= staleServe:
+				unchecked = true
+				return
+			case age >= infoReuse && !st.refreshing:
+				st.refreshing = true
+				unchecked = true
+				return
+			}
 		}
 		w.touch(st)
 		covered = true

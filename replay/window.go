@@ -200,10 +200,15 @@ type Window struct {
 
 // infoReuse is how long a ring check stands for later Replays of the topic:
 // a reconnect storm whose clients arrive one after another costs a few
-// Info reads, not one per client. A deleted or trimmed entry may thus be
-// served from a ring for up to infoReuse (never one that a reset
-// invalidated: Reset clears the check).
+// Info reads, not one per client. Past it, one Replay renews the check and
+// the others serve from the ring until staleServe. A deleted or trimmed
+// entry may thus be served from a ring for up to staleServe after the
+// check began (never one that a reset invalidated: Reset clears the check).
 const infoReuse = 100 * time.Millisecond
+
+// staleServe bounds how long a ring check stands while a renewal is under
+// way; then every Replay waits for one (at most checkWait).
+const staleServe = checkWait
 
 // checkWait bounds the wait for a ring check: a source that does not answer
 // within it (Redis down or stalled) leaves the ring to serve unchecked
@@ -289,6 +294,9 @@ type topicState struct {
 	// checkedAt is when the read that last checked the ring against the
 	// stream started; zero if never, or since a reset.
 	checkedAt time.Time
+	// refreshing: a Replay is renewing a check that still stands (see
+	// ringPage), so the others need not wait for it until staleServe.
+	refreshing bool
 	// stale means a reset arrived while loading: the tail may be from the
 	// stream's old history.
 	stale bool
@@ -596,6 +604,7 @@ func (w *Window) checkRing(ctx context.Context, topic string) error {
 		return c, err
 	})
 	if err != nil {
+		w.withRing(topic, func(st *topicState) { st.refreshing = false })
 		return fmt.Errorf("replay: stream info of %q: %w", topic, err)
 	}
 	lost := false
@@ -603,6 +612,7 @@ func (w *Window) checkRing(ctx context.Context, topic string) error {
 		if st == c.st && st.phase == active && w.resets.Load() == c.resets {
 			lost = st.applyCheckLocked(c)
 		}
+		st.refreshing = false
 	})
 	if lost {
 		w.src.Recheck(topic)
