@@ -493,8 +493,14 @@ func floorText(m map[string]string) string {
 	if m["floor_fanout_p99_ms"] == "" {
 		return ""
 	}
-	return fmt.Sprintf("; machine floor (bench/floor, no SSE, no Redis): loopback TCP write+read %s µs per message (Unix socket %s µs), a bare fan-out to %s connections at %s rounds/s with %s writers reads at p50 %s ms, p99 %s ms",
-		m["floor_tcp_us"], m["floor_unix_us"], m["floor_fanout_clients"], m["floor_fanout_rate"], m["floor_fanout_writers"], m["floor_fanout_p50_ms"], m["floor_fanout_p99_ms"])
+	cpu := ""
+	if m["floor_fanout_writer_us"] != "" {
+		// Comparable with the node's and the load generator's CPU-s per
+		// million deliveries (µs per delivery).
+		cpu = fmt.Sprintf(", spending %s µs CPU per message writing and %s µs reading", m["floor_fanout_writer_us"], m["floor_fanout_reader_us"])
+	}
+	return fmt.Sprintf("; machine floor (bench/floor, no SSE, no Redis): loopback TCP write+read %s µs per message (Unix socket %s µs), a bare fan-out to %s connections at %s rounds/s with %s writers reads at p50 %s ms, p99 %s ms%s",
+		m["floor_tcp_us"], m["floor_unix_us"], m["floor_fanout_clients"], m["floor_fanout_rate"], m["floor_fanout_writers"], m["floor_fanout_p50_ms"], m["floor_fanout_p99_ms"], cpu)
 }
 
 func s3(runs []*Run) Row {

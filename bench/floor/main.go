@@ -10,7 +10,9 @@
 //     `-rate` times a second by GOMAXPROCS writers in this process, read by
 //     a goroutine per connection in a second process: latency from the
 //     start of a round to each read. It is the simplest server and client
-//     that can do what S2 asks.
+//     that can do what S2 asks. It also reports the CPU time each side
+//     spent per message (writer_us, reader_us), to set against S2's node
+//     and load generator CPU per million deliveries.
 //
 // It prints key=value lines (floor_*), which bench/run.sh adds to the report.
 package main
@@ -29,6 +31,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -75,6 +78,7 @@ func run(n, size, rate, rounds int, srcs []string) error {
 	}
 	fmt.Printf("floor_fanout_clients=%d\nfloor_fanout_rate=%d\nfloor_fanout_writers=%d\nfloor_fanout_p50_ms=%.1f\nfloor_fanout_p99_ms=%.1f\nfloor_fanout_max_ms=%.1f\n",
 		n, rate, f.writers, ms(f.p50), ms(f.p99), ms(f.max))
+	fmt.Printf("floor_fanout_writer_us=%.2f\nfloor_fanout_reader_us=%.2f\n", f.writerUs, f.readerUs)
 	return nil
 }
 
@@ -139,6 +143,18 @@ func perMessage(network string, size int) (time.Duration, error) {
 type fanoutResult struct {
 	writers       int
 	p50, p99, max time.Duration
+	// CPU time (user and system) per message of the writing and the
+	// reading process, over the rounds, in microseconds.
+	writerUs, readerUs float64
+}
+
+// cpuTime is the CPU time (user and system) this process has used so far.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // fanout runs the bare fan-out rounds: this process writes, a child process
@@ -183,6 +199,7 @@ func fanout(n, size, rate, rounds int, srcs []string) (fanoutResult, error) {
 	tick := time.NewTicker(time.Second / time.Duration(rate))
 	defer tick.Stop()
 	msg := make([]byte, size)
+	cpu0 := cpuTime()
 	for range rounds {
 		<-tick.C
 		binary.LittleEndian.PutUint64(msg, uint64(time.Now().UnixNano()))
@@ -206,15 +223,18 @@ func fanout(n, size, rate, rounds int, srcs []string) (fanoutResult, error) {
 			return fanoutResult{}, fmt.Errorf("write: %w", err)
 		}
 	}
+	writerCPU := cpuTime() - cpu0
 	if err := child.Wait(); err != nil {
 		return fanoutResult{}, fmt.Errorf("reader: %w", err)
 	}
-	var p50, p99, mx float64
-	if _, err := fmt.Sscanf(out.String(), "%f %f %f", &p50, &p99, &mx); err != nil {
+	var p50, p99, mx, readerUs float64
+	if _, err := fmt.Sscanf(out.String(), "%f %f %f %f", &p50, &p99, &mx, &readerUs); err != nil {
 		return fanoutResult{}, fmt.Errorf("reader said %q: %w", out.String(), err)
 	}
 	d := func(v float64) time.Duration { return time.Duration(v * float64(time.Millisecond)) }
-	return fanoutResult{writers: writers, p50: d(p50), p99: d(p99), max: d(mx)}, nil
+	msgs := float64(n * rounds)
+	return fanoutResult{writers: writers, p50: d(p50), p99: d(p99), max: d(mx),
+		writerUs: float64(writerCPU.Microseconds()) / msgs, readerUs: readerUs}, nil
 }
 
 // reader is the client side of fanout: it dials n connections, reads rounds
@@ -236,6 +256,7 @@ func reader(addr string, n, size, rounds int, srcs []string) error {
 	}
 	lat := make([]time.Duration, n*rounds)
 	errs := make([]error, n)
+	cpu0 := cpuTime()
 	var wg sync.WaitGroup
 	for i, c := range conns {
 		wg.Add(1)
@@ -257,7 +278,8 @@ func reader(addr string, n, size, rounds int, srcs []string) error {
 	if err := errors.Join(errs...); err != nil {
 		return err
 	}
+	perMsg := float64((cpuTime() - cpu0).Microseconds()) / float64(n*rounds)
 	slices.Sort(lat)
-	fmt.Printf("%.3f %.3f %.3f\n", ms(lat[len(lat)/2]), ms(lat[len(lat)*99/100]), ms(lat[len(lat)-1]))
+	fmt.Printf("%.3f %.3f %.3f %.3f\n", ms(lat[len(lat)/2]), ms(lat[len(lat)*99/100]), ms(lat[len(lat)-1]), perMsg)
 	return nil
 }

@@ -33,7 +33,7 @@ func TestFanoutReadsEveryMessage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if f.writers < 1 || f.p50 <= 0 || f.p99 < f.p50 || f.max < f.p99 {
-		t.Fatalf("fanout = %+v, want 0 < p50 <= p99 <= max and writers >= 1", f)
+	if f.writers < 1 || f.p50 <= 0 || f.p99 < f.p50 || f.max < f.p99 || f.writerUs < 0 || f.readerUs < 0 {
+		t.Fatalf("fanout = %+v, want 0 < p50 <= p99 <= max, writers >= 1 and CPU times >= 0", f)
 	}
 }
