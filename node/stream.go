@@ -41,7 +41,8 @@ import (
 //  3. a readyQueue's mu (a wake-up), a queue's mu, the close watcher's mu:
 //     each is held alone, and a queue calls its notify without its mu.
 //
-// So a wake-up never takes a node-wide mutex.
+// So a wake-up takes one ready queue's mutex, besides the stream's own:
+// node-wide only on machines small enough to share one queue (queueProcs).
 type stream struct {
 	// Set before the stream is registered, then immutable.
 	topics   []string
