@@ -97,6 +97,11 @@ func (n *Node) servePublish(w http.ResponseWriter, r *http.Request) {
 	_, _ = fmt.Fprintf(w, "{\"id\":%q}\n", id.String())
 }
 
+// errNoData refuses a publish without a data field: most likely a
+// misnamed field, which would otherwise go out as an empty event. An empty
+// data field (data= or "data":"") is an empty event.
+var errNoData = errors.New(`bad body: no data field (send data= or "data":"" for an empty event)`)
+
 func parsePublish(r *http.Request) (topic, event string, data []byte, err error) {
 	ct, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
 	if ct == "application/json" {
@@ -106,7 +111,10 @@ func parsePublish(r *http.Request) (topic, event string, data []byte, err error)
 			return "", "", nil, fmt.Errorf("bad JSON body: %w", err)
 		}
 		topic, event = req.Topic, req.Event
-		if len(req.Data) > 0 && req.Data[0] == '"' {
+		if req.Data == nil {
+			return "", "", nil, errNoData
+		}
+		if req.Data[0] == '"' {
 			var s string
 			if err := json.Unmarshal(req.Data, &s); err != nil {
 				return "", "", nil, fmt.Errorf("bad data: %w", err)
@@ -118,6 +126,9 @@ func parsePublish(r *http.Request) (topic, event string, data []byte, err error)
 	} else {
 		if err := r.ParseForm(); err != nil {
 			return "", "", nil, fmt.Errorf("bad form body: %w", err)
+		}
+		if _, ok := r.PostForm["data"]; !ok {
+			return "", "", nil, errNoData
 		}
 		topic, event, data = r.PostForm.Get("topic"), r.PostForm.Get("event"), []byte(r.PostForm.Get("data"))
 		if topic == "" {

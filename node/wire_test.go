@@ -278,6 +278,23 @@ func TestAdminPublish(t *testing.T) {
 	if e := s.next(t); e.Data != `{"n":1}` || e.Event != "" {
 		t.Fatalf("got %+v", e)
 	}
+	// An empty data field is an empty event; no data field is refused below.
+	for _, body := range []struct{ ct, body string }{
+		{"application/x-www-form-urlencoded", "topic=pub&data="},
+		{"application/json", `{"topic":"pub","data":""}`},
+	} {
+		resp, err = http.Post(admin.URL+"/publish", body.ct, strings.NewReader(body.body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			t.Fatalf("%s: %d, want 200", body.body, resp.StatusCode)
+		}
+		if e := s.next(t); e.Data != "" || e.ID == "" {
+			t.Fatalf("%s: got %+v, want an empty event", body.body, e)
+		}
+	}
 
 	bad := []struct {
 		name, ct, body string
@@ -288,6 +305,8 @@ func TestAdminPublish(t *testing.T) {
 		{"event with newline", "application/json", `{"topic":"t","event":"a\nb","data":"x"}`, 400},
 		{"reserved event", "application/json", `{"topic":"t","event":"sse-gap","data":"x"}`, 400},
 		{"bad json", "application/json", `{"topic":`, 400},
+		{"no data, form", "application/x-www-form-urlencoded", `topic=t&body=x`, 400},
+		{"no data, JSON", "application/json", `{"topic":"t","body":"x"}`, 400},
 		{"too big", "application/json", `{"topic":"t","data":"` + strings.Repeat("x", MaxPublishBytes) + `"}`, 413},
 	}
 	for _, tt := range bad {
