@@ -551,7 +551,9 @@ func TestTopologyStandalone(t *testing.T) {
 			t.Errorf("resume from 0 at maxmemory: %v", err)
 		}
 		rec := httptest.NewRecorder()
-		a.admin.ServeHTTP(rec, httptest.NewRequest(http.MethodPost, "/publish?topic=full", strings.NewReader("data=x")))
+		req := httptest.NewRequest(http.MethodPost, "/publish?topic=full", strings.NewReader("data=x"))
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		a.admin.ServeHTTP(rec, req)
 		if rec.Code < 400 || !strings.Contains(rec.Body.String(), "maxmemory") {
 			t.Errorf("publish at maxmemory: %d %q, want an error that says maxmemory", rec.Code, rec.Body.String())
 		}

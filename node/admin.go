@@ -98,9 +98,10 @@ func (n *Node) servePublish(w http.ResponseWriter, r *http.Request) {
 }
 
 // errNoData refuses a publish without a data field: most likely a
-// misnamed field, which would otherwise go out as an empty event. An empty
-// data field (data= or "data":"") is an empty event.
-var errNoData = errors.New(`bad body: no data field (send data= or "data":"" for an empty event)`)
+// misnamed field, or a form sent without its Content-Type (whose fields Go
+// does not parse), which would otherwise go out as an empty event. An
+// empty data field (data= or "data":"") is an empty event.
+var errNoData = errors.New(`bad body: no data field (a form needs Content-Type: application/x-www-form-urlencoded; send data= or "data":"" for an empty event)`)
 
 func parsePublish(r *http.Request) (topic, event string, data []byte, err error) {
 	ct, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))

@@ -307,6 +307,7 @@ func TestAdminPublish(t *testing.T) {
 		{"bad json", "application/json", `{"topic":`, 400},
 		{"no data, form", "application/x-www-form-urlencoded", `topic=t&body=x`, 400},
 		{"no data, JSON", "application/json", `{"topic":"t","body":"x"}`, 400},
+		{"form without its content type", "", `topic=t&data=x`, 400},
 		{"too big", "application/json", `{"topic":"t","data":"` + strings.Repeat("x", MaxPublishBytes) + `"}`, 413},
 	}
 	for _, tt := range bad {
