@@ -77,8 +77,11 @@ func (n *Node) servePublish(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		code := http.StatusBadRequest
 		var tooBig *http.MaxBytesError
-		if errors.As(err, &tooBig) {
+		switch {
+		case errors.As(err, &tooBig):
 			code = http.StatusRequestEntityTooLarge
+		case errors.Is(err, errMediaType):
+			code = http.StatusUnsupportedMediaType
 		}
 		http.Error(w, err.Error(), code)
 		return
@@ -98,14 +101,19 @@ func (n *Node) servePublish(w http.ResponseWriter, r *http.Request) {
 }
 
 // errNoData refuses a publish without a data field: most likely a
-// misnamed field, or a form sent without its Content-Type (whose fields Go
-// does not parse), which would otherwise go out as an empty event. An
-// empty data field (data= or "data":"") is an empty event.
-var errNoData = errors.New(`bad body: no data field (a form needs Content-Type: application/x-www-form-urlencoded; send data= or "data":"" for an empty event)`)
+// misnamed field, which would otherwise go out as an empty event. An empty
+// data field (data= or "data":"") is an empty event.
+var errNoData = errors.New(`bad body: no data field (send data= or "data":"" for an empty event)`)
+
+// errMediaType refuses a body that is neither a form nor JSON (a form sent
+// without its Content-Type, say): its fields cannot be read, and it used to
+// go out as an empty event.
+var errMediaType = errors.New("unsupported Content-Type: send application/x-www-form-urlencoded, multipart/form-data or application/json")
 
 func parsePublish(r *http.Request) (topic, event string, data []byte, err error) {
 	ct, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
-	if ct == "application/json" {
+	switch ct {
+	case "application/json":
 		var req publishRequest
 		dec := json.NewDecoder(r.Body)
 		if err := dec.Decode(&req); err != nil {
@@ -124,9 +132,14 @@ func parsePublish(r *http.Request) (topic, event string, data []byte, err error)
 		} else {
 			data = req.Data
 		}
-	} else {
-		if err := r.ParseForm(); err != nil {
+	case "application/x-www-form-urlencoded", "multipart/form-data":
+		// The body is already bounded by MaxPublishBytes, so a multipart
+		// form stays in memory.
+		if err := r.ParseMultipartForm(MaxPublishBytes); err != nil && !errors.Is(err, http.ErrNotMultipart) {
 			return "", "", nil, fmt.Errorf("bad form body: %w", err)
+		}
+		if r.MultipartForm != nil {
+			defer r.MultipartForm.RemoveAll()
 		}
 		if _, ok := r.PostForm["data"]; !ok {
 			return "", "", nil, errNoData
@@ -135,6 +148,8 @@ func parsePublish(r *http.Request) (topic, event string, data []byte, err error)
 		if topic == "" {
 			topic = r.URL.Query().Get("topic")
 		}
+	default:
+		return "", "", nil, fmt.Errorf("%w (got %q)", errMediaType, truncate(r.Header.Get("Content-Type"), 64))
 	}
 	if err := pubsub.ValidateTopic(topic); err != nil {
 		return "", "", nil, fmt.Errorf("bad topic %q: %w", truncate(topic, 64), err)

@@ -2,11 +2,13 @@ package node
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"mime/multipart"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -296,6 +298,24 @@ func TestAdminPublish(t *testing.T) {
 		}
 	}
 
+	// A multipart form (curl -F) is a form too.
+	var mp bytes.Buffer
+	mw := multipart.NewWriter(&mp)
+	mw.WriteField("topic", "pub")
+	mw.WriteField("data", "multi\npart")
+	mw.Close()
+	resp, err = http.Post(admin.URL+"/publish", mw.FormDataContentType(), &mp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("multipart publish: %d, want 200", resp.StatusCode)
+	}
+	if e := s.next(t); e.Data != "multi\npart" {
+		t.Fatalf("multipart publish: got %+v", e)
+	}
+
 	bad := []struct {
 		name, ct, body string
 		code           int
@@ -307,7 +327,8 @@ func TestAdminPublish(t *testing.T) {
 		{"bad json", "application/json", `{"topic":`, 400},
 		{"no data, form", "application/x-www-form-urlencoded", `topic=t&body=x`, 400},
 		{"no data, JSON", "application/json", `{"topic":"t","body":"x"}`, 400},
-		{"form without its content type", "", `topic=t&data=x`, 400},
+		{"form without its content type", "", `topic=t&data=x`, 415},
+		{"text body", "text/plain", `hello`, 415},
 		{"too big", "application/json", `{"topic":"t","data":"` + strings.Repeat("x", MaxPublishBytes) + `"}`, 413},
 	}
 	for _, tt := range bad {
