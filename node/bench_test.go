@@ -158,7 +158,7 @@ func BenchmarkWriteBatch(b *testing.B) {
 		if reason, batch = n.step(c, w, batch, false); reason != "" {
 			b.Fatal(reason)
 		}
-		if err := n.send(&sink, w); err != nil {
+		if err := n.send(c, &sink, w); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -285,15 +285,15 @@ func (n *Node) start(ctx context.Context, to sink, w *wire, s *stream) (reason s
 	} else {
 		w.ref(opening)
 	}
-	if err := n.send(to, w); err != nil {
-		return n.writeFailed(err)
+	if err := n.send(s, to, w); err != nil {
+		return n.writeFailed(s, err)
 	}
 	for i, t := range s.topics {
 		if err := n.replay(ctx, to, w, s, i, t); err != nil {
 			// net/http cancels the request's context when a write fails:
 			// look at the write error first.
 			if errors.Is(err, errWrite) {
-				return n.writeFailed(err)
+				return n.writeFailed(s, err)
 			}
 			if ctx.Err() != nil {
 				return reasonClientGone
@@ -341,8 +341,8 @@ func (n *Node) serve(ctx context.Context, to sink, s *stream) string {
 		}
 		if w.size > 0 {
 			start, sent := time.Now(), w.events
-			if err := n.send(to, w); err != nil {
-				return n.writeFailed(err)
+			if err := n.send(s, to, w); err != nil {
+				return n.writeFailed(s, err)
 			}
 			n.wrote(start, sent)
 			hb.Reset(n.cfg.Heartbeat)
@@ -362,7 +362,14 @@ func (n *Node) serve(ctx context.Context, to sink, s *stream) string {
 // the replay window.
 var errWrite = errors.New("node: write to client")
 
-func (n *Node) writeFailed(err error) string {
+// writeFailed counts and returns why a failed write ends s, whichever
+// writer made it: the queue's overflow when one cut the write (schedule
+// cuts a stuck write, the replay's included), else a timeout or an error.
+func (n *Node) writeFailed(s *stream, err error) string {
+	if why, ok := s.q.overflow(); ok {
+		n.m.slowDisconnects.WithLabelValues(why.reason()).Inc()
+		return reasonSlowClient
+	}
 	if errors.Is(err, os.ErrDeadlineExceeded) {
 		n.m.slowDisconnects.WithLabelValues(reasonWriteTimeout).Inc()
 		return reasonWriteTimeout
@@ -370,12 +377,12 @@ func (n *Node) writeFailed(err error) string {
 	return reasonWriteError
 }
 
-// send writes what w gathered through the sink, within the write timeout, and lets go
-// of w's frames whatever happens.
-func (n *Node) send(to sink, w *wire) error {
+// send writes what w gathered for s through the sink, within the write
+// timeout, and lets go of w's frames whatever happens.
+func (n *Node) send(s *stream, to sink, w *wire) error {
 	defer w.reset()
-	if err := to.SetWriteDeadline(time.Now().Add(n.cfg.WriteTimeout)); err != nil {
-		return fmt.Errorf("%w: set deadline: %w", errWrite, err)
+	if err := armWrite(s, to, time.Now().Add(n.cfg.WriteTimeout)); err != nil {
+		return fmt.Errorf("%w: %w", errWrite, err)
 	}
 	if err := to.send(w); err != nil {
 		return fmt.Errorf("%w: %w", errWrite, err)
@@ -403,17 +410,17 @@ func (n *Node) replay(ctx context.Context, to sink, w *wire, s *stream, i int, t
 			b = append(b, "event: sse-gap\ndata: "...)
 			b = g.AppendJSON(b)
 			w.add(append(b, "\n\n"...))
-			return n.send(to, w)
+			return n.send(s, to, w)
 		},
 		func(e pubsub.Entry) error {
 			sent += s.gather(w, encodeOne(topic, &e))
 			if w.size < n.cfg.ClientBufferBytes {
 				return nil
 			}
-			return n.send(to, w)
+			return n.send(s, to, w)
 		})
 	if err == nil && w.size > 0 {
-		err = n.send(to, w)
+		err = n.send(s, to, w)
 	}
 	w.reset()
 	replayResult(span, res, sent)

@@ -376,13 +376,7 @@ func (p *writerPool) finished(s *stream, out *wire, start time.Time, err error) 
 	sent := out.events
 	out.reset()
 	if err != nil {
-		if why, ok := s.q.overflow(); ok {
-			// The write was cut because the queue overflowed.
-			p.n.m.slowDisconnects.WithLabelValues(why.reason()).Inc()
-			p.end(s, reasonSlowClient)
-			return
-		}
-		p.end(s, p.n.writeFailed(err))
+		p.end(s, p.n.writeFailed(s, err))
 		return
 	}
 	s.lastWrite.Store(time.Now().UnixNano())
@@ -394,13 +388,8 @@ func (p *writerPool) finished(s *stream, out *wire, start time.Time, err error) 
 // write timeout counted from the first attempt.
 func (p *writerPool) finishWrite(s *stream, out *wire, rest *net.Buffers, start time.Time) {
 	defer p.wg.Done()
-	_ = s.conn.SetWriteDeadline(start.Add(p.n.cfg.WriteTimeout))
-	// An overflow that cut the pool writer's write must not wait out the
-	// deadline just set; one after this check cuts this write (schedule).
-	var err error
-	if _, ok := s.q.overflow(); ok {
-		err = errOverflow
-	} else {
+	err := armWrite(s, s.conn, start.Add(p.n.cfg.WriteTimeout))
+	if err == nil {
 		_, err = rest.WriteTo(s.conn)
 	}
 	if err == nil {
@@ -412,6 +401,21 @@ func (p *writerPool) finishWrite(s *stream, out *wire, rest *net.Buffers, start 
 
 // errOverflow stands for a write not attempted because the queue overflowed.
 var errOverflow = errors.New("node: queue overflowed")
+
+// armWrite sets the deadline of the writes to s that follow, unless s's
+// queue has overflowed (errOverflow). A pool stream's overflow cuts a stuck
+// write by moving its deadline to now (schedule); a deadline set after
+// that cut, for the next write of a replay or of a slow write's finisher,
+// would undo it, so the check follows the set.
+func armWrite(s *stream, to interface{ SetWriteDeadline(time.Time) error }, deadline time.Time) error {
+	if err := to.SetWriteDeadline(deadline); err != nil {
+		return fmt.Errorf("set write deadline: %w", err)
+	}
+	if s.q.overflowed() {
+		return errOverflow
+	}
+	return nil
+}
 
 // heartbeats marks the pool's streams idle for SSE_HEARTBEAT and
 // schedules them.

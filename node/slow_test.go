@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
@@ -186,8 +187,46 @@ func TestOverflowCutsStuckWrite(t *testing.T) {
 	over := testutil.ToFloat64(tn.m.slowDisconnects.WithLabelValues("queue_frames")) +
 		testutil.ToFloat64(tn.m.slowDisconnects.WithLabelValues("queue_bytes"))
 	if over != 1 {
-		t.Fatalf("overflow disconnects = %v, want 1", over)
+		t.Fatalf("overflow disconnects = %v, want 1; ends %s, slow-client ends %s", over, counts(tn.m.disconnects), counts(tn.m.slowDisconnects))
 	}
+}
+
+// TestOverflowCutsStuckReplay: the same while the request goroutine is
+// still replaying, and the end is counted as the overflow that cut it, not
+// as a write timeout.
+func TestOverflowCutsStuckReplay(t *testing.T) {
+	tn := newTestNode(t, testOpts{hijack: true, cfg: Config{
+		SlowClient:       PolicyDisconnect,
+		ClientBuffer:     16,
+		WriteTimeout:     time.Minute,
+		SocketSendBuffer: 16 << 10,
+	}})
+	payload := strings.Repeat("x", 16<<10)
+	for i := range 64 {
+		tn.publish(t, "r", "", fmt.Sprintf("%d:%s", i, payload))
+	}
+	addr := strings.TrimPrefix(tn.srv.URL, "http://")
+	_, _, _ = rawStream(t, addr, "/events?topic=r&lastEventId=0") // a 1 MiB replay it never reads
+	for i := 0; i < 400 && tn.Connections() == 1; i++ {
+		tn.publish(t, "r", "", fmt.Sprintf("live %d:%s", i, payload))
+		time.Sleep(time.Millisecond)
+	}
+	eventually(t, 10*time.Second, "slow client cut off at the overflow", func() bool { return tn.Connections() == 0 })
+	if got := testutil.ToFloat64(tn.m.slowDisconnects.WithLabelValues("queue_frames")); got != 1 {
+		t.Fatalf("queue_frames disconnects = %v, want 1; ends %s, slow-client ends %s", got, counts(tn.m.disconnects), counts(tn.m.slowDisconnects))
+	}
+}
+
+// counts lists the non-zero counts of v among the stream end reasons, for
+// failure messages.
+func counts(v *prometheus.CounterVec) string {
+	var out []string
+	for _, r := range []string{reasonClientGone, reasonWriteError, reasonWriteTimeout, reasonSlowClient, reasonDrain, reasonTokenExpired, reasonStreamReset, "queue_frames", "queue_bytes", "closed"} {
+		if c := testutil.ToFloat64(v.WithLabelValues(r)); c != 0 {
+			out = append(out, fmt.Sprintf("%s=%v", r, c))
+		}
+	}
+	return strings.Join(out, " ")
 }
 
 // TestPausedClientOutlivesWriteTimeout: a stream keeps working long after

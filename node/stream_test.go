@@ -1,7 +1,9 @@
 package node
 
 import (
+	"errors"
 	"testing"
+	"time"
 
 	"github.com/ssecluster/ssecluster/pubsub"
 )
@@ -78,4 +80,34 @@ func TestStep(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestSendAfterOverflow: once a stream's queue has overflowed, a write
+// that follows (the next page of a replay, a slow write's finisher) is not
+// made, and ends the stream as the overflow: schedule cut the stuck write
+// by moving its deadline to now, and the deadline a later write sets must
+// not undo that cut for a whole write timeout.
+func TestSendAfterOverflow(t *testing.T) {
+	n := &Node{m: newMetrics(nil), cfg: Config{WriteTimeout: time.Minute}}
+	c := &stream{topics: []string{"t"}, pos: make([]pubsub.ID, 1)}
+	c.q = newQueue(1, 1<<20, false, func() {})
+	for range 2 {
+		f := encodeOne("t", &pubsub.Entry{ID: pubsub.ID{Ms: 1}, Data: []byte("d")})
+		f.retain(1)
+		if c.q.push(f) != accepted {
+			f.Release()
+		}
+		f.Release()
+	}
+	w := new(wire)
+	w.add([]byte("id: 0-1\ndata: replayed\n\n"))
+	var sink discardSink
+	err := n.send(c, &sink, w)
+	if !errors.Is(err, errOverflow) || sink.n != 0 {
+		t.Fatalf("send after an overflow: err %v, %d bytes written; want errOverflow and nothing", err, sink.n)
+	}
+	if got := n.writeFailed(c, err); got != reasonSlowClient {
+		t.Fatalf("ended as %q, want %q", got, reasonSlowClient)
+	}
+	c.q.close()
 }
