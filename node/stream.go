@@ -142,15 +142,25 @@ func (s *stream) schedule() {
 // ""; then w.size > 0 means there is a write to make. batch is scratch for
 // the queue's frames, returned for reuse.
 func (n *Node) step(s *stream, w *wire, batch []*frame, heartbeatDue bool) (string, []*frame) {
+	// Take first, then look for an end: a stream reset (Node.reset) closes
+	// the topic's streams before the frames that follow it are fanned out,
+	// and those frames continue from an unknown position (prev 0-0), so
+	// only the end tells a writer not to send them. Checked after the take,
+	// an end set before any frame taken here is seen.
+	batch, closed, why := s.q.take(batch[:0])
 	// A server-side end aborts the connection (see closeStream), so every
 	// client library reconnects.
+	reason := s.ending()
 	if n.draining.Load() {
-		return reasonDrain, batch
+		reason = reasonDrain
 	}
-	if reason := s.ending(); reason != "" {
+	if reason != "" {
+		for _, f := range batch {
+			f.Release()
+		}
+		clear(batch)
 		return reason, batch
 	}
-	batch, closed, why := s.q.take(batch[:0])
 	if closed {
 		n.m.slowDisconnects.WithLabelValues(why.reason()).Inc()
 		return reasonSlowClient, batch

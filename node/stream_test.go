@@ -2,6 +2,8 @@ package node
 
 import (
 	"errors"
+	"runtime"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -110,4 +112,54 @@ func TestSendAfterOverflow(t *testing.T) {
 		t.Fatalf("ended as %q, want %q", got, reasonSlowClient)
 	}
 	c.q.close()
+}
+
+// TestStepNeverSendsPastAReset: a stream reset closes the topic's streams
+// (Node.reset), then the frames of the new history are fanned out; they
+// continue from an unknown position, so a writer must never send one. The
+// reset races the writer's step here, many times over.
+func TestStepNeverSendsPastAReset(t *testing.T) {
+	n := &Node{m: newMetrics(nil)}
+	before := encodeOne("t", &pubsub.Entry{ID: pubsub.ID{Ms: 1, Seq: 1}, Data: []byte("before")})
+	after := encodeOne("t", &pubsub.Entry{ID: pubsub.ID{Ms: 1, Seq: 3}, Data: []byte("after")})
+	defer before.Release()
+	defer after.Release()
+	var w wire
+	var batch []*frame
+	sent := 0
+	for i := range 10000 {
+		c := &stream{topics: []string{"t"}, pos: make([]pubsub.ID, 1)}
+		c.q = newQueue(8, 1<<20, false, func() {})
+		before.retain(1)
+		c.q.push(before)
+		var started atomic.Bool
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			started.Store(true)
+			for range i % 16 { // a different interleaving each time
+				runtime.Gosched()
+			}
+			n.closeStream(c, reasonStreamReset)
+			after.retain(1)
+			if c.q.push(after) != accepted {
+				after.Release()
+			}
+		}()
+		for !started.Load() {
+			runtime.Gosched()
+		}
+		var reason string
+		reason, batch = n.step(c, &w, batch, false)
+		<-done
+		if reason == "" {
+			if c.pos[0] == after.ID() {
+				t.Fatalf("iteration %d: a frame fanned out after the reset was sent", i)
+			}
+			sent++
+		}
+		w.reset()
+		c.q.close()
+	}
+	t.Logf("%d of 10000 steps ran before the reset", sent)
 }
