@@ -238,6 +238,12 @@ func (n *Node) admit(w http.ResponseWriter, r *http.Request, topics []string) (a
 				http.Error(w, fmt.Sprintf("topic %q: its Redis key holds something that is not a stream", t), http.StatusConflict)
 				return a, false
 			}
+			if r.Context().Err() != nil {
+				// The client left while its topics loaded: not the
+				// broker's failure, nor one to alert on.
+				n.m.connTotal.WithLabelValues(outcomeClientGone).Inc()
+				return a, false
+			}
 			n.log.Warn("subscribe: broker unavailable", "topic", t, "err", err)
 			n.reject(w, outcomeUnavailable, "broker unavailable: retry later")
 			return a, false

@@ -1,6 +1,7 @@
 package node
 
 import (
+	"context"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -169,5 +170,24 @@ func TestIPLimiterKey(t *testing.T) {
 	l.release(a)
 	if len(l.count) != 0 || !l.acquire(a) {
 		t.Fatal("release did not free the place")
+	}
+}
+
+// TestClientGoneDuringAdmission: a client that leaves while its topics
+// load is counted as gone, not as a broker failure (which alerts watch).
+func TestClientGoneDuringAdmission(t *testing.T) {
+	tn := newTestNode(t, testOpts{})
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	req := httptest.NewRequest(http.MethodGet, "/events?topic=gone", nil).WithContext(ctx)
+	tn.Handler().ServeHTTP(httptest.NewRecorder(), req)
+	if got := testutil.ToFloat64(tn.m.connTotal.WithLabelValues(outcomeUnavailable)); got != 0 {
+		t.Fatalf("sse_connections_total{outcome=%q} = %v, want 0", outcomeUnavailable, got)
+	}
+	if got := testutil.ToFloat64(tn.m.connTotal.WithLabelValues(outcomeClientGone)); got != 1 {
+		t.Fatalf("sse_connections_total{outcome=%q} = %v, want 1", outcomeClientGone, got)
+	}
+	if tn.Connections() != 0 {
+		t.Fatalf("%d connections held, want 0", tn.Connections())
 	}
 }

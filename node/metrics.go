@@ -33,6 +33,7 @@ const (
 	outcomeForbidden    = "forbidden"
 	outcomeIPLimit      = "rejected_ip_limit"
 	outcomeCORS         = "cors_refused"
+	outcomeClientGone   = "client_gone"
 
 	reasonClientGone   = "client_gone"
 	reasonWriteError   = "write_error"

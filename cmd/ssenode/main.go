@@ -50,6 +50,9 @@ type broker interface {
 	Close() error
 }
 
+// adminReadTimeout bounds reading a whole admin request, body included.
+const adminReadTimeout = 15 * time.Second
+
 // Both brokers serve a node and its window.
 var (
 	_ broker = (*pubsub.Redis)(nil)
@@ -182,6 +185,11 @@ func run(args []string, env map[string]string, stdout, stderr io.Writer) int {
 	admin := &http.Server{
 		Handler:           n.AdminHandler(reg),
 		ReadHeaderTimeout: 10 * time.Second,
+		// A publish body (up to 4 MiB) arrives within this, or its
+		// connection is closed: a publisher that stalls mid-body does not
+		// hold its buffer for ever. No WriteTimeout: a CPU profile takes
+		// its ?seconds= to answer.
+		ReadTimeout: adminReadTimeout,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
 	errc := make(chan error, 2)

@@ -293,3 +293,38 @@ func TestTracingOffByDefault(t *testing.T) {
 		}
 	}
 }
+
+// TestAdminStalledBodyCut: a publisher that stalls in the middle of its
+// body is cut off after adminReadTimeout, so it cannot hold its buffer (up
+// to 4 MiB) for ever.
+func TestAdminStalledBodyCut(t *testing.T) {
+	t.Parallel()
+	bin := buildNode(t)
+	pub, admin := freeAddr(t), freeAddr(t)
+	cmd := exec.Command(bin)
+	cmd.Env = append(os.Environ(), "SSE_LISTEN="+pub, "SSE_ADMIN_LISTEN="+admin, "SSE_LOG_FORMAT=text")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := waitProcess(t, cmd)
+	defer func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		<-exited
+	}()
+	waitFor(t, "readyz 200", func() bool { return status("http://"+admin+"/readyz") == 200 })
+	conn, err := net.Dial("tcp", admin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	start := time.Now()
+	fmt.Fprintf(conn, "POST /publish HTTP/1.1\r\nHost: a\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 4000000\r\n\r\ntopic=t&data=xxxx")
+	_ = conn.SetReadDeadline(time.Now().Add(adminReadTimeout + 20*time.Second))
+	_, err = io.ReadAll(conn)
+	if err != nil || time.Since(start) > adminReadTimeout+20*time.Second {
+		t.Fatalf("stalled publish still open after %v (err %v), want it closed after %v", time.Since(start), err, adminReadTimeout)
+	}
+	if d := time.Since(start); d < adminReadTimeout-time.Second {
+		t.Fatalf("stalled publish closed after %v, before the %v it is allowed", d, adminReadTimeout)
+	}
+}
