@@ -190,7 +190,7 @@ func run(args []string, env map[string]string, stdout, stderr io.Writer) int {
 		// hold its buffer for ever. No WriteTimeout: a CPU profile takes
 		// its ?seconds= to answer.
 		ReadTimeout: adminReadTimeout,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+		ErrorLog:    slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
 	errc := make(chan error, 2)
 	var streams net.Listener = pubLn
