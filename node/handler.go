@@ -29,7 +29,8 @@ func (n *Node) Handler() http.Handler {
 type subscribeRequest struct {
 	topics []string
 	pos    []pubsub.ID
-	resume bool // a position was given
+	resume bool   // a position was given
+	whole  []bool // topics asking for the whole window (replay.WholeWindow)
 }
 
 // parseSubscribe validates the topics and the resume position. Its errors
@@ -75,7 +76,11 @@ func (n *Node) parseSubscribe(r *http.Request) (subscribeRequest, error) {
 	if !ok {
 		pos = make([]pubsub.ID, len(topics))
 	}
-	return subscribeRequest{topics: topics, pos: pos, resume: ok}, nil
+	req := subscribeRequest{topics: topics, pos: pos, resume: ok}
+	if ok {
+		req.whole = replay.WholeWindow(raw, len(topics))
+	}
+	return req, nil
 }
 
 // maxOtherParams is how many query parameters besides topic a subscribe
@@ -141,6 +146,7 @@ func (n *Node) ServeEvents(w http.ResponseWriter, r *http.Request) {
 		pos:      req.pos,
 		admitted: admitted,
 		announce: !req.resume && (n.cfg.AnnouncePosition || n.cfg.AnnounceToBrowsers && r.Header.Get("Sec-Fetch-Mode") != ""),
+		whole:    req.whole,
 		retry:    n.retryLine(),
 	}
 	s.q = newQueue(n.cfg.ClientBuffer, n.cfg.ClientBufferBytes, n.cfg.SlowClient == PolicyDrop, s.wake)
@@ -405,6 +411,11 @@ func (n *Node) replay(ctx context.Context, to sink, w *wire, s *stream, i int, t
 	sent := 0
 	res, err := n.window.Replay(ctx, topic, s.pos[i],
 		func(g replay.Gap) error {
+			if s.whole != nil && s.whole[i] && !g.Reset && g.Requested.IsZero() {
+				// Asked for what the window holds, not for the stream
+				// from its first entry: its lost start is no gap.
+				return nil
+			}
 			n.m.replayRequests.WithLabelValues("gap").Inc()
 			// After a reset the stream's history restarted (see
 			// stream.restart). Any other gap leaves the position, so live

@@ -2,10 +2,14 @@ package node
 
 import (
 	"errors"
+	"fmt"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/ssecluster/ssecluster/pubsub"
 )
 
 // TestBrokerResetEndsTopicStreams: the broker's reset signal (the Handler
@@ -69,3 +73,57 @@ func endsWithin(c *sseClient, d time.Duration) error {
 }
 
 var errNotEnded = errors.New("the stream did not end")
+
+// TestEmptyTopicPositionIsStrict: a position 0-0, which the node hands out
+// for a topic that was empty when the stream opened, is before the stream's
+// first entry: entries published and trimmed while the client was away are
+// announced as a gap, not skipped in silence. A lone Last-Event-ID: 0 asks
+// for whatever the window holds, and gets it with no gap.
+func TestEmptyTopicPositionIsStrict(t *testing.T) {
+	tn := newTestNode(t, testOpts{mem: pubsub.MemoryConfig{MaxLen: 5}})
+	base := tn.srv.URL + "/events?topic=ga&topic=gb"
+	c := dial(t, base, "")
+	a1 := tn.publish(t, "ga", "", "a1")
+	e := c.next(t)
+	if want := a1.String() + ",0-0"; e.ID != want {
+		t.Fatalf("first event id %q, want %q", e.ID, want)
+	}
+	c.close()
+	eventually(t, 5*time.Second, "stream closed", func() bool { return tn.Connections() == 0 })
+	var b []pubsub.ID
+	for i := range 10 {
+		b = append(b, tn.publish(t, "gb", "", fmt.Sprintf("b%d", i+1)))
+	}
+
+	c = dial(t, base, e.ID)
+	g := c.next(t)
+	if g.Event != "sse-gap" || !strings.Contains(g.Data, `"topic":"gb"`) || !strings.Contains(g.Data, `"oldest":"`+b[5].String()+`"`) {
+		t.Fatalf("resume from %s: got %+v, want an sse-gap for gb with oldest %s", e.ID, g, b[5])
+	}
+	for i := 5; i < 10; i++ {
+		if got := c.next(t); got.Data != fmt.Sprintf("b%d", i+1) {
+			t.Fatalf("resume from %s: got %+v, want b%d", e.ID, got, i+1)
+		}
+	}
+	c.close()
+
+	for _, tt := range []struct{ url, lastID string }{
+		{tn.srv.URL + "/events?topic=gb", "0"},
+		{base, "0"},
+		{base, "0,0"},
+		{base, a1.String() + ",0"},
+	} {
+		c = dial(t, tt.url, tt.lastID)
+		if tt.url == base && tt.lastID != a1.String()+",0" {
+			if got := c.next(t); got.Data != "a1" {
+				t.Fatalf("Last-Event-ID %s: got %+v, want a1", tt.lastID, got)
+			}
+		}
+		for i := 5; i < 10; i++ {
+			if got := c.next(t); got.Event != "" || got.Data != fmt.Sprintf("b%d", i+1) {
+				t.Fatalf("Last-Event-ID %s: got %+v, want b%d and no gap", tt.lastID, got, i+1)
+			}
+		}
+		c.close()
+	}
+}

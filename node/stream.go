@@ -48,6 +48,11 @@ type stream struct {
 	topics   []string
 	q        *queue
 	announce bool // came without a position: send the starting one
+	// whole marks the topics that asked for the whole window (a "0" in
+	// Last-Event-ID): what their streams lost before the oldest entry held
+	// is no gap. A position 0-0 (a topic that was empty) is before the
+	// stream's first entry, and such a loss is. nil when none asked.
+	whole []bool
 	// conn is the hijacked connection of a pool stream, set (under
 	// writerPool.mu) before it is registered; nil on net/http.
 	conn net.Conn

@@ -1,6 +1,7 @@
 package replay
 
 import (
+	"strings"
 	"testing"
 
 	"github.com/ssecluster/ssecluster/pubsub"
@@ -57,11 +58,13 @@ func TestStartGapFork(t *testing.T) {
 		{"forked", id(30), true, true, false},
 		{"deleted", id(12), true, false, false},
 		{"below first, trimmed", id(5), true, true, false},
-		{"0-0", pubsub.ID{}, true, false, false},
+		{"0-0, entries deleted since", pubsub.ID{}, true, true, false},
+		{"0-0 after a reset restart", pubsub.ID{}, true, false, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			g, restart := startGap("t", tt.cursor, &info, tt.missing)
+			restarted := strings.HasSuffix(tt.name, "restart")
+			g, restart := startGap("t", tt.cursor, restarted, &info, tt.missing)
 			if (g != nil) != tt.wantGap || restart != tt.wantReset || g != nil && g.Reset != tt.wantReset {
 				t.Fatalf("gap %+v restart %v, want gap %v reset %v", g, restart, tt.wantGap, tt.wantReset)
 			}

@@ -33,9 +33,11 @@ const MaxTopics = MaxLastEventIDLen / (maxIDLen + 1)
 // the topic parameters.
 //
 // raw == "" means no position (live from now): ok is false and err nil. For
-// one topic raw is an entry ID, "<ms>-<seq>" or "<ms>" ("0" and "0-0" mean
-// everything in the window). For several, raw is exactly n such IDs joined
-// by ','; a lone "0" (or "0-0") means 0-0 for every topic. Anything else
+// one topic raw is an entry ID, "<ms>-<seq>" or "<ms>". Both "0" and "0-0"
+// parse to 0-0, but mean different things (see WholeWindow): "0" asks for
+// whatever the window holds, 0-0 is the position before the stream's first
+// entry. For several, raw is exactly n such IDs joined by ','; a lone "0"
+// (or "0-0") means that for every topic. Anything else
 // (wrong count, an empty part, spaces, signs, longer than
 // MaxLastEventIDLen) is an error wrapping ErrBadLastEventID whose message
 // names the offending part.
@@ -107,4 +109,27 @@ func quotePart(s string) string {
 		return strconv.Quote(s[:maxShown]) + "..."
 	}
 	return strconv.Quote(s)
+}
+
+// WholeWindow reports which topics of a Last-Event-ID that ParseLastEventID
+// accepted for n topics ask for the whole window: a "0" part, or a lone
+// "0". Such a topic's replay starts at its oldest entry held, and what the
+// stream lost before that is no gap; a position 0-0 (what a node hands out
+// for a topic that was empty) is before the stream's first entry, and an
+// entry removed since is a gap. nil when no topic asks.
+func WholeWindow(raw string, n int) []bool {
+	if raw != "0" && !strings.HasPrefix(raw, "0,") && !strings.Contains(raw, ",0,") && !strings.HasSuffix(raw, ",0") {
+		return nil
+	}
+	whole := make([]bool, n)
+	if raw == "0" {
+		for i := range whole {
+			whole[i] = true
+		}
+		return whole
+	}
+	for i, part := range strings.SplitN(raw, ",", n) {
+		whole[i] = part == "0"
+	}
+	return whole
 }

@@ -146,3 +146,26 @@ func FuzzParseLastEventID(f *testing.F) {
 		}
 	})
 }
+
+func TestWholeWindow(t *testing.T) {
+	tests := []struct {
+		raw  string
+		n    int
+		want []bool
+	}{
+		{"0", 1, []bool{true}},
+		{"0-0", 1, nil},
+		{"5-1", 1, nil},
+		{"0", 3, []bool{true, true, true}},
+		{"0-0", 3, nil},
+		{"0,5-1,0-0", 3, []bool{true, false, false}},
+		{"5-1,0", 2, []bool{false, true}},
+		{"5-1,0,7", 3, []bool{false, true, false}},
+		{"10,20", 2, nil},
+	}
+	for _, tt := range tests {
+		if got := WholeWindow(tt.raw, tt.n); !slices.Equal(got, tt.want) {
+			t.Errorf("WholeWindow(%q, %d) = %v, want %v", tt.raw, tt.n, got, tt.want)
+		}
+	}
+}

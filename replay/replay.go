@@ -119,6 +119,8 @@ func (w *Window) Replay(ctx context.Context, topic string, after pubsub.ID,
 	// gappedAt is the cursor a gap was last announced at: one gap per
 	// discontinuity, not one per rule that sees it.
 	gappedAt, gapped := pubsub.ID{}, false
+	// restarted: a reset gap sent the cursor back to 0-0 (see startGap).
+	restarted := false
 	announce := func(g Gap) error {
 		if gapped && gappedAt == g.Requested {
 			return nil
@@ -192,14 +194,19 @@ func (w *Window) Replay(ctx context.Context, topic string, after pubsub.ID,
 		}
 		seenMean = max(seenMean, pageMean(p.Entries))
 		info := &p.Info
-		if g, restart := startGap(topic, cursor, info, p.AfterMissing); g != nil {
+		if g, restart := startGap(topic, cursor, restarted, info, p.AfterMissing); g != nil {
 			if err := announce(*g); err != nil {
 				return res, err
 			}
 			if restart {
-				cursor, res.Last = pubsub.ID{}, pubsub.ID{}
+				cursor, res.Last, restarted = pubsub.ID{}, pubsub.ID{}, true
 				continue // the ring may cover 0-0
 			}
+		}
+		// A deletion after the cursor is a gap; at 0-0 after a restart,
+		// the reset was.
+		deletedAfter := func(c pubsub.ID) bool {
+			return !(c.IsZero() && restarted) && c.Less(info.MaxDeleted)
 		}
 		// p is shared with other Replays: read only.
 		for i := range p.Entries {
@@ -207,7 +214,7 @@ func (w *Window) Replay(ctx context.Context, topic string, after pubsub.ID,
 			if !cursor.Less(e.ID) {
 				continue // never emit out of order, whatever the source does
 			}
-			if !cursor.IsZero() && cursor.Less(info.MaxDeleted) && info.MaxDeleted.Less(e.ID) {
+			if deletedAfter(cursor) && info.MaxDeleted.Less(e.ID) {
 				// An entry after the cursor and before e was deleted.
 				if err := announce(Gap{Topic: topic, Requested: cursor, Oldest: info.First}); err != nil {
 					return res, err
@@ -226,7 +233,7 @@ func (w *Window) Replay(ctx context.Context, topic string, after pubsub.ID,
 			// The source had nothing more when read; later entries come
 			// live. Something after the cursor was deleted: a gap, even
 			// with no entry after it to announce it before.
-			if !cursor.IsZero() && cursor.Less(info.MaxDeleted) {
+			if deletedAfter(cursor) {
 				if err := announce(Gap{Topic: topic, Requested: cursor, Oldest: info.First}); err != nil {
 					return res, err
 				}
@@ -246,9 +253,16 @@ func (w *Window) Replay(ctx context.Context, topic string, after pubsub.ID,
 // of this stream: missing (the source does not hold the entry at cursor)
 // within its span and above MaxDeleted, a fork. A fork keeps the cursor:
 // the entries after it are new to the client and come in order, those
-// before it are the gap. Position 0-0 is never a gap.
-func startGap(topic string, cursor pubsub.ID, info *pubsub.StreamInfo, missing bool) (g *Gap, restart bool) {
-	if cursor.IsZero() {
+// before it are the gap.
+//
+// Position 0-0 is before the stream's first entry: nothing is ahead of it
+// (no reset), and an entry deleted since (MaxDeleted) is a gap, as for any
+// position below the first entry; a node hands it out for a topic that was
+// empty when the stream opened. After a reset restarted the replay there
+// (restarted), 0-0 is instead the whole of the new history, and its losses
+// before the restart are the reset's gap.
+func startGap(topic string, cursor pubsub.ID, restarted bool, info *pubsub.StreamInfo, missing bool) (g *Gap, restart bool) {
+	if cursor.IsZero() && (restarted || !info.Exists) {
 		return nil, false
 	}
 	forked := missing && info.Length > 0 && !cursor.Less(info.First) && info.MaxDeleted.Less(cursor)

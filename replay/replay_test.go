@@ -151,8 +151,12 @@ func TestReplayGaps(t *testing.T) {
 		// is the first held.
 		{name: "position never an entry, below first", setup: trimmedTo(50), after: pubsub.ID{Ms: 50, Seq: 1},
 			wantGap: &Gap{Topic: "t", Requested: pubsub.ID{Ms: 50, Seq: 1}, Oldest: id(51)}, want: seq(51, 100), wantLast: id(100)},
-		{name: "zero never a gap", setup: trimmedTo(50), after: pubsub.ID{},
-			want: seq(51, 100), wantLast: id(100)},
+		// 0-0 is before the stream's first entry: what was trimmed since
+		// is a gap (the node hands 0-0 out for a topic that was empty).
+		{name: "zero, trimmed since", setup: trimmedTo(50), after: pubsub.ID{},
+			wantGap: &Gap{Topic: "t", Requested: pubsub.ID{}, Oldest: id(51)}, want: seq(51, 100), wantLast: id(100)},
+		{name: "zero, nothing removed", setup: trimmedTo(0), after: pubsub.ID{},
+			want: seq(1, 100), wantLast: id(100)},
 		{name: "everything trimmed", setup: trimmedTo(100), after: id(10),
 			wantGap: &Gap{Topic: "t", Requested: id(10), Oldest: pubsub.ID{}}, want: nil, wantLast: id(10)},
 		{name: "lost stream", setup: func(src *fakeSource) {}, after: id(10),
@@ -163,6 +167,10 @@ func TestReplayGaps(t *testing.T) {
 			wantGap: &Gap{Topic: "t", Requested: id(500), Oldest: id(1), Reset: true}, want: seq(1, 100), wantLast: id(100)},
 		{name: "recreated stream", setup: func(src *fakeSource) { src.add("t", 1, 100); src.lose("t"); src.add("t", 7, 9) },
 			after: id(100), wantGap: &Gap{Topic: "t", Requested: id(100), Oldest: id(7), Reset: true}, want: seq(7, 9), wantLast: id(9)},
+		// After the reset the whole new history follows: its own
+		// trimmed start is the reset's gap, not a second one.
+		{name: "recreated stream, trimmed since", setup: func(src *fakeSource) { src.add("t", 1, 100); src.lose("t"); src.add("t", 7, 20); src.trim("t", id(9)) },
+			after: id(100), wantGap: &Gap{Topic: "t", Requested: id(100), Oldest: id(10), Reset: true}, want: seq(10, 20), wantLast: id(20)},
 		{name: "future position, empty stream", setup: func(src *fakeSource) { src.add("t", 1, 3); src.trim("t", id(3)) },
 			after: id(500), wantGap: &Gap{Topic: "t", Requested: id(500), Reset: true}, want: nil, wantLast: pubsub.ID{}},
 	}
