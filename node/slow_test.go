@@ -169,12 +169,7 @@ func TestQueueBounds(t *testing.T) {
 // the write deadline (a minute here). The net/http path waits out its
 // deadline (README), so this test always hijacks.
 func TestOverflowCutsStuckWrite(t *testing.T) {
-	tn := newTestNode(t, testOpts{hijack: true, cfg: Config{
-		SlowClient:       PolicyDisconnect,
-		ClientBuffer:     16,
-		WriteTimeout:     time.Minute,
-		SocketSendBuffer: 16 << 10,
-	}})
+	tn := stuckWriteNode(t)
 	addr := strings.TrimPrefix(tn.srv.URL, "http://")
 	_, _, _ = rawStream(t, addr, "/events?topic=s") // then reads nothing
 	eventually(t, 5*time.Second, "stream open", func() bool { return tn.Connections() == 1 })
@@ -191,16 +186,23 @@ func TestOverflowCutsStuckWrite(t *testing.T) {
 	}
 }
 
-// TestOverflowCutsStuckReplay: the same while the request goroutine is
-// still replaying, and the end is counted as the overflow that cut it, not
-// as a write timeout.
-func TestOverflowCutsStuckReplay(t *testing.T) {
-	tn := newTestNode(t, testOpts{hijack: true, cfg: Config{
+// stuckWriteNode is a hijacking node whose slow clients fill their socket
+// fast and overflow at 16 frames, with a write timeout (a minute) no test
+// waits for.
+func stuckWriteNode(t *testing.T) *testNode {
+	return newTestNode(t, testOpts{hijack: true, cfg: Config{
 		SlowClient:       PolicyDisconnect,
 		ClientBuffer:     16,
 		WriteTimeout:     time.Minute,
 		SocketSendBuffer: 16 << 10,
 	}})
+}
+
+// TestOverflowCutsStuckReplay: the same while the request goroutine is
+// still replaying, and the end is counted as the overflow that cut it, not
+// as a write timeout.
+func TestOverflowCutsStuckReplay(t *testing.T) {
+	tn := stuckWriteNode(t)
 	payload := strings.Repeat("x", 16<<10)
 	for i := range 64 {
 		tn.publish(t, "r", "", fmt.Sprintf("%d:%s", i, payload))

@@ -4,10 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"net/http"
-	"os"
-	"os/exec"
 	"strings"
-	"syscall"
 	"testing"
 )
 
@@ -42,19 +39,7 @@ func TestClusterConfigErrors(t *testing.T) {
 // The embedded broker's membership is the node alone; GET /cluster lists
 // it under SSE_NODE_ID with SSE_ADVERTISE_ADDR.
 func TestClusterEmbedded(t *testing.T) {
-	bin := buildNode(t)
-	pub, admin := freeAddr(t), freeAddr(t)
-	cmd := exec.Command(bin)
-	cmd.Env = append(os.Environ(), "SSE_LISTEN="+pub, "SSE_ADMIN_LISTEN="+admin, "SSE_NODE_ID=solo", "SSE_ADVERTISE_ADDR=sse.example:443")
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := waitProcess(t, cmd)
-	defer func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		<-exited
-	}()
-	waitFor(t, "readyz 200", func() bool { return status("http://"+admin+"/readyz") == 200 })
+	_, admin := startNode(t, "SSE_NODE_ID=solo", "SSE_ADVERTISE_ADDR=sse.example:443")
 	resp, err := http.Get("http://" + admin + "/cluster")
 	if err != nil {
 		t.Fatal(err)

@@ -299,19 +299,7 @@ func TestTracingOffByDefault(t *testing.T) {
 // to 4 MiB) for ever.
 func TestAdminStalledBodyCut(t *testing.T) {
 	t.Parallel()
-	bin := buildNode(t)
-	pub, admin := freeAddr(t), freeAddr(t)
-	cmd := exec.Command(bin)
-	cmd.Env = append(os.Environ(), "SSE_LISTEN="+pub, "SSE_ADMIN_LISTEN="+admin, "SSE_LOG_FORMAT=text")
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := waitProcess(t, cmd)
-	defer func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		<-exited
-	}()
-	waitFor(t, "readyz 200", func() bool { return status("http://"+admin+"/readyz") == 200 })
+	_, admin := startNode(t, "SSE_LOG_FORMAT=text")
 	conn, err := net.Dial("tcp", admin)
 	if err != nil {
 		t.Fatal(err)
@@ -327,4 +315,25 @@ func TestAdminStalledBodyCut(t *testing.T) {
 	if d := time.Since(start); d < adminReadTimeout-time.Second {
 		t.Fatalf("stalled publish closed after %v, before the %v it is allowed", d, adminReadTimeout)
 	}
+}
+
+// startNode runs the built node with env added to this process's, on free
+// addresses, until it is ready; the test's cleanup stops it (SIGTERM) and
+// waits for it. It returns the stream and admin listeners' addresses.
+func startNode(t *testing.T, env ...string) (pub, admin string) {
+	t.Helper()
+	bin := buildNode(t)
+	pub, admin = freeAddr(t), freeAddr(t)
+	cmd := exec.Command(bin)
+	cmd.Env = append(append(os.Environ(), "SSE_LISTEN="+pub, "SSE_ADMIN_LISTEN="+admin), env...)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := waitProcess(t, cmd)
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		<-exited
+	})
+	waitFor(t, "readyz 200", func() bool { return status("http://"+admin+"/readyz") == 200 })
+	return pub, admin
 }
