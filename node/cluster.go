@@ -240,6 +240,7 @@ func (c *Cluster) loop() {
 	var (
 		tokens   float64   // rebalance closes allowed now: a bucket refilled at the rate
 		since    time.Time // when the current wave of shedding began; zero when idle
+		excess   time.Time // since when this node has been above its share; zero when not
 		lastWant time.Time
 		lastAge  time.Time // the last look at stream ages; the first is at once
 	)
@@ -248,7 +249,21 @@ func (c *Cluster) loop() {
 		case <-c.stop:
 			return
 		case now := <-t.C:
-			want := c.rebalanceWant(now)
+			want, above, at := c.rebalanceWant(now)
+			if !above {
+				excess = time.Time{}
+			} else if excess.IsZero() {
+				excess = now
+			}
+			// This node's count is live, the others' are up to a refresh
+			// old: a burst of connects to every node at once looks like
+			// an excess here until they report it. Act only on a view
+			// read a refresh after the excess began, in which every node's
+			// count is newer than it.
+			if want > 0 && at.Before(excess.Add(c.membership().Refresh())) {
+				want = 0
+				lastWant = now // a wave that is waiting stays one wave
+			}
 			if want == 0 {
 				if !since.IsZero() && now.Sub(lastWant) > slowStartReset {
 					since, tokens = time.Time{}, 0
@@ -284,9 +299,11 @@ func slowStart(rate float64, d time.Duration) float64 {
 	return rate * min(1, math.Exp2(d.Seconds())/slowStartFactor)
 }
 
-// rebalanceWant is how many streams this node should shed now: 0 when it
-// holds no more than its share, or must not shed.
-func (c *Cluster) rebalanceWant(now time.Time) int {
+// rebalanceWant is how many streams this node should shed now (0 when it
+// holds no more than its share, or must not shed), whether it holds more
+// than its share (or is still moving streams it shed), and when the
+// membership view it judged by was read.
+func (c *Cluster) rebalanceWant(now time.Time) (want int, above bool, at time.Time) {
 	m := c.membership()
 	view, at, err := m.View()
 	c.members.Set(float64(len(view)))
@@ -305,9 +322,11 @@ func (c *Cluster) rebalanceWant(now time.Time) int {
 		c.share.Set(float64(mine) / share)
 	}
 	if c.cfg.NoRebalance || c.n.Draining() {
-		return 0
+		return 0, false, at
 	}
-	return want
+	// Streams this node shed and that are still moving count twice in
+	// the share once their new node reports them: still the same wave.
+	return want, share > 0 && (float64(mine) > share || moving > 0), at
 }
 
 // shedNow closes k streams chosen at random and returns how many it closed.

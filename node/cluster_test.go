@@ -65,10 +65,12 @@ func TestPlanExcess(t *testing.T) {
 	}
 }
 
-// fakeMembership is a view set by the test, always fresh.
+// fakeMembership is a view set by the test, fresh unless the test sets
+// when it was read (at).
 type fakeMembership struct {
 	mu   sync.Mutex
 	view []pubsub.Member
+	at   time.Time
 }
 
 func (f *fakeMembership) ID() string             { return "self" }
@@ -78,6 +80,9 @@ func (f *fakeMembership) TTL() time.Duration     { return 300 * time.Millisecond
 func (f *fakeMembership) View() ([]pubsub.Member, time.Time, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if !f.at.IsZero() {
+		return f.view, f.at, nil
+	}
 	return f.view, time.Now(), nil
 }
 
@@ -183,6 +188,32 @@ func TestClusterShedsExcess(t *testing.T) {
 		case <-time.After(5 * time.Second):
 			t.Fatal("fewer than 5 clients saw their stream end")
 		}
+	}
+}
+
+// TestClusterWaitsForFreshCounts: streams that reach every node at once
+// (a load test, clients back after a deploy) make this node's live count
+// look like an excess against the others' older ones. It sheds nothing
+// until a view read a refresh after the excess began, and nothing at all
+// when that view shows the others got their share too.
+func TestClusterWaitsForFreshCounts(t *testing.T) {
+	m := &fakeMembership{at: time.Now()} // read before the streams came
+	m.set(pubsub.Member{ID: "self", Ready: true}, pubsub.Member{ID: "other", Ready: true})
+	tn := newTestNode(t, testOpts{})
+	openStreams(t, tn, 10)
+	tn.publish(t, "t", "", "x") // every stream holds a position: sheddable
+	c := startCluster(t, tn, ClusterConfig{RebalanceRate: 1000}, m)
+	time.Sleep(time.Second)
+	if got := tn.Connections(); got != 10 {
+		t.Fatalf("%d streams open after a second of a view older than them, want 10", got)
+	}
+	m.mu.Lock()
+	m.at = time.Time{} // fresh from now on: the other node has its 10 too
+	m.view = []pubsub.Member{{ID: "self", Streams: 10, Ready: true}, {ID: "other", Streams: 10, Ready: true}}
+	m.mu.Unlock()
+	time.Sleep(time.Second)
+	if got := testutil.ToFloat64(c.shed.WithLabelValues(reasonRebalance)); got != 0 {
+		t.Fatalf("shed %v streams of a balanced cluster, want 0", got)
 	}
 }
 
