@@ -50,14 +50,17 @@ redis_start() {
     --appendonly yes --appendfsync everysec --maxmemory-policy noeviction "${extra[@]}" \
     --logfile "$dir/log" &
   pids+=($!)
+  rpids+=($!)
   for _ in $(seq 300); do redis-cli -p "$port" ping >/dev/null 2>&1 && return; sleep 0.1; done
   log "redis on $port did not start"; exit 1
 }
 
-# servers: the ports of the Redis processes of the current topology.
+# servers: the ports of the Redis processes of the current topology;
+# rpids: their process IDs.
 servers=()
+rpids=()
 topology_up() {
-  servers=()
+  servers=() rpids=()
   case $1 in
   standalone)
     redis_start "$REDIS_BASE"
@@ -82,9 +85,10 @@ topology_up() {
 
 topology_down() {
   for p in "${servers[@]}"; do redis-cli -p "$p" shutdown nosave >/dev/null 2>&1 || true; done
-  for p in "${servers[@]}"; do
-    for _ in $(seq 100); do redis-cli -p "$p" ping >/dev/null 2>&1 || break; sleep 0.1; done
-  done
+  # Until they exit, not until they stop answering: a master waits for
+  # its replicas before it exits, still holding its port, and the next
+  # topology starts on the same ports.
+  for p in "${rpids[@]}"; do wait "$p" 2>/dev/null || true; done
 }
 
 # stats PORT: "calls xadd cpu role" of one server.
