@@ -117,33 +117,99 @@ func readData(c *sseClient, n int) error {
 	return nil
 }
 
-// A replay is written whenever the client's byte budget has been gathered:
-// what waits for a client is bounded in bytes, replay as live. The budget
-// here holds four events; each chunk of the hijacked wire is one write.
-func TestReplayWritesByBytes(t *testing.T) {
-	const (
-		events = 40
-		budget = 4 << 10
-	)
-	tn := newTestNode(t, testOpts{hijack: true, cfg: Config{ClientBufferBytes: budget, Heartbeat: time.Hour}})
-	data := strings.Repeat("r", 1000)
-	for range events {
-		tn.publish(t, "rp", "", data)
-	}
-	c := rawHTTP(t, tn.srv.URL, "/events?topic=rp&lastEventId=0-0")
-	if got := readChunk(t, c.br); got != "\n\n" {
-		t.Fatalf("opening chunk = %q, want a blank line", got)
-	}
-	got, chunks := 0, 0
-	for got < events {
-		ch := readChunk(t, c.br)
-		chunks++
-		if len(ch) > budget+len(data)+64 {
-			t.Fatalf("replay chunk of %d bytes, want at most the budget (%d) and one event", len(ch), budget)
+// readLines reads c's next event and checks that it has n empty data
+// lines, without keeping them.
+func readLines(c *sseClient, n int) error {
+	got := 0
+	for {
+		line, err := c.r.ReadSlice('\n')
+		if err != nil {
+			return fmt.Errorf("read stream after %d data lines: %w", got, err)
 		}
-		got += strings.Count(ch, "data: ")
+		switch {
+		case bytes.HasPrefix(line, []byte("data:")):
+			if len(bytes.TrimSpace(line[len("data:"):])) != 0 {
+				return fmt.Errorf("data line %q, want an empty one", line)
+			}
+			got++
+		case len(line) == 1 && got > 0:
+			if got != n {
+				return fmt.Errorf("got %d data lines, want %d", got, n)
+			}
+			return nil
+		}
 	}
-	if got != events || chunks < events*1000/(budget+1000) {
-		t.Fatalf("%d events in %d chunks, want %d events in at least %d", got, chunks, events, events*1000/(budget+1000))
+}
+
+// A replay is written whenever replayFlushBytes, or the client's smaller
+// byte budget, have been gathered: a replay's frames are the client's own,
+// so what waits for a client that does not read stays small. Each chunk of
+// the hijacked wire is one write.
+func TestReplayWritesByBytes(t *testing.T) {
+	const size = 1000
+	for _, budget := range []int{4 << 10, 1 << 20} {
+		t.Run(fmt.Sprintf("budget %d", budget), func(t *testing.T) {
+			flush := min(budget, replayFlushBytes)
+			events := 4 * flush / size
+			tn := newTestNode(t, testOpts{hijack: true, cfg: Config{ClientBufferBytes: budget, Heartbeat: time.Hour}})
+			data := strings.Repeat("r", size)
+			for range events {
+				tn.publish(t, "rp", "", data)
+			}
+			c := rawHTTP(t, tn.srv.URL, "/events?topic=rp&lastEventId=0-0")
+			if got := readChunk(t, c.br); got != "\n\n" {
+				t.Fatalf("opening chunk = %q, want a blank line", got)
+			}
+			got, chunks := 0, 0
+			for got < events {
+				ch := readChunk(t, c.br)
+				chunks++
+				if len(ch) > flush+size+64 {
+					t.Fatalf("replay chunk of %d bytes, want at most %d and one event", len(ch), flush)
+				}
+				got += strings.Count(ch, "data: ")
+			}
+			if want := events * size / (flush + size); got != events || chunks < want {
+				t.Fatalf("%d events in %d chunks, want %d events in at least %d", got, chunks, events, want)
+			}
+		})
+	}
+}
+
+// TestReplaySharesLargeFrames resumes many clients that do not read over
+// one large entry made of line breaks, which encodes to seven times its
+// size: the clients share one encoded frame. With a frame per replay it
+// was 100 clients x 7 MiB.
+func TestReplaySharesLargeFrames(t *testing.T) {
+	const (
+		clients   = 50
+		size      = 1 << 20
+		maxGrowth = 32 << 20
+	)
+	tn := newTestNode(t, testOpts{cfg: Config{WriteTimeout: time.Minute}})
+	before := liveHeap()
+	stop := heapPeak()
+	tn.publish(t, "nl", "", strings.Repeat("\n", size))
+	streams := make([]*sseClient, clients)
+	for i := range streams {
+		streams[i] = dial(t, tn.srv.URL+"/events?topic=nl", "0")
+	}
+	// The replays block in their writes of the frame, which no client
+	// reads yet.
+	eventually(t, 30*time.Second, "every client subscribed", func() bool {
+		return len(tn.subscribers("nl")) == clients
+	})
+	for _, c := range streams {
+		if err := readLines(c, size+1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	peak := stop()
+	growth := int64(peak) - int64(before)
+	t.Logf("%d clients resuming a %d KiB entry of line breaks: heap %d MiB before, peak %d MiB, growth %d MiB",
+		clients, size>>10, before>>20, peak>>20, growth>>20)
+	if growth > maxGrowth {
+		t.Errorf("heap grew by %d MiB replaying one %d KiB entry to %d clients, want at most %d MiB",
+			growth>>20, size>>10, clients, maxGrowth>>20)
 	}
 }

@@ -1,9 +1,11 @@
 package node
 
 import (
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"unsafe"
+	"weak"
 
 	"github.com/ssecluster/ssecluster/pubsub"
 )
@@ -119,6 +121,11 @@ func newFrame(n int) *frame {
 }
 
 func putFrame(f *frame) {
+	if f.class < 0 {
+		// Not pooled: left whole for the garbage collector, and for
+		// sharedFrames, which may still hand it out.
+		return
+	}
 	f.topic = ""
 	f.buf = f.buf[:0]
 	f.events = f.events[:0]
@@ -131,6 +138,98 @@ func putFrame(f *frame) {
 // one reference held by the caller.
 func encodeOne(topic string, e *pubsub.Entry) *frame {
 	return encodeFrame(topic, oneEntry(e), frameSize(e))
+}
+
+// sharedFrames lets every replay of one large entry write the same frame:
+// a replay encodes what it sends, and without sharing, a 4 MiB entry of
+// line breaks (28 MiB encoded) would cost 28 MiB per resuming client.
+// Frames small enough for the pools are encoded per replay; they cost at
+// most the replay's flush bytes each (see replayFlushBytes).
+//
+// An entry is known by its data's identity, not only by topic and ID: a
+// reset stream may reuse an ID for other data, while replays of one ring
+// entry or of one shared source page hold the same data slice. The map
+// holds weak pointers, so a frame lives as long as a write holds it, and
+// one replay encodes while the others of a reconnect storm wait for it.
+type sharedFrames struct {
+	mu sync.Mutex
+	m  map[sharedKey]*sharedFrame
+}
+
+type sharedKey struct {
+	topic string
+	id    pubsub.ID
+	data  weak.Pointer[byte]
+	size  int
+}
+
+type sharedFrame struct {
+	ready chan struct{} // closed once f is set
+	f     weak.Pointer[frame]
+}
+
+// encode returns e's frame for topic, with one reference for the caller.
+func (c *sharedFrames) encode(topic string, e *pubsub.Entry) *frame {
+	size := frameSize(e)
+	if classFor(size) >= 0 || len(e.Data) == 0 {
+		return encodeFrame(topic, oneEntry(e), size)
+	}
+	k := sharedKey{topic, e.ID, weak.Make(&e.Data[0]), len(e.Data)}
+	for {
+		sf, mine := c.claim(k)
+		if mine {
+			f := encodeFrame(topic, oneEntry(e), size)
+			sf.f = weak.Make(f)
+			close(sf.ready)
+			runtime.AddCleanup(f, c.forget, sharedEntry{k, sf})
+			return f
+		}
+		<-sf.ready
+		// Unpooled frames are never emptied (putFrame), so a frame whose
+		// references all went is still whole while the collector has
+		// not taken it.
+		if f := sf.f.Value(); f != nil {
+			f.retain(1)
+			return f
+		}
+		c.forget(sharedEntry{k, sf})
+	}
+}
+
+// claim returns k's entry, and whether the caller made it and must encode.
+func (c *sharedFrames) claim(k sharedKey) (*sharedFrame, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if sf := c.m[k]; sf != nil {
+		return sf, false
+	}
+	if c.m == nil {
+		c.m = make(map[sharedKey]*sharedFrame)
+	}
+	sf := &sharedFrame{ready: make(chan struct{})}
+	c.m[k] = sf
+	return sf, true
+}
+
+type sharedEntry struct {
+	k  sharedKey
+	sf *sharedFrame
+}
+
+// forget drops an entry whose frame is gone, unless k was claimed again.
+func (c *sharedFrames) forget(e sharedEntry) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.m[e.k] == e.sf {
+		delete(c.m, e.k)
+	}
+}
+
+// len is how many entries are shared.
+func (c *sharedFrames) len() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.m)
 }
 
 // maxBatchBytes bounds a frame that holds several events, so that batch

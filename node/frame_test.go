@@ -2,8 +2,10 @@ package node
 
 import (
 	"bytes"
+	"runtime"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/ssecluster/ssecluster/pubsub"
 )
@@ -221,5 +223,57 @@ func TestGatherSkipsAndComposes(t *testing.T) {
 				t.Fatalf("got %q (%d), want %q (%d)", got, n, tt.want, tt.n)
 			}
 		})
+	}
+}
+
+// Replays of one large entry share its frame; the same topic and ID with
+// other data (a stream reset reused the ID) get a frame of their own, and
+// a frame no write holds leaves the map.
+func TestSharedFrames(t *testing.T) {
+	var c sharedFrames
+	data := bytes.Repeat([]byte("y"), 256<<10)
+	e := pubsub.Entry{ID: pubsub.ID{Ms: 7}, Data: data}
+	a, b := c.encode("t", &e), c.encode("t", &e)
+	if a != b {
+		t.Fatal("two replays of one large entry got two frames")
+	}
+	got := make(chan *frame)
+	for range 20 {
+		go func() { got <- c.encode("t", &pubsub.Entry{ID: e.ID, Data: data}) }()
+	}
+	for range 20 {
+		if f := <-got; f != a {
+			t.Fatal("concurrent replays of one large entry got two frames")
+		}
+	}
+	other := pubsub.Entry{ID: e.ID, Data: bytes.Repeat([]byte("z"), len(data))}
+	o := c.encode("t", &other)
+	if o == a || !bytes.Contains(o.Bytes(), []byte("zzz")) {
+		t.Fatal("an entry with the same ID and other data got the first entry's frame")
+	}
+	if s := c.encode("u", &e); s == a {
+		t.Fatal("the same data on another topic got the first topic's frame")
+	}
+	small := pubsub.Entry{ID: e.ID, Data: []byte("s")}
+	if c.encode("t", &small) == c.encode("t", &small) {
+		t.Fatal("a pooled frame was shared")
+	}
+	a.Release()
+	b.Release()
+	if !bytes.HasSuffix(a.Bytes(), []byte("y\n\n")) {
+		t.Fatal("a shared frame was emptied when its references went")
+	}
+	if f := c.encode("t", &e); f != a {
+		t.Fatal("a frame still alive was encoded again")
+	}
+	a, b, o = nil, nil, nil
+	runtime.KeepAlive(data)
+	deadline := time.Now().Add(10 * time.Second)
+	for c.len() > 0 && time.Now().Before(deadline) {
+		runtime.GC()
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := c.len(); n != 0 {
+		t.Fatalf("%d frames still in the map after every write let go", n)
 	}
 }

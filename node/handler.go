@@ -402,10 +402,18 @@ func (n *Node) send(s *stream, to sink, w *wire) error {
 	return nil
 }
 
+// replayFlushBytes is the most a replay gathers before it writes (or the
+// client's SSE_CLIENT_BUFFER_BYTES if smaller). Replay frames are the
+// client's own, unlike live frames, which all subscribers share: a client
+// that does not read holds what its replay gathered until the write
+// timeout, so this is small. It is the default socket buffer
+// (SSE_SOCKET_SNDBUF): a larger write would wait for the client anyway.
+const replayFlushBytes = 64 << 10
+
 // replay sends topic i's missed entries, an sse-gap event first if some
-// were lost. Each entry is encoded once into a frame that goes out by
-// reference, and the client's byte budget (SSE_CLIENT_BUFFER_BYTES) bounds
-// what waits to be written, as it bounds the live queue.
+// were lost. Each entry is encoded into a frame that goes out by reference
+// (a large one is shared by every replay that sends it, see sharedFrames),
+// and a write goes out whenever replayFlushBytes are gathered.
 func (n *Node) replay(ctx context.Context, to sink, w *wire, s *stream, i int, topic string) error {
 	ctx, span := n.startSpan(ctx, "sse.replay", replayAttrs(topic, s.pos[i]))
 	sent := 0
@@ -430,8 +438,8 @@ func (n *Node) replay(ctx context.Context, to sink, w *wire, s *stream, i int, t
 			return n.send(s, to, w)
 		},
 		func(e pubsub.Entry) error {
-			sent += s.gather(w, encodeOne(topic, &e))
-			if w.size < n.cfg.ClientBufferBytes {
+			sent += s.gather(w, n.shared.encode(topic, &e))
+			if w.size < min(replayFlushBytes, n.cfg.ClientBufferBytes) {
 				return nil
 			}
 			return n.send(s, to, w)

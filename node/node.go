@@ -177,6 +177,7 @@ type Node struct {
 	cfg    Config // immutable after New
 	broker Broker
 	window *replay.Window
+	shared sharedFrames // large replayed entries, encoded once
 	hub    *hub
 	m      *metrics
 	log    *slog.Logger
