@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"fmt"
 	"log/slog"
 	"slices"
 	"strconv"
@@ -113,6 +114,12 @@ func (c *collector) waitEntries(t testing.TB, topic string, n int, d time.Durati
 func newBroker(t testing.TB, srv *redistest.Server, edit func(*pubsub.RedisConfig)) (*pubsub.Redis, *collector) {
 	t.Helper()
 	col := newCollector(t)
+	return newBrokerHandler(t, srv, edit, col, col.handle), col
+}
+
+// newBrokerHandler is newBroker with a handler of the test's own.
+func newBrokerHandler(t testing.TB, srv *redistest.Server, edit func(*pubsub.RedisConfig), col *collector, h pubsub.Handler) *pubsub.Redis {
+	t.Helper()
 	cfg := pubsub.RedisConfig{
 		URL:        srv.URL(),
 		Prefix:     redistest.Prefix(t),
@@ -131,10 +138,10 @@ func newBroker(t testing.TB, srv *redistest.Server, edit func(*pubsub.RedisConfi
 			t.Errorf("close: %v", err)
 		}
 	})
-	if err := b.Start(col.handle); err != nil {
+	if err := b.Start(h); err != nil {
 		t.Fatal(err)
 	}
-	return b, col
+	return b
 }
 
 // testWriter sends broker logs to the test log.
@@ -224,6 +231,57 @@ func TestBroker(t *testing.T) {
 		got = col.waitEntries(t, "orders", n+1, deliverWithin)
 		if len(got) != n+1 || string(got[n].Data) != "last" {
 			t.Fatalf("after one more XADD: %d entries, last %q", len(got), got[len(got)-1].Data)
+		}
+	})
+
+	// A reader that falls behind trimming (a node frozen or starved while
+	// publishers go on) finds its position gone: the entries between it
+	// and the stream's first were trimmed, so the read is no continuation
+	// and the topic resets (its clients resume and the replay announces
+	// the gap). It jumped over them, silently, when a position below
+	// the stream's first entry counted as "removed itself".
+	t.Run("TrimOvertakingAReaderResets", func(t *testing.T) {
+		t.Parallel()
+		col := newCollector(t)
+		release := make(chan struct{})
+		var mu sync.Mutex
+		var log []string // "entries FIRST..LAST" and "reset", in order
+		b := newBrokerHandler(t, srv, nil, col, func(topic string, entries []pubsub.Entry) {
+			mu.Lock()
+			first := len(log) == 0
+			if len(entries) == 0 {
+				log = append(log, "reset")
+			} else {
+				log = append(log, fmt.Sprintf("entries %v..%v", entries[0].ID, entries[len(entries)-1].ID))
+			}
+			mu.Unlock()
+			col.handle(topic, entries)
+			if first {
+				<-release // the reader is stuck, as on a frozen node
+			}
+		})
+		key := b.Prefix() + "trimmed"
+		if _, err := b.Watch(ctxT(t), "trimmed", 10, 0); err != nil {
+			t.Fatal(err)
+		}
+		xadd(t, srv, key, "data", "first")
+		col.waitEntries(t, "trimmed", 1, deliverWithin)
+		for i := range 300 {
+			srv.MustDo(t, "XADD", key, "MAXLEN", "10", "*", "data", strconv.Itoa(i))
+		}
+		close(release)
+		if !col.waitFor(deliverWithin, func() bool {
+			mu.Lock()
+			defer mu.Unlock()
+			return slices.Contains(log, "reset")
+		}) {
+			mu.Lock()
+			t.Fatalf("no reset within %v after the reader's position was trimmed; deliveries: %v", deliverWithin, log)
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if log[1] != "reset" {
+			t.Fatalf("deliveries %v: entries after the trimmed position before the reset", log)
 		}
 	})
 

@@ -662,8 +662,15 @@ func parseStreamChecks(reply any, n int) ([]streamState, error) {
 //   - entries-added did not go down, and it went up by at least the
 //     number of entries above last: each of them is an XADD after the
 //     previous check, in the same stream;
-//   - the entry at from is still held, or from is 0-0, or from was
-//     removed (XDEL, trimming: at or below max-deleted-entry-id).
+//   - the entry at from is still held, or from is max-deleted-entry-id
+//     itself (the entry removed last), or from lies within the stream
+//     (at or above its first entry) and was removed (at or below
+//     max-deleted-entry-id: XDEL). A position below the first entry is
+//     otherwise a gap, whatever removed the entries after it (trimming
+//     overtook a slow reader), the rule of replay.Window's start gap;
+//     0-0 is no exception (a stream empty at Watch, then written and
+//     trimmed before the first read). Within the stream, a position
+//     neither held nor removed is a fork.
 //
 // Before Redis 7 entries-added is unknown (-1) and only the last rule
 // holds.
@@ -686,7 +693,11 @@ func continuous(from ID, added int64, last ID, entries []Entry, c streamState) b
 		}
 	}
 	held, _ := c.page.entries.([]any)
-	return from.IsZero() || len(held) > 0 || !c.page.info.MaxDeleted.Less(from)
+	info := &c.page.info
+	if len(held) > 0 || from == info.MaxDeleted {
+		return true
+	}
+	return !from.Less(info.First) && !info.MaxDeleted.Less(from)
 }
 
 // parkWrongType finds, with TYPE, the reader's keys that hold something
