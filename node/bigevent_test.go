@@ -86,13 +86,17 @@ func TestBigEventFanoutHeap(t *testing.T) {
 			t.Error(err)
 		}
 	}
-	peak := stop()
+	checkGrowth(t, fmt.Sprintf("delivering one %d MiB event to %d clients", size>>20, clients), before, stop(), maxGrowth)
+}
+
+// checkGrowth logs the heap's growth from before to peak while doing what,
+// and fails the test beyond maxGrowth bytes.
+func checkGrowth(t *testing.T, what string, before, peak uint64, maxGrowth int64) {
+	t.Helper()
 	growth := int64(peak) - int64(before)
-	t.Logf("%d clients, %d MiB event: heap %d MiB before, peak %d MiB, growth %d MiB",
-		clients, size>>20, before>>20, peak>>20, growth>>20)
+	t.Logf("%s: heap %d MiB before, peak %d MiB, growth %d MiB", what, before>>20, peak>>20, growth>>20)
 	if growth > maxGrowth {
-		t.Errorf("heap grew by %d MiB delivering one %d MiB event to %d clients, want at most %d MiB",
-			growth>>20, size>>20, clients, maxGrowth>>20)
+		t.Errorf("heap grew by %d MiB %s, want at most %d MiB", growth>>20, what, maxGrowth>>20)
 	}
 }
 
@@ -204,12 +208,5 @@ func TestReplaySharesLargeFrames(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	peak := stop()
-	growth := int64(peak) - int64(before)
-	t.Logf("%d clients resuming a %d KiB entry of line breaks: heap %d MiB before, peak %d MiB, growth %d MiB",
-		clients, size>>10, before>>20, peak>>20, growth>>20)
-	if growth > maxGrowth {
-		t.Errorf("heap grew by %d MiB replaying one %d KiB entry to %d clients, want at most %d MiB",
-			growth>>20, size>>10, clients, maxGrowth>>20)
-	}
+	checkGrowth(t, fmt.Sprintf("replaying one %d KiB entry of line breaks to %d clients", size>>10, clients), before, stop(), maxGrowth)
 }
