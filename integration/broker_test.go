@@ -840,3 +840,55 @@ func TestBrokerRedisStall(t *testing.T) {
 	checkAllDelivered(t, srv, col, "stall", key)
 	t.Logf("published %d (%d failed attempts)", pub.ok.Load(), pub.errs.Load())
 }
+
+// TestBrokerCheckSkipsIdleKeys: the continuity check after each XREAD
+// looks at each idle key of the read with no command of its own (one
+// XREAD over all keys finds those with news). It ran a TYPE and an
+// XRANGE per key, which a node watching thousands of topics paid on every
+// read. The idle topics here have no key at all, as topics subscribed to
+// before their first publish.
+func TestBrokerCheckSkipsIdleKeys(t *testing.T) {
+	srv := redistest.Start(t)
+	b, col := newBroker(t, srv, func(c *pubsub.RedisConfig) { c.Readers = 1 })
+	const idle = 40
+	for i := range idle {
+		if _, err := b.Watch(ctxT(t), fmt.Sprintf("idle%d", i), 0, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := b.Watch(ctxT(t), "live", 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	live := b.Prefix() + "live"
+	xadd(t, srv, live, "data", "0")
+	col.waitEntries(t, "live", 1, deliverWithin)
+	mon := startMonitor(t, srv)
+	const reads = 10
+	for i := 1; i <= reads; i++ {
+		xadd(t, srv, live, "data", strconv.Itoa(i))
+		col.waitEntries(t, "live", i+1, deliverWithin)
+	}
+	mark := fmt.Sprintf("end#%d", time.Now().UnixNano())
+	srv.MustDo(t, "ECHO", mark)
+	perKey := 0 // commands a script ran on one idle key
+	for {
+		l := mon.line(t)
+		if strings.Contains(l, mark) {
+			break
+		}
+		if strings.Contains(l, " lua]") && strings.Contains(l, `"`+b.Prefix()+"idle") &&
+			!strings.Contains(l, `"xread"`) && !strings.Contains(l, `"XREAD"`) {
+			perKey++
+			if perKey <= 3 {
+				t.Logf("per-key command: %s", l)
+			}
+		}
+	}
+	// The history check (once a second) runs a TYPE per missing key:
+	// allow two of them over the reads, far below a command per idle key
+	// and read (400 here).
+	t.Logf("%d script commands on idle keys over %d reads", perKey, reads)
+	if perKey > 2*idle {
+		t.Fatalf("%d script commands on idle keys over %d reads, want at most %d (history checks only)", perKey, reads, 2*idle)
+	}
+}

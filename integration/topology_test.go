@@ -568,7 +568,7 @@ func aclCommands() []any {
 	var out []any
 	for _, c := range strings.Fields(`+xadd +xrange +xrevrange +xread +xinfo|stream +xtrim +type +ping +hello
 		+client|id +client|unblock +client|setname +info +cluster|slots +cluster|shards +readonly
-		+evalsha_ro +eval_ro +exists`) {
+		+evalsha_ro +eval_ro`) {
 		out = append(out, c)
 	}
 	return out

@@ -8,38 +8,36 @@
 --
 -- Reply: one item per key: {"idle"} when the stream holds nothing after
 -- the position (the XREAD returned nothing for it, or the entries it
--- returned are gone), {type} when the key is not a stream ("none" when
--- missing), else the stream_read.lua state {"stream", length,
+-- returned are gone, or the key is missing), {type} when the key is not a
+-- stream (and, when one key is not, "none" for a missing key), else the
+-- stream_read.lua state {"stream", length,
 -- last-generated-id, max-deleted-entry-id, entries-added, first-entry-id
 -- or "", {position} when the stream holds the position's entry (else
 -- empty), 0}.
--- The keys with something after their position, and whether every key
--- exists, are found with one XREAD and one EXISTS per batch of keys rather
--- than a TYPE and an XRANGE per key: a reader may read thousands of keys
--- and most are idle in any one read. A key of another type fails the
--- XREAD; then, when a key is missing, or when the ACL user may not run
--- EXISTS (it is optional, see docs/redis.md), every key is looked at
--- alone.
+--
+-- The keys with something after their position are found with one
+-- non-blocking XREAD per batch of keys rather than an XRANGE per key: a
+-- reader may read thousands of keys and most are idle in any one read. A
+-- key that holds nothing after its position is idle, a missing one too (a
+-- key the blocking XREAD read from and that was deleted since: the
+-- entries read are not delivered, and the reader's history check resets
+-- the topic). A key of another type fails the XREAD; then every key is
+-- looked at alone.
 local n = #KEYS
-local news, all = {}, true
+local news, fast = {}, true
 local batch = 1000
 for s = 1, n, batch do
   local e = math.min(n, s + batch - 1)
-  local keys, args = {}, {'XREAD', 'COUNT', 1, 'STREAMS'}
+  local args = {'XREAD', 'COUNT', 1, 'STREAMS'}
   for i = s, e do
-    keys[#keys + 1] = KEYS[i]
     args[#args + 1] = KEYS[i]
   end
   for i = s, e do
     args[#args + 1] = ARGV[i]
   end
-  if redis.pcall('EXISTS', unpack(keys)) ~= #keys then
-    all = false
-    break
-  end
   local r = redis.pcall(unpack(args))
   if type(r) == 'table' and r['err'] then
-    all = false
+    fast = false
     break
   end
   if r then
@@ -53,13 +51,13 @@ local out = {}
 for i, key in ipairs(KEYS) do
   local pos = ARGV[i]
   local t = 'stream'
-  if not all then
+  if not fast then
     t = redis.call('TYPE', key)['ok']
   end
   if t ~= 'stream' then
     out[i] = {t}
-  elseif (all and not news[key]) or
-      (not all and #redis.call('XRANGE', key, '(' .. pos, '+', 'COUNT', 1) == 0) then
+  elseif (fast and not news[key]) or
+      (not fast and #redis.call('XRANGE', key, '(' .. pos, '+', 'COUNT', 1) == 0) then
     out[i] = {'idle'}
   else
     local xi = redis.call('XINFO', 'STREAM', key)
