@@ -21,7 +21,7 @@ func TestMemoryScenarioFeatures(t *testing.T) {
 	}{
 		{
 			name: "verify: large payloads arrive whole at every client",
-			cfg:  func(c *Config) { c.Size, c.Count, c.Verify = 300_000, 3, true },
+			cfg:  func(c *Config) { c.Size, c.Count, c.Verify, c.Duration = 300_000, 3, true, time.Minute },
 			check: func(t *testing.T, rep *Report) {
 				passed(t, rep)
 				if rep.Published.Events != 3 || rep.Check.Whole != 3*6 || rep.Check.Corrupt != 0 {
@@ -32,7 +32,7 @@ func TestMemoryScenarioFeatures(t *testing.T) {
 		{
 			name: "verify: one changed byte past the read buffer is caught",
 			fake: func(f *fakeSSE) { f.corruptSeq = 1 },
-			cfg:  func(c *Config) { c.Size, c.Count, c.Verify = 100_000, 3, true },
+			cfg:  func(c *Config) { c.Size, c.Count, c.Verify, c.Duration = 100_000, 3, true, time.Minute },
 			check: func(t *testing.T, rep *Report) {
 				if rep.Check.Corrupt != 6 || rep.Check.Whole != 2*6 || rep.Check.Passed {
 					t.Errorf("check = %+v, want 6 corrupt, 12 whole, a failure", rep.Check)
@@ -42,7 +42,7 @@ func TestMemoryScenarioFeatures(t *testing.T) {
 		{
 			name: "a stream cut inside an event resumes from before it, as EventSource does",
 			fake: func(f *fakeSSE) { f.cutInSeq = 1 },
-			cfg:  func(c *Config) { c.Size, c.Count, c.Verify = 20_000, 3, true },
+			cfg:  func(c *Config) { c.Size, c.Count, c.Verify, c.Duration = 20_000, 3, true, time.Minute },
 			check: func(t *testing.T, rep *Report) {
 				passed(t, rep)
 				if rep.Check.Whole != 3*6 || rep.Connections.Reconnects < 6 {
