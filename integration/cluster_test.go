@@ -772,15 +772,27 @@ func TestClusterBadEntries(t *testing.T) {
 	good()
 	expect("utf8", event{id, "", "\xff\xfe\xc3( ok"})
 
-	// A forged event type (a line break would inject SSE fields): skipped,
-	// logged and counted; the next entry comes.
+	// Forged event types: a line break would inject SSE fields, an sse-
+	// name the server's own gap notice. Neither is dropped nor obeyed: the
+	// entry comes as a plain message whose data is the JSON of its fields
+	// (a repeated field as an array), and it is counted under its reason.
 	badBefore := n.metric(t, "sse_broker_bad_entries_total", "reason", pubsub.BadEntryBadEvent)
-	xaddTo("forged", "data", "x", "event", "a\ndata: injected")
+	repBefore := n.metric(t, "sse_broker_bad_entries_total", "reason", pubsub.BadEntryRepeatedField)
+	id = xaddTo("forged", "data", "x", "event", "a\ndata: injected")
+	id2 = xaddTo("forged", "event", "sse-gap", "data", `{"topic":"forged","requested":"0-1","oldest":"9-9"}`)
+	id3 := xaddTo("forged", "data", "one", "data", "two")
 	good()
-	id = xaddTo("forged", "data", "after")
-	expect("forged", event{id, "", "after"})
-	if v := n.metric(t, "sse_broker_bad_entries_total", "reason", pubsub.BadEntryBadEvent); v != badBefore+1 {
-		t.Errorf("bad event counted %v times, want 1", v-badBefore)
+	id4 := xaddTo("forged", "data", "after")
+	expect("forged",
+		event{id, "", `{"data":"x","event":"a\ndata: injected"}`},
+		event{id2, "", `{"data":"{\"topic\":\"forged\",\"requested\":\"0-1\",\"oldest\":\"9-9\"}","event":"sse-gap"}`},
+		event{id3, "", `{"data":["one","two"]}`},
+		event{id4, "", "after"})
+	if v := n.metric(t, "sse_broker_bad_entries_total", "reason", pubsub.BadEntryBadEvent); v != badBefore+2 {
+		t.Errorf("bad event counted %v times, want 2", v-badBefore)
+	}
+	if v := n.metric(t, "sse_broker_bad_entries_total", "reason", pubsub.BadEntryRepeatedField); v != repBefore+1 {
+		t.Errorf("repeated field counted %v times, want 1", v-repBefore)
 	}
 
 	// A watched topic whose key turns into a string: the reader parks it,

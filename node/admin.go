@@ -9,7 +9,6 @@ import (
 	"mime"
 	"net/http"
 	"net/http/pprof"
-	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -154,11 +153,8 @@ func parsePublish(r *http.Request) (topic, event string, data []byte, err error)
 	if err := pubsub.ValidateTopic(topic); err != nil {
 		return "", "", nil, fmt.Errorf("bad topic %q: %w", truncate(topic, 64), err)
 	}
-	if strings.ContainsAny(event, "\r\n") {
-		return "", "", nil, errors.New("bad event: must not contain a line break")
-	}
-	if strings.HasPrefix(event, "sse-") {
-		return "", "", nil, fmt.Errorf("bad event %q: names starting with sse- are reserved", event)
+	if err := pubsub.ValidateEvent(event); err != nil {
+		return "", "", nil, fmt.Errorf("bad event %q: %w", truncate(event, 64), err)
 	}
 	return topic, event, data, nil
 }

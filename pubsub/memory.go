@@ -187,10 +187,13 @@ func (m *Memory) Unwatch(topic string) {
 
 // Publish appends an entry to topic, trims the topic to MaxLen and MaxAge,
 // and returns the new entry's ID. It never waits for delivery. data is
-// copied.
+// copied; event must pass ValidateEvent.
 func (m *Memory) Publish(ctx context.Context, topic, event string, data []byte) (ID, error) {
 	if err := m.check(ctx, "publish", topic); err != nil {
 		return ID{}, err
+	}
+	if err := ValidateEvent(event); err != nil {
+		return ID{}, fmt.Errorf("pubsub: publish %q event %q: %w", topic, event, err)
 	}
 	// Allocate outside the lock.
 	e := Entry{Event: event, Data: bytes.Clone(data)}

@@ -711,6 +711,11 @@ func TestMemoryBadInput(t *testing.T) {
 	if _, err := m.Publish(ctx, bad, "", nil); !errors.Is(err, ErrBadTopic) {
 		t.Errorf("Publish: %v, want ErrBadTopic", err)
 	}
+	for _, event := range []string{"a\nb", "sse-gap"} {
+		if _, err := m.Publish(ctx, "t", event, nil); !errors.Is(err, ErrBadEvent) {
+			t.Errorf("Publish event %q: %v, want ErrBadEvent", event, err)
+		}
+	}
 	if _, err := m.Watch(ctx, bad, 0, 0); !errors.Is(err, ErrBadTopic) {
 		t.Errorf("Watch: %v, want ErrBadTopic", err)
 	}

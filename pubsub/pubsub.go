@@ -18,6 +18,8 @@ var (
 	ErrClosed = errors.New("pubsub: broker closed")
 	// ErrBadTopic is returned for a topic name outside the allowed alphabet or length.
 	ErrBadTopic = errors.New("pubsub: bad topic")
+	// ErrBadEvent is returned for an event name ValidateEvent refuses.
+	ErrBadEvent = errors.New("pubsub: bad event type")
 	// ErrBadID is returned when a stream entry ID cannot be parsed.
 	ErrBadID = errors.New("pubsub: bad entry id")
 	// ErrWrongType is returned when the key of a topic holds something that is not a stream.

@@ -29,10 +29,6 @@ const (
 // the point of readers is that there are few of them.
 const maxRedisReaders = 64
 
-// ErrBadEvent is returned by Publish for an event type holding CR or LF,
-// which would let a publisher forge SSE fields.
-var ErrBadEvent = errors.New("pubsub: bad event type")
-
 // RedisConfig configures the Redis Streams broker. Zero fields take the
 // documented defaults; exactly one of URL and Addrs must be set.
 type RedisConfig struct {
@@ -85,8 +81,9 @@ type RedisConfig struct {
 	Count int
 	// Logger receives read errors, recoveries and bad entries. Nil discards.
 	Logger *slog.Logger
-	// OnBadEntry, when set, is called for every entry skipped and every
-	// topic parked, with a reason among the BadEntry constants. It must not
+	// OnBadEntry, when set, is called for every entry not in the shape
+	// publishers are given (skipped or delivered in another form, see the
+	// BadEntry constants) and every topic parked, with its reason. It must not
 	// block.
 	OnBadEntry func(topic, reason string)
 	// OnReadError, when set, is called for every failed read of a reader
@@ -520,7 +517,7 @@ func (b *Redis) changeWatched(topic string, change func(r *reader, key string)) 
 //	XADD <Prefix><topic> MAXLEN ~ <MaxLen> * data <data> [event <event>]
 //
 // with no MAXLEN when MaxLen is negative. topic must pass ValidateTopic and
-// event must not hold CR or LF (ErrBadEvent). A key of another type gives
+// event ValidateEvent. A key of another type gives
 // an error wrapping ErrWrongType.
 func (b *Redis) Publish(ctx context.Context, topic, event string, data []byte) (ID, error) {
 	if b.closed.Load() {
@@ -529,8 +526,8 @@ func (b *Redis) Publish(ctx context.Context, topic, event string, data []byte) (
 	if err := ValidateTopic(topic); err != nil {
 		return ID{}, fmt.Errorf("pubsub: publish %q: %w", topic, err)
 	}
-	if strings.ContainsAny(event, "\r\n") {
-		return ID{}, fmt.Errorf("pubsub: publish %q: %w: %q holds a line break", topic, ErrBadEvent, event)
+	if err := ValidateEvent(event); err != nil {
+		return ID{}, fmt.Errorf("pubsub: publish %q event %q: %w", topic, event, err)
 	}
 	values := make([]any, 0, 4)
 	values = append(values, fieldData, data)
@@ -837,7 +834,7 @@ func (b *Redis) badEntryFunc(topic string) func(reason string) {
 }
 
 func (b *Redis) badEntry(topic, reason string) {
-	b.log.Warn("pubsub: redis: bad stream entry skipped", "topic", topic, "reason", reason)
+	b.log.Warn("pubsub: redis: stream entry not in the shape publishers are given", "topic", topic, "reason", reason)
 	if b.cfg.OnBadEntry != nil {
 		b.cfg.OnBadEntry(topic, reason)
 	}

@@ -9,7 +9,9 @@ import (
 )
 
 // Reasons passed to RedisConfig.OnBadEntry. They are few and fixed so they
-// can be metric label values.
+// can be metric label values. An entry of the first three is skipped (no
+// publisher can write one: they guard against a reply of another shape);
+// one with a bad event or a repeated field is delivered in another form.
 const (
 	// BadEntryMalformed: the reply for an entry did not have the shape of a
 	// stream entry (not [id, [field, value, ...]], non-string field or value).
@@ -18,9 +20,13 @@ const (
 	BadEntryOddFields = "odd field count"
 	// BadEntryBadID: an entry whose ID does not parse.
 	BadEntryBadID = "bad id"
-	// BadEntryBadEvent: an event field holding CR or LF, which would let a
-	// publisher forge SSE fields; the entry is skipped.
+	// BadEntryBadEvent: an event field ValidateEvent refuses (a line break
+	// would forge SSE fields, an sse- name the server's notices); the entry
+	// is delivered as the JSON object of its fields, with no event name.
 	BadEntryBadEvent = "bad event"
+	// BadEntryRepeatedField: more than one data or event field; the entry is
+	// delivered as the JSON object of its fields, with no event name.
+	BadEntryRepeatedField = "repeated field"
 	// BadEntryWrongType: the topic's key holds something that is not a stream.
 	BadEntryWrongType = "wrong type"
 )
@@ -39,8 +45,9 @@ type rawEntry struct {
 }
 
 // decodeEntries converts a reply holding an array of stream entries (XRANGE,
-// XREVRANGE, one stream of XREAD) into Entries. Entries that cannot be
-// delivered are skipped and reported through bad; last is the ID of the
+// XREVRANGE, one stream of XREAD) into Entries. Entries not in the shape
+// publishers are given are reported through bad, and skipped when they
+// have no usable ID or fields (see the BadEntry reasons); last is the ID of the
 // newest entry seen whether or not it was valid, so a reader's cursor moves
 // past bad entries instead of reading them again forever. ok is false when
 // the reply is not an array at all.
@@ -63,17 +70,17 @@ func decodeEntries(reply any, bad func(reason string)) (entries []Entry, last ID
 		if reason == "" {
 			var e Entry
 			e, reason = buildEntry(raw)
-			if reason == "" {
-				entries = append(entries, e)
-				continue
-			}
+			entries = append(entries, e)
 		}
-		bad(reason)
+		if reason != "" {
+			bad(reason)
+		}
 	}
 	return entries, last, len(items), true
 }
 
-// splitEntry checks the [id, [f, v, ...]] shape of one entry.
+// splitEntry checks the [id, [f, v, ...]] shape of one entry, with string
+// fields and values.
 func splitEntry(it any) (rawEntry, string) {
 	pair, ok := it.([]any)
 	if !ok || len(pair) != 2 {
@@ -99,51 +106,59 @@ func splitEntry(it any) (rawEntry, string) {
 	if len(fields)%2 != 0 {
 		return rawEntry{id: id}, BadEntryOddFields
 	}
+	for _, f := range fields {
+		if _, ok := f.(string); !ok {
+			return rawEntry{id: id}, BadEntryMalformed
+		}
+	}
 	return rawEntry{id: id, fields: fields}, ""
 }
 
-// buildEntry maps the fields of a well-shaped entry: data -> Data (binary
-// safe), event -> Event, traceparent -> TraceParent. When a field name
-// repeats, the first occurrence wins. An entry without a data field is
-// delivered with Data set to a JSON object of all its fields (see fieldsJSON).
-func buildEntry(raw rawEntry) (Entry, string) {
-	e := Entry{ID: raw.id}
-	var data *string
-	var haveEvent, haveTrace bool
+// buildEntry maps the fields of a well-shaped entry. An entry in the shape
+// the contract gives publishers (one data field, at most one event field
+// with a name ValidateEvent accepts) is delivered as its data under its
+// event; a valid traceparent field links its trace; other fields are
+// metadata and ignored. Any other entry is delivered too, never dropped:
+// its Data is the JSON object of all its fields (fieldsJSON), under its
+// event when that is one valid name, else as the default message event, so
+// a publisher cannot forge the server's sse- notices or SSE fields and
+// loses nothing. reason says why an entry was not in the shape ("" when
+// it was); the entry is delivered either way.
+func buildEntry(raw rawEntry) (e Entry, reason string) {
+	e.ID = raw.id
+	var data string
+	var nData, nEvent int
 	for i := 0; i < len(raw.fields); i += 2 {
-		name, ok1 := raw.fields[i].(string)
-		value, ok2 := raw.fields[i+1].(string)
-		if !ok1 || !ok2 {
-			return Entry{}, BadEntryMalformed
-		}
+		name, _ := raw.fields[i].(string)
+		value, _ := raw.fields[i+1].(string)
 		switch name {
 		case fieldData:
-			if data == nil {
-				data = &value
-			}
+			nData++
+			data = value
 		case fieldEvent:
-			if !haveEvent {
-				haveEvent = true
-				if strings.ContainsAny(value, "\r\n") {
-					return Entry{}, BadEntryBadEvent
-				}
-				e.Event = value
-			}
+			nEvent++
+			e.Event = value
 		case fieldTraceParent:
-			if !haveTrace {
-				haveTrace = true
-				if validTraceParent(value) {
-					e.TraceParent = value
-				}
+			if e.TraceParent == "" && validTraceParent(value) {
+				e.TraceParent = value
 			}
 		}
 	}
-	if data != nil {
-		e.Data = replyBytes(*data)
+	switch {
+	case nData > 1 || nEvent > 1:
+		reason = BadEntryRepeatedField
+	case nEvent == 1 && ValidateEvent(e.Event) != nil:
+		reason = BadEntryBadEvent
+	}
+	if reason != "" {
+		e.Event = ""
+	}
+	if nData == 1 && reason == "" {
+		e.Data = replyBytes(data)
 	} else {
 		e.Data = fieldsJSON(raw.fields)
 	}
-	return e, ""
+	return e, reason
 }
 
 // replyBytes returns the bytes of s, a bulk string of a go-redis reply,
@@ -173,26 +188,34 @@ func validTraceParent(s string) bool {
 	return true
 }
 
-// fieldsJSON renders an entry's fields as a JSON object with string values
-// and sorted keys, so the same entry always gives the same bytes. The first
-// occurrence of a repeated field wins, as in buildEntry. In field names and
-// values that are not valid UTF-8, each invalid byte becomes the escape
-// \ufffd (encoding/json's rule), so the result is always valid JSON. HTML
-// characters are not escaped: the payload goes to an event stream, not HTML.
-// fields must hold strings (buildEntry has checked).
+// fieldsJSON renders an entry's fields as a JSON object with sorted keys,
+// so the same entry always gives the same bytes. A field's value is a
+// string; a field given more than once has the array of its values, in
+// order. In field names and values that are not valid UTF-8, each invalid
+// byte becomes the escape \ufffd (encoding/json's rule), so the result is
+// always valid JSON. HTML characters are not escaped: the payload goes to
+// an event stream, not HTML. fields must hold strings (splitEntry has
+// checked).
 func fieldsJSON(fields []any) []byte {
-	m := make(map[string]string, len(fields)/2)
+	values := make(map[string][]string, len(fields)/2)
 	for i := 0; i+1 < len(fields); i += 2 {
 		name, _ := fields[i].(string)
-		if _, dup := m[name]; !dup {
-			m[name], _ = fields[i+1].(string)
+		value, _ := fields[i+1].(string)
+		values[name] = append(values[name], value)
+	}
+	m := make(map[string]any, len(values))
+	for name, v := range values {
+		if len(v) == 1 {
+			m[name] = v[0]
+		} else {
+			m[name] = v
 		}
 	}
 	var buf bytes.Buffer
 	enc := json.NewEncoder(&buf)
 	enc.SetEscapeHTML(false)
 	if err := enc.Encode(m); err != nil {
-		// map[string]string always encodes; keep the promise of valid JSON.
+		// Strings and string slices always encode; keep the promise of valid JSON.
 		return []byte("{}")
 	}
 	return bytes.TrimSuffix(buf.Bytes(), []byte("\n"))

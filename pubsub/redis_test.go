@@ -223,8 +223,10 @@ func TestRedisArgumentChecks(t *testing.T) {
 	if _, err := b.Info(ctx, ""); !errors.Is(err, ErrBadTopic) {
 		t.Errorf("Info empty topic = %v", err)
 	}
-	if _, err := b.Publish(ctx, "t", "a\nb", nil); !errors.Is(err, ErrBadEvent) {
-		t.Errorf("Publish event with LF = %v", err)
+	for _, event := range []string{"a\nb", "sse-gap"} {
+		if _, err := b.Publish(ctx, "t", event, nil); !errors.Is(err, ErrBadEvent) {
+			t.Errorf("Publish event %q = %v", event, err)
+		}
 	}
 	if _, err := b.Publish(ctx, "t t", "", nil); !errors.Is(err, ErrBadTopic) {
 		t.Errorf("Publish bad topic = %v", err)
@@ -279,9 +281,23 @@ func TestRedisDecodeEntries(t *testing.T) {
 			last:  "1-0",
 		},
 		{
-			name:  "first of repeated fields wins",
-			reply: []any{entry("1-0", "data", "one", "data", "two", "event", "x", "event", "y")},
-			want:  []Entry{{ID: ID{1, 0}, Data: []byte("one"), Event: "x"}},
+			name:  "repeated data: all fields as JSON, repeats as arrays, no event",
+			reply: []any{entry("1-0", "data", "one", "data", "two", "event", "x")},
+			want:  []Entry{{ID: ID{1, 0}, Data: []byte(`{"data":["one","two"],"event":"x"}`)}},
+			last:  "1-0",
+			bad:   []string{BadEntryRepeatedField},
+		},
+		{
+			name:  "repeated event: all fields as JSON, no event",
+			reply: []any{entry("1-0", "data", "one", "event", "x", "event", "y")},
+			want:  []Entry{{ID: ID{1, 0}, Data: []byte(`{"data":"one","event":["x","y"]}`)}},
+			last:  "1-0",
+			bad:   []string{BadEntryRepeatedField},
+		},
+		{
+			name:  "repeated other field and traceparent: data as given, first valid trace",
+			reply: []any{entry("1-0", "data", "one", "k", "1", "k", "2", "traceparent", "bad one", "traceparent", "00-a-b-01")},
+			want:  []Entry{{ID: ID{1, 0}, Data: []byte("one"), TraceParent: "00-a-b-01"}},
 			last:  "1-0",
 		},
 		{
@@ -291,10 +307,24 @@ func TestRedisDecodeEntries(t *testing.T) {
 			last:  "1-0",
 		},
 		{
-			name:  "event with line break skipped, cursor moves past it",
+			name:  "event with line break: all fields as JSON, no event",
 			reply: []any{entry("1-0", "data", "a", "event", "x\ndata: forged"), entry("2-0", "data", "b")},
-			want:  []Entry{{ID: ID{2, 0}, Data: []byte("b")}},
+			want:  []Entry{{ID: ID{1, 0}, Data: []byte(`{"data":"a","event":"x\ndata: forged"}`)}, {ID: ID{2, 0}, Data: []byte("b")}},
 			last:  "2-0",
+			bad:   []string{BadEntryBadEvent},
+		},
+		{
+			name:  "forged server notice: all fields as JSON, no event",
+			reply: []any{entry("1-0", "event", "sse-gap", "data", `{"topic":"t"}`)},
+			want:  []Entry{{ID: ID{1, 0}, Data: []byte(`{"data":"{\"topic\":\"t\"}","event":"sse-gap"}`)}},
+			last:  "1-0",
+			bad:   []string{BadEntryBadEvent},
+		},
+		{
+			name:  "carriage return in an event of an entry without data",
+			reply: []any{entry("1-0", "event", "a\rb", "k", "v")},
+			want:  []Entry{{ID: ID{1, 0}, Data: []byte(`{"event":"a\rb","k":"v"}`)}},
+			last:  "1-0",
 			bad:   []string{BadEntryBadEvent},
 		},
 		{
@@ -384,7 +414,7 @@ func TestRedisFieldsJSON(t *testing.T) {
 		{[]any{"k", "line\nbreak\t\"q\""}, `{"k":"line\nbreak\t\"q\""}`},
 		{[]any{"k", "a\xffb", "\xfe", "v"}, `{"k":"a\ufffdb","\ufffd":"v"}`},
 		{[]any{"html", "<a href='x'>&</a>"}, `{"html":"<a href='x'>&</a>"}`},
-		{[]any{"dup", "first", "dup", "second"}, `{"dup":"first"}`},
+		{[]any{"dup", "first", "dup", "second", "one", "1", "dup", "third"}, `{"dup":["first","second","third"],"one":"1"}`},
 	}
 	for _, tt := range tests {
 		got := fieldsJSON(tt.fields)

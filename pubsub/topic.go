@@ -1,9 +1,30 @@
 package pubsub
 
-import "fmt"
+import (
+	"fmt"
+	"strings"
+)
 
 // maxTopicLen is the longest topic name accepted, in bytes.
 const maxTopicLen = 200
+
+// ReservedEventPrefix starts the event names only the server sends
+// (sse-gap); publishers may not use them.
+const ReservedEventPrefix = "sse-"
+
+// ValidateEvent checks an event name a publisher asks for: no CR or LF,
+// which would let it forge SSE fields, and no name starting with
+// ReservedEventPrefix, which would let it forge the server's notices. The
+// empty name (the default "message" event) is valid.
+func ValidateEvent(event string) error {
+	if i := strings.IndexAny(event, "\r\n"); i >= 0 {
+		return fmt.Errorf("%w: line break at offset %d", ErrBadEvent, i)
+	}
+	if strings.HasPrefix(event, ReservedEventPrefix) {
+		return fmt.Errorf("%w: names starting with %s are reserved", ErrBadEvent, ReservedEventPrefix)
+	}
+	return nil
+}
 
 // ValidateTopic checks a topic name against the contract: 1 to 200 bytes of
 // [A-Za-z0-9._:/@-].

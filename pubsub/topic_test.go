@@ -64,3 +64,35 @@ func TestValidateTopicEveryByte(t *testing.T) {
 		}
 	}
 }
+
+func TestValidateEvent(t *testing.T) {
+	tests := []struct {
+		event string
+		ok    bool
+	}{
+		{"", true},
+		{"greeting", true},
+		{"with space and ünïcode", true},
+		{"sse", true},
+		{"sse_gap", true},
+		{"SSE-gap", true}, // the reserved prefix is exact: event names are case-sensitive
+		{"x-sse-gap", true},
+
+		{"sse-", false},
+		{"sse-gap", false},
+		{"sse-anything", false},
+		{"a\nb", false},
+		{"a\rb", false},
+		{"\n", false},
+		{"x\ndata: injected", false},
+	}
+	for _, tt := range tests {
+		err := ValidateEvent(tt.event)
+		if (err == nil) != tt.ok {
+			t.Errorf("ValidateEvent(%q) = %v, want ok %v", tt.event, err, tt.ok)
+		}
+		if err != nil && !errors.Is(err, ErrBadEvent) {
+			t.Errorf("ValidateEvent(%q) = %v, not ErrBadEvent", tt.event, err)
+		}
+	}
+}

@@ -207,8 +207,8 @@ func (c *Config) validate() error {
 	if c.Size < 0 || c.Size > maxSize {
 		bad("-size %d: must be 0 to %d MiB", c.Size, maxSize>>20)
 	}
-	if strings.ContainsAny(c.Event, "\r\n") || strings.HasPrefix(c.Event, "sse-") {
-		bad("-event %q: no line breaks, and sse- names are reserved", c.Event)
+	if err := pubsub.ValidateEvent(c.Event); err != nil {
+		bad("-event %q: %v", c.Event, err)
 	}
 	publishes := !c.Idle
 	if publishes {
