@@ -87,8 +87,12 @@ func (n *Node) servePublish(w http.ResponseWriter, r *http.Request) {
 	}
 	id, err := n.broker.Publish(r.Context(), topic, event, data)
 	if err != nil {
-		if errors.Is(err, pubsub.ErrBadTopic) {
+		switch {
+		case errors.Is(err, pubsub.ErrBadTopic), errors.Is(err, pubsub.ErrBadEvent):
 			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		case errors.Is(err, pubsub.ErrTooLarge):
+			http.Error(w, err.Error(), http.StatusRequestEntityTooLarge)
 			return
 		}
 		n.log.Warn("publish failed", "topic", topic, "err", err)

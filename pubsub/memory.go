@@ -2,6 +2,7 @@ package pubsub
 
 import (
 	"bytes"
+	"container/heap"
 	"context"
 	"errors"
 	"fmt"
@@ -15,6 +16,10 @@ import (
 // topic when MemoryConfig.MaxLen is zero.
 const defaultMemoryMaxLen = 10000
 
+// defaultMemoryMaxBytes bounds what all topics of the in-memory broker hold
+// together when MemoryConfig.MaxBytes is zero.
+const defaultMemoryMaxBytes = 256 << 20
+
 // MemoryConfig configures the embedded in-memory broker.
 type MemoryConfig struct {
 	// MaxLen is the number of entries kept per topic; older entries are
@@ -23,6 +28,12 @@ type MemoryConfig struct {
 	// MaxAge trims entries whose ID time is older than Now-MaxAge, on publish
 	// and lazily when a topic is read. Zero means no age limit.
 	MaxAge time.Duration
+	// MaxBytes bounds the entries all topics hold together, counted as
+	// Entry.Size. Past it, a publish trims the oldest entries of all
+	// topics (lowest IDs first) until an eighth of it is free again, so a
+	// node's memory does not follow what publishers send. Zero means
+	// 256 MiB.
+	MaxBytes int64
 	// Now is the clock entry IDs are made from. Nil means time.Now.
 	Now func() time.Time
 }
@@ -36,14 +47,18 @@ type MemoryConfig struct {
 // another lock. The Handler is called with no lock held.
 type Memory struct {
 	// Immutable after NewMemory.
-	maxLen int
-	maxAge time.Duration
-	now    func() time.Time
-	wake   chan struct{} // 1-slot: "the dirty list may be non-empty"; never closed
-	done   chan struct{} // closed by Close
+	maxLen   int
+	maxAge   time.Duration
+	maxBytes int64
+	now      func() time.Time
+	wake     chan struct{} // 1-slot: "the dirty list may be non-empty"; never closed
+	done     chan struct{} // closed by Close
 
 	closed atomic.Bool
 	wg     sync.WaitGroup // the reader goroutine
+
+	held  atomic.Int64 // Entry.Size of the entries all streams hold
+	evict sync.Mutex   // one publish at a time trims for MaxBytes; never held with mu
 
 	mu      sync.RWMutex
 	topics  map[string]*stream // guarded by mu
@@ -55,7 +70,8 @@ type Memory struct {
 
 // stream is one topic's bounded log plus its delivery state.
 type stream struct {
-	topic string // immutable
+	topic string        // immutable
+	held  *atomic.Int64 // Memory.held; immutable
 
 	mu sync.Mutex
 	// log[head:] are the entries held, ascending; log[:head] are trimmed
@@ -81,16 +97,23 @@ func NewMemory(cfg MemoryConfig) (*Memory, error) {
 	if cfg.MaxAge < 0 {
 		return nil, fmt.Errorf("pubsub: memory config: MaxAge %v is negative", cfg.MaxAge)
 	}
+	if cfg.MaxBytes < 0 {
+		return nil, fmt.Errorf("pubsub: memory config: MaxBytes %d is negative", cfg.MaxBytes)
+	}
 	m := &Memory{
-		maxLen: cfg.MaxLen,
-		maxAge: cfg.MaxAge,
-		now:    cfg.Now,
-		wake:   make(chan struct{}, 1),
-		done:   make(chan struct{}),
-		topics: make(map[string]*stream),
+		maxLen:   cfg.MaxLen,
+		maxAge:   cfg.MaxAge,
+		maxBytes: cfg.MaxBytes,
+		now:      cfg.Now,
+		wake:     make(chan struct{}, 1),
+		done:     make(chan struct{}),
+		topics:   make(map[string]*stream),
 	}
 	if m.maxLen == 0 {
 		m.maxLen = defaultMemoryMaxLen
+	}
+	if m.maxBytes == 0 {
+		m.maxBytes = defaultMemoryMaxBytes
 	}
 	if m.now == nil {
 		m.now = time.Now
@@ -186,14 +209,18 @@ func (m *Memory) Unwatch(topic string) {
 }
 
 // Publish appends an entry to topic, trims the topic to MaxLen and MaxAge,
-// and returns the new entry's ID. It never waits for delivery. data is
-// copied; event must pass ValidateEvent.
+// and returns the new entry's ID, then trims all topics to MaxBytes. It
+// never waits for delivery. data is copied; event must pass ValidateEvent;
+// an entry larger than MaxBytes is refused (ErrTooLarge).
 func (m *Memory) Publish(ctx context.Context, topic, event string, data []byte) (ID, error) {
 	if err := m.check(ctx, "publish", topic); err != nil {
 		return ID{}, err
 	}
 	if err := ValidateEvent(event); err != nil {
 		return ID{}, fmt.Errorf("pubsub: publish %q event %q: %w", topic, event, err)
+	}
+	if size := len(data) + len(event) + EntryOverhead; int64(size) > m.maxBytes {
+		return ID{}, fmt.Errorf("pubsub: publish %q: %w: %d bytes, the broker holds at most %d", topic, ErrTooLarge, size, m.maxBytes)
 	}
 	// Allocate outside the lock.
 	e := Entry{Event: event, Data: bytes.Clone(data)}
@@ -220,6 +247,7 @@ func (m *Memory) Publish(ctx context.Context, topic, event string, data []byte) 
 		s.queued = true
 	}
 	s.mu.Unlock()
+	m.trimBytes()
 	if notify {
 		m.dmu.Lock()
 		m.dirty = append(m.dirty, s)
@@ -368,7 +396,7 @@ func (m *Memory) lockStream(topic string, create bool) (*stream, error) {
 				return nil, ErrClosed
 			}
 			if s = m.topics[topic]; s == nil {
-				s = &stream{topic: topic}
+				s = &stream{topic: topic, held: &m.held}
 				m.topics[topic] = s
 			}
 			m.mu.Unlock()
@@ -500,7 +528,13 @@ func (s *stream) appendLocked(e Entry) {
 		s.head = 0
 	}
 	s.log = append(s.log, e)
+	s.held.Add(int64(e.Size()))
 }
+
+// keptLogCap is the capacity an emptied log keeps for the next entries; a
+// larger array is released, so a topic that once held many entries costs
+// nothing once they are gone.
+const keptLogCap = 64
 
 // trimLocked drops the held entries before index end of log.
 func (s *stream) trimLocked(end int) {
@@ -508,13 +542,92 @@ func (s *stream) trimLocked(end int) {
 		return
 	}
 	s.maxDeleted = s.log[end-1].ID
+	var size int64
+	for i := s.head; i < end; i++ {
+		size += int64(s.log[i].Size())
+	}
+	s.held.Add(-size)
 	clear(s.log[s.head:end])
 	s.head = end
 	if s.head == len(s.log) {
-		// Empty: start again at the front of the same array.
+		// Empty: start again at the front of the same array, or a new one.
 		s.log = s.log[:0]
 		s.head = 0
+		if cap(s.log) > keptLogCap {
+			s.log = nil
+		}
 	}
+}
+
+// trimBytes trims the oldest entries of all topics, lowest ID first, while
+// the broker holds more than MaxBytes, down to seven eighths of it. It
+// runs after a publish; a publish that finds another one trimming leaves it
+// the work, so at most the entries of publishes in flight pass the bound.
+func (m *Memory) trimBytes() {
+	if m.held.Load() <= m.maxBytes || !m.evict.TryLock() {
+		return
+	}
+	defer m.evict.Unlock()
+	low := m.maxBytes - m.maxBytes/8
+	m.mu.RLock()
+	heads := make(streamHeads, 0, len(m.topics))
+	for _, s := range m.topics {
+		s.mu.Lock()
+		if s.head < len(s.log) {
+			heads = append(heads, streamHead{s, s.log[s.head].ID})
+		}
+		s.mu.Unlock()
+	}
+	m.mu.RUnlock()
+	heap.Init(&heads)
+	// Publishes go on meanwhile: a head read above may have been trimmed
+	// since (by MaxLen or age), so each stream's head is read again under
+	// its lock before its oldest entry goes.
+	for len(heads) > 0 && m.held.Load() > low {
+		s := heads[0].s
+		s.mu.Lock()
+		switch {
+		case s.head == len(s.log):
+			heap.Pop(&heads)
+		case s.log[s.head].ID != heads[0].id:
+			heads[0].id = s.log[s.head].ID
+			heap.Fix(&heads, 0)
+		default:
+			s.trimLocked(s.head + 1)
+			if s.head < len(s.log) {
+				heads[0].id = s.log[s.head].ID
+				heap.Fix(&heads, 0)
+			} else {
+				heap.Pop(&heads)
+			}
+		}
+		s.mu.Unlock()
+	}
+}
+
+// HeldBytes is what all topics hold, counted as Entry.Size: the use of
+// MaxBytes.
+func (m *Memory) HeldBytes() int64 { return m.held.Load() }
+
+// streamHead is a stream and the ID of its oldest entry, as trimBytes last
+// read it.
+type streamHead struct {
+	s  *stream
+	id ID
+}
+
+// streamHeads is a min-heap of streams by their oldest entry (container/heap).
+type streamHeads []streamHead
+
+func (h streamHeads) Len() int           { return len(h) }
+func (h streamHeads) Less(i, j int) bool { return h[i].id.Less(h[j].id) }
+func (h streamHeads) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *streamHeads) Push(x any)        { *h = append(*h, x.(streamHead)) }
+func (h *streamHeads) Pop() any {
+	old := *h
+	x := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return x
 }
 
 // trimAgeLocked drops the held entries with ID < cutoff.

@@ -137,6 +137,7 @@ func TestNewMemoryConfig(t *testing.T) {
 		{"set", MemoryConfig{MaxLen: 1, MaxAge: time.Millisecond}, true},
 		{"negative MaxLen", MemoryConfig{MaxLen: -1}, false},
 		{"negative MaxAge", MemoryConfig{MaxAge: -time.Second}, false},
+		{"negative MaxBytes", MemoryConfig{MaxBytes: -1}, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -150,8 +151,8 @@ func TestNewMemoryConfig(t *testing.T) {
 		})
 	}
 	m := newTestMemory(t, MemoryConfig{})
-	if m.maxLen != defaultMemoryMaxLen || m.maxAge != 0 || m.now == nil {
-		t.Fatalf("zero config: maxLen %d maxAge %v, want %d, 0", m.maxLen, m.maxAge, defaultMemoryMaxLen)
+	if m.maxLen != defaultMemoryMaxLen || m.maxAge != 0 || m.maxBytes != defaultMemoryMaxBytes || m.now == nil {
+		t.Fatalf("zero config: maxLen %d maxAge %v maxBytes %d, want %d, 0, %d", m.maxLen, m.maxAge, m.maxBytes, defaultMemoryMaxLen, defaultMemoryMaxBytes)
 	}
 }
 
@@ -917,5 +918,123 @@ func TestMemoryPage(t *testing.T) {
 	}
 	if info2, err := m.Info(ctx, "t"); err != nil || info2 != info {
 		t.Errorf("Info = %+v, %v; want the Page's %+v", info2, err, info)
+	}
+}
+
+// heldSum recounts what m's topics hold, to check the running count.
+func heldSum(m *Memory) int64 {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	var n int64
+	for _, s := range m.topics {
+		s.mu.Lock()
+		for i := s.head; i < len(s.log); i++ {
+			n += int64(s.log[i].Size())
+		}
+		s.mu.Unlock()
+	}
+	return n
+}
+
+// TestMemoryMaxBytes: past MaxBytes, the oldest entries of all topics go
+// first, down to seven eighths of the budget, whichever topic holds them;
+// the topics' Info and Range say so; an emptied topic gives its array
+// back; an entry above the budget is refused.
+func TestMemoryMaxBytes(t *testing.T) {
+	const size = 100 // data bytes of each entry
+	per := int64(size + EntryOverhead)
+	clock := newFakeClock(1_000)
+	m := newTestMemory(t, MemoryConfig{MaxBytes: 80 * per, Now: clock.Now})
+	ctx := context.Background()
+	data := make([]byte, size)
+	topics := []string{"a", "b", "c"}
+	var all []ID // every ID published, oldest first, with its topic
+	var topicOf = map[ID]string{}
+	// Topic z first: 79 entries, all of which the budget later trims.
+	for i := 0; i < 79; i++ {
+		clock.Add(time.Millisecond)
+		all = append(all, mustPublish(t, m, "z", "old"))
+	}
+	// Uneven: topic a gets every second entry, b and c share the rest, so
+	// the oldest entries are not one topic's.
+	for i := 0; i < 200; i++ {
+		clock.Add(time.Millisecond)
+		tp := topics[0]
+		if i%2 == 1 {
+			tp = topics[1+(i/2)%2]
+		}
+		id, err := m.Publish(ctx, tp, "", data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		all = append(all, id)
+		topicOf[id] = tp
+		if held := m.HeldBytes(); held > 80*per {
+			t.Fatalf("after publish %d: %d bytes held, budget %d", i, held, 80*per)
+		}
+		if held, sum := m.HeldBytes(), heldSum(m); held != sum {
+			t.Fatalf("after publish %d: count %d, entries held %d", i, held, sum)
+		}
+	}
+	// The newest entries survive, in every topic: exactly a suffix of all.
+	var kept []ID
+	for _, tp := range topics {
+		got, err := m.Range(ctx, tp, ID{}, 1000)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range got {
+			kept = append(kept, e.ID)
+		}
+		info, err := m.Info(ctx, tp)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(got) > 0 && (info.First != got[0].ID || !info.MaxDeleted.Less(info.First)) {
+			t.Errorf("%s: Info %+v, first held %v", tp, info, got[0].ID)
+		}
+	}
+	slices.SortFunc(kept, func(a, b ID) int { return a.Compare(b) })
+	if n := len(kept); n < 70 || n > 80 || !slices.Equal(kept, all[len(all)-n:]) {
+		t.Fatalf("kept %d entries %v..., want the newest 70 to 80 of all topics", n, firstID(kept))
+	}
+	if info, _ := m.Info(ctx, "z"); info.Length != 0 || info.MaxDeleted != all[78] {
+		t.Errorf("z: Info %+v, want empty with max-deleted %v", info, all[78])
+	}
+	m.mu.RLock()
+	if c := cap(m.topics["z"].log); c > keptLogCap {
+		t.Errorf("z: emptied, keeps room for %d entries", c)
+	}
+	m.mu.RUnlock()
+	if _, err := m.Publish(ctx, "a", "", make([]byte, 80*per)); !errors.Is(err, ErrTooLarge) {
+		t.Fatalf("publish above the budget: %v, want ErrTooLarge", err)
+	}
+}
+
+// TestMemoryMaxBytesConcurrent: publishers on many topics at once, with
+// MaxLen trims racing the budget's; once they stop, the count matches the
+// entries held and is within the budget.
+func TestMemoryMaxBytesConcurrent(t *testing.T) {
+	const budget = 64 << 10
+	m := newTestMemory(t, MemoryConfig{MaxBytes: budget, MaxLen: 50})
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	for w := 0; w < 8; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 2000; i++ {
+				topic := fmt.Sprintf("t%d", (w*7+i)%23)
+				if _, err := m.Publish(ctx, topic, "", make([]byte, (i*37)%900)); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	m.trimBytes() // a publisher that found another trimming left it the work
+	if held, sum := m.HeldBytes(), heldSum(m); held != sum || held > budget {
+		t.Fatalf("count %d, entries held %d, budget %d", held, sum, budget)
 	}
 }

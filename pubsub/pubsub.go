@@ -20,6 +20,9 @@ var (
 	ErrBadTopic = errors.New("pubsub: bad topic")
 	// ErrBadEvent is returned for an event name ValidateEvent refuses.
 	ErrBadEvent = errors.New("pubsub: bad event type")
+	// ErrTooLarge is returned by the embedded broker's Publish for an entry
+	// larger than all it may hold (MemoryConfig.MaxBytes).
+	ErrTooLarge = errors.New("pubsub: entry larger than the broker's budget")
 	// ErrBadID is returned when a stream entry ID cannot be parsed.
 	ErrBadID = errors.New("pubsub: bad entry id")
 	// ErrWrongType is returned when the key of a topic holds something that is not a stream.

@@ -34,12 +34,13 @@ type config struct {
 	RedisSentinelPassword string   `env:"REDIS_SENTINEL_PASSWORD" help:"password of the Sentinels themselves (their requirepass; with SSE_REDIS_MASTER_NAME)"`
 	StreamPrefix          string   `env:"STREAM_PREFIX" envDefault:"sse:" help:"Redis key prefix of topic streams"`
 
-	ReplayMaxLen int           `env:"REPLAY_MAXLEN" envDefault:"10000" help:"entries kept per topic (XADD MAXLEN ~)"`
-	ReplayMaxAge time.Duration `env:"REPLAY_MAXAGE" envDefault:"24h" help:"age beyond which entries leave the window (0: no age limit)"`
-	RingSize     int           `env:"RING_SIZE" envDefault:"1024" help:"entries held in memory per active topic for fast resume"`
-	RingBytes    int64         `env:"RING_BYTES" envDefault:"67108864" help:"bytes all topics' rings hold together (data, event, traceparent and 72 per entry); beyond, the oldest entries of the least recently used topics leave first and are read from Redis"`
-	PageBytes    int           `env:"REPLAY_PAGE_BYTES" envDefault:"4194304" help:"bytes of one replay page (read from Redis or the ring) per resuming client; an entry larger than this is a page alone"`
-	CacheBytes   int           `env:"REPLAY_CACHE_BYTES" envDefault:"16777216" help:"bytes of the Redis pages kept a few seconds for resumes of the same topic (a page larger than a quarter of it is not kept)"`
+	ReplayMaxLen  int           `env:"REPLAY_MAXLEN" envDefault:"10000" help:"entries kept per topic (XADD MAXLEN ~)"`
+	ReplayMaxAge  time.Duration `env:"REPLAY_MAXAGE" envDefault:"24h" help:"age beyond which entries leave the window (0: no age limit)"`
+	RingSize      int           `env:"RING_SIZE" envDefault:"1024" help:"entries held in memory per active topic for fast resume"`
+	RingBytes     int64         `env:"RING_BYTES" envDefault:"67108864" help:"bytes all topics' rings hold together (data, event, traceparent and 72 per entry); beyond, the oldest entries of the least recently used topics leave first and are read from Redis"`
+	PageBytes     int           `env:"REPLAY_PAGE_BYTES" envDefault:"4194304" help:"bytes of one replay page (read from Redis or the ring) per resuming client; an entry larger than this is a page alone"`
+	CacheBytes    int           `env:"REPLAY_CACHE_BYTES" envDefault:"16777216" help:"bytes of the Redis pages kept a few seconds for resumes of the same topic (a page larger than a quarter of it is not kept)"`
+	EmbeddedBytes int64         `env:"EMBEDDED_BYTES" envDefault:"268435456" help:"embedded broker only (no SSE_REDIS_URL or SSE_REDIS_ADDRS): bytes all topics hold together, counted as SSE_RING_BYTES counts; beyond, the oldest entries of all topics are trimmed first (resumes below them get sse-gap), and a publish larger than this gets 413"`
 
 	ClientBuffer      int           `env:"CLIENT_BUFFER" envDefault:"64" help:"frames queued per client before the slow-client policy applies"`
 	ClientBufferBytes int           `env:"CLIENT_BUFFER_BYTES" envDefault:"1048576" help:"bytes queued per client before the slow-client policy applies"`
@@ -127,8 +128,8 @@ func (c config) validate() error {
 	if c.RingSize < 1 {
 		errs = append(errs, fmt.Errorf("SSE_RING_SIZE=%d: must be at least 1", c.RingSize))
 	}
-	if c.RingBytes < 1 || c.PageBytes < 1 || c.CacheBytes < 1 {
-		errs = append(errs, fmt.Errorf("SSE_RING_BYTES=%d, SSE_REPLAY_PAGE_BYTES=%d, SSE_REPLAY_CACHE_BYTES=%d: must be positive", c.RingBytes, c.PageBytes, c.CacheBytes))
+	if c.RingBytes < 1 || c.PageBytes < 1 || c.CacheBytes < 1 || c.EmbeddedBytes < 1 {
+		errs = append(errs, fmt.Errorf("SSE_RING_BYTES=%d, SSE_REPLAY_PAGE_BYTES=%d, SSE_REPLAY_CACHE_BYTES=%d, SSE_EMBEDDED_BYTES=%d: must be positive", c.RingBytes, c.PageBytes, c.CacheBytes, c.EmbeddedBytes))
 	}
 	if c.ClientBuffer < 1 || c.ClientBufferBytes < 1 {
 		errs = append(errs, fmt.Errorf("SSE_CLIENT_BUFFER=%d, SSE_CLIENT_BUFFER_BYTES=%d: must be positive", c.ClientBuffer, c.ClientBufferBytes))

@@ -312,8 +312,14 @@ func newLogger(cfg config, w io.Writer) *slog.Logger {
 
 func newBroker(cfg config, log *slog.Logger, reg prometheus.Registerer) (broker, string, error) {
 	if cfg.RedisURL == "" && len(cfg.RedisAddrs) == 0 {
-		m, err := pubsub.NewMemory(pubsub.MemoryConfig{MaxLen: cfg.ReplayMaxLen, MaxAge: cfg.ReplayMaxAge})
-		return m, "memory", err
+		m, err := pubsub.NewMemory(pubsub.MemoryConfig{MaxLen: cfg.ReplayMaxLen, MaxAge: cfg.ReplayMaxAge, MaxBytes: cfg.EmbeddedBytes})
+		if err != nil {
+			return nil, "", err
+		}
+		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "sse_embedded_bytes", Help: "Bytes the embedded broker's topics hold (counted as sse_ring_bytes), against SSE_EMBEDDED_BYTES.",
+		}, func() float64 { return float64(m.HeldBytes()) }))
+		return m, "memory", nil
 	}
 	bm := node.NewBrokerMetrics(reg)
 	pubsub.SetRedisLogger(log)

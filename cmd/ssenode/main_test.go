@@ -57,6 +57,7 @@ func TestConfigErrors(t *testing.T) {
 		{map[string]string{"SSE_REDIS_URL": "redis://u:p@ss/w:rd@localhost:6379/0"}, "SSE_REDIS_URL: pubsub: bad redis URL: cannot parse it: a user or password holding @ / : # ? must be percent-encoded"},
 		{map[string]string{"SSE_RETRY": "-1s"}, "SSE_RETRY"},
 		{map[string]string{"SSE_RING_BYTES": "0"}, "SSE_RING_BYTES"},
+		{map[string]string{"SSE_EMBEDDED_BYTES": "0"}, "SSE_EMBEDDED_BYTES"},
 		{map[string]string{"SSE_REPLAY_PAGE_BYTES": "-1"}, "SSE_REPLAY_PAGE_BYTES"},
 		{map[string]string{"SSE_REPLAY_CACHE_BYTES": "16MiB"}, "SSE_REPLAY_CACHE_BYTES"},
 	}
@@ -336,4 +337,62 @@ func startNode(t *testing.T, env ...string) (pub, admin string) {
 	})
 	waitFor(t, "readyz 200", func() bool { return status("http://"+admin+"/readyz") == 200 })
 	return pub, admin
+}
+
+// TestEmbeddedBytes runs the embedded broker with a 64 KiB budget: what it
+// holds stays within it as 10 KiB publishes go on (sse_embedded_bytes), a
+// resume from the start then gets a gap for what was trimmed, and a publish
+// larger than the budget gets 413.
+func TestEmbeddedBytes(t *testing.T) {
+	bin := buildNode(t)
+	pub, admin := freeAddr(t), freeAddr(t)
+	cmd := exec.Command(bin)
+	cmd.Env = append(os.Environ(), "SSE_LISTEN="+pub, "SSE_ADMIN_LISTEN="+admin, "SSE_EMBEDDED_BYTES=65536")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waitProcess(t, cmd)
+	waitFor(t, "readyz 200", func() bool { return status("http://"+admin+"/readyz") == 200 })
+	publish := func(data string) int {
+		t.Helper()
+		resp, err := http.PostForm("http://"+admin+"/publish", map[string][]string{"topic": {"x"}, "data": {data}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	chunk := strings.Repeat("z", 10<<10)
+	for i := range 20 {
+		if code := publish(chunk); code != 200 {
+			t.Fatalf("publish %d: %d", i, code)
+		}
+		if held := metric(t, admin, "sse_embedded_bytes"); held <= 0 || held > 65536 {
+			t.Fatalf("after publish %d: sse_embedded_bytes %v, budget 65536", i, held)
+		}
+	}
+	req, _ := http.NewRequest(http.MethodGet, "http://"+pub+"/events?topic=x", nil)
+	req.Header.Set("Last-Event-ID", "1-0")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	resp, err := http.DefaultClient.Do(req.WithContext(ctx))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	// The first field line (after the stream's opening blank line and
+	// retry:) is the gap's.
+	r := bufio.NewReader(resp.Body)
+	var line string
+	for line == "" || line == "\n" || strings.HasPrefix(line, "retry:") {
+		if line, err = r.ReadString('\n'); err != nil {
+			t.Fatalf("resume from 1-0: %v", err)
+		}
+	}
+	if line != "event: sse-gap\n" {
+		t.Fatalf("resume from 1-0: first field %q, want the gap's event line", line)
+	}
+	if code := publish(strings.Repeat("y", 65536)); code != http.StatusRequestEntityTooLarge {
+		t.Fatalf("publish above the budget: %d, want 413", code)
+	}
 }
