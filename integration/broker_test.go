@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -890,5 +892,68 @@ func TestBrokerCheckSkipsIdleKeys(t *testing.T) {
 	t.Logf("%d script commands on idle keys over %d reads", perKey, reads)
 	if perKey > 2*idle {
 		t.Fatalf("%d script commands on idle keys over %d reads, want at most %d (history checks only)", perKey, reads, 2*idle)
+	}
+}
+
+// TestBrokerCheckScriptFallback runs the continuity-check script directly.
+// Its fast path finds the keys with news with one XREAD for all of them; a
+// key of another type fails that XREAD, and the script then looks at every
+// key alone (TYPE and XRANGE per key). The broker reaches that path only
+// when a key changes type between its blocking XREAD and the check, so it
+// is driven here: with a string among the keys, every stream key must get
+// the same item as on the fast path, the string key its type, and a
+// missing key "none" (the fast path reports it idle).
+func TestBrokerCheckScriptFallback(t *testing.T) {
+	srv := redistest.Start(t)
+	script, err := os.ReadFile("../pubsub/stream_check.lua")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := redistest.Prefix(t)
+	news, idle, trimmed, missing, str := p+"news", p+"idle", p+"trimmed", p+"missing", p+"str"
+	n1 := xadd(t, srv, news, "data", "1")
+	xadd(t, srv, news, "data", "2")
+	i1 := xadd(t, srv, idle, "data", "1")
+	t1 := xadd(t, srv, trimmed, "data", "1")
+	xadd(t, srv, trimmed, "data", "2")
+	xadd(t, srv, trimmed, "data", "3")
+	srv.MustDo(t, "XTRIM", trimmed, "MAXLEN", "1")
+	srv.MustDo(t, "SET", str, "not a stream")
+	check := func(keys, pos []string) []any {
+		t.Helper()
+		args := []any{"EVAL", string(script), len(keys)}
+		for _, k := range keys {
+			args = append(args, k)
+		}
+		for _, p := range pos {
+			args = append(args, p)
+		}
+		reply, ok := srv.MustDo(t, args...).([]any)
+		if !ok || len(reply) != len(keys) {
+			t.Fatalf("check of %d keys: reply %v", len(keys), reply)
+		}
+		return reply
+	}
+	keys := []string{news, idle, trimmed, missing}
+	pos := []string{n1.String(), i1.String(), t1.String(), "5-0"}
+	fast := check(keys, pos)
+	slow := check(append(keys, str), append(pos, "0-0"))
+	for i, k := range keys {
+		want := fast[i]
+		if k == missing {
+			if fmt.Sprint(want) != "[idle]" {
+				t.Errorf("fast path: missing key %v, want [idle]", want)
+			}
+			want = []any{"none"}
+		}
+		if !reflect.DeepEqual(slow[i], want) {
+			t.Errorf("%s: per-key path %v, fast path %v", k, slow[i], fast[i])
+		}
+	}
+	if fmt.Sprint(fast[1]) != "[idle]" || fmt.Sprint(fast[0]) == "[idle]" || fmt.Sprint(fast[2]) == "[idle]" {
+		t.Errorf("fast path: news %v, idle %v, trimmed %v", fast[0], fast[1], fast[2])
+	}
+	if fmt.Sprint(slow[4]) != "[string]" {
+		t.Errorf("string key: %v, want [string]", slow[4])
 	}
 }
