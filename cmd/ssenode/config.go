@@ -57,7 +57,7 @@ type config struct {
 
 	TLSCertFile    string `env:"TLS_CERT_FILE" help:"PEM certificate (chain) file: with SSE_TLS_KEY_FILE the public listener serves HTTPS and HTTP/2"`
 	TLSKeyFile     string `env:"TLS_KEY_FILE" help:"PEM private key file of SSE_TLS_CERT_FILE"`
-	MaxHeaderBytes int    `env:"MAX_HEADER_BYTES" envDefault:"16384" help:"largest request line and headers the public listener reads (beyond: 431)"`
+	MaxHeaderBytes int    `env:"MAX_HEADER_BYTES" envDefault:"16384" help:"largest request line and headers the public listener reads (beyond: 431); at least 5120 in effect, since Go's server reads 4096 bytes past its own limit"`
 
 	JWTHS256Secret   string        `env:"JWT_HS256_SECRET" help:"HS256 secret (32 bytes or more) verifying subscribe JWTs; setting one of the SSE_JWT_ key sources requires a token to subscribe"`
 	JWTPublicKeyFile string        `env:"JWT_PUBLIC_KEY_FILE" help:"PEM public key or certificate (RSA: RS256, P-256: ES256) verifying subscribe JWTs"`

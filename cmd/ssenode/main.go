@@ -178,7 +178,7 @@ func run(args []string, env map[string]string, stdout, stderr io.Writer) int {
 		Handler:           n.Handler(),
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
-		MaxHeaderBytes:    cfg.MaxHeaderBytes,
+		MaxHeaderBytes:    serverHeaderBytes(cfg.MaxHeaderBytes),
 		TLSConfig:         tlsConfig, // HTTP/2 too: net/http offers h2 over TLS
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
@@ -300,6 +300,15 @@ func isLoopback(a net.Addr) bool {
 	ta, ok := a.(*net.TCPAddr)
 	return ok && ta.IP.IsLoopback()
 }
+
+// headerSlop is what net/http reads past http.Server.MaxHeaderBytes
+// before it answers 431 (its bufio slop).
+const headerSlop = 4096
+
+// serverHeaderBytes is the http.Server.MaxHeaderBytes that refuses a
+// request line and headers longer than limit bytes, or than headerSlop+1024
+// for a smaller limit.
+func serverHeaderBytes(limit int) int { return max(limit-headerSlop, 1024) }
 
 func newLogger(cfg config, w io.Writer) *slog.Logger {
 	level, _ := parseLevel(cfg.LogLevel)

@@ -396,3 +396,41 @@ func TestEmbeddedBytes(t *testing.T) {
 		t.Fatalf("publish above the budget: %d, want 413", code)
 	}
 }
+
+// TestMaxHeaderBytes: the public listener answers a request whose line and
+// headers are 100 bytes under SSE_MAX_HEADER_BYTES, and refuses one 100
+// bytes over it with 431 (net/http alone would read 4 KiB more).
+func TestMaxHeaderBytes(t *testing.T) {
+	bin := buildNode(t)
+	pub, admin := freeAddr(t), freeAddr(t)
+	cmd := exec.Command(bin)
+	cmd.Env = append(os.Environ(), "SSE_LISTEN="+pub, "SSE_ADMIN_LISTEN="+admin, "SSE_MAX_HEADER_BYTES=16384")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waitProcess(t, cmd)
+	waitFor(t, "readyz 200", func() bool { return status("http://"+admin+"/readyz") == 200 })
+	for _, tt := range []struct {
+		size int
+		want string
+	}{
+		{16384 - 100, "HTTP/1.1 200 OK"},
+		{16384 + 100, "HTTP/1.1 431 Request Header Fields Too Large"},
+	} {
+		head := "GET /events?topic=a HTTP/1.1\r\nHost: x\r\nX-Pad: "
+		req := head + strings.Repeat("p", tt.size-len(head)-len("\r\n\r\n")) + "\r\n\r\n"
+		conn, err := net.Dial("tcp", pub)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+		if _, err := conn.Write([]byte(req)); err != nil {
+			t.Fatal(err)
+		}
+		line, err := bufio.NewReader(conn).ReadString('\n')
+		conn.Close()
+		if strings.TrimSpace(line) != tt.want {
+			t.Errorf("request of %d header bytes: %q (%v), want %q", len(req), line, err, tt.want)
+		}
+	}
+}
