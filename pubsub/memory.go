@@ -43,8 +43,8 @@ type MemoryConfig struct {
 // goroutine that delivers watched topics' new entries to a Handler, so a
 // node sees the same behaviour as with the Redis broker.
 //
-// Lock order: Memory.mu, then stream.mu; Memory.dmu is never held with
-// another lock. The Handler is called with no lock held.
+// Lock order: Memory.evict, then Memory.mu, then stream.mu; Memory.dmu is
+// never held with another lock. The Handler is called with no lock held.
 type Memory struct {
 	// Immutable after NewMemory.
 	maxLen   int
@@ -58,7 +58,7 @@ type Memory struct {
 	wg     sync.WaitGroup // the reader goroutine
 
 	held  atomic.Int64 // Entry.Size of the entries all streams hold
-	evict sync.Mutex   // one publish at a time trims for MaxBytes; never held with mu
+	evict sync.Mutex   // one publish at a time trims for MaxBytes; taken before mu
 
 	mu      sync.RWMutex
 	topics  map[string]*stream // guarded by mu
