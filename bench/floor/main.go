@@ -9,8 +9,10 @@
 //   - fanout: N loopback connections, a message written to each of them
 //     `-rate` times a second by GOMAXPROCS writers in this process, read by
 //     a goroutine per connection in a second process: latency from the
-//     start of a round to each read. It is the simplest server and client
-//     that can do what S2 asks. It also reports the CPU time each side
+//     time a round was due to each read, as S2 counts from the publish
+//     (start_p50/start_p99: from the time the round began, which hides
+//     the wait of a round that begins late). It is the simplest server
+//     and client that can do what S2 asks. It also reports the CPU time each side
 //     spent per message (writer_us, reader_us), to set against S2's node
 //     and load generator CPU per million deliveries.
 //
@@ -45,8 +47,8 @@ func main() {
 		rd     = flag.String("reader", "", "internal: run as the fan-out's reading process, dialing this address")
 	)
 	flag.Parse()
-	if *size < 8 || *n < 1 || *rate < 1 || *rounds < 1 {
-		fmt.Fprintln(os.Stderr, "floor: -size must be at least 8; -n, -rate and -rounds at least 1")
+	if *size < 16 || *n < 1 || *rate < 1 || *rounds < 1 {
+		fmt.Fprintln(os.Stderr, "floor: -size must be at least 16; -n, -rate and -rounds at least 1")
 		os.Exit(2)
 	}
 	if *rd != "" {
@@ -79,6 +81,8 @@ func run(n, size, rate, rounds int, srcs []string) error {
 	fmt.Printf("floor_fanout_clients=%d\nfloor_fanout_rate=%d\nfloor_fanout_writers=%d\nfloor_fanout_p50_ms=%.1f\nfloor_fanout_p99_ms=%.1f\nfloor_fanout_max_ms=%.1f\n",
 		n, rate, f.writers, ms(f.p50), ms(f.p99), ms(f.max))
 	fmt.Printf("floor_fanout_writer_us=%.2f\nfloor_fanout_reader_us=%.2f\n", f.writerUs, f.readerUs)
+	fmt.Printf("floor_fanout_late_rounds=%d\nfloor_fanout_rounds_per_s=%.2f\nfloor_fanout_start_p50_ms=%.1f\nfloor_fanout_start_p99_ms=%.1f\n",
+		f.late, f.roundsPerS, ms(f.startP50), ms(f.startP99))
 	return nil
 }
 
@@ -146,6 +150,13 @@ type fanoutResult struct {
 	// CPU time (user and system) per message of the writing and the
 	// reading process, over the rounds, in microseconds.
 	writerUs, readerUs float64
+	// late counts the rounds that began after they were due (the previous
+	// one was still being written); roundsPerS is the rate kept.
+	late       int
+	roundsPerS float64
+	// startP50 and startP99 are counted from when each round began
+	// instead of when it was due (the measure before 2026-12-01).
+	startP50, startP99 time.Duration
 }
 
 // cpuTime is the CPU time (user and system) this process has used so far.
@@ -196,13 +207,27 @@ func fanout(n, size, rate, rounds int, srcs []string) (fanoutResult, error) {
 
 	writers := runtime.GOMAXPROCS(0)
 	per := (n + writers - 1) / writers
-	tick := time.NewTicker(time.Second / time.Duration(rate))
-	defer tick.Stop()
+	period := time.Second / time.Duration(rate)
 	msg := make([]byte, size)
 	cpu0 := cpuTime()
-	for range rounds {
-		<-tick.C
-		binary.LittleEndian.PutUint64(msg, uint64(time.Now().UnixNano()))
+	// Round r is due at start + (r+1) periods and its messages carry that
+	// time, whenever it begins: a round that starts late because the
+	// previous one is still being written counts its wait, as S2's
+	// publisher, which goes on at its rate whatever the node does, counts
+	// the node's backlog. (Stamped when the round began, as before, a
+	// machine that cannot keep the rate ran fewer rounds a second and hid
+	// the wait.)
+	start := time.Now()
+	late := 0
+	for r := range rounds {
+		due := start.Add(time.Duration(r+1) * period)
+		if d := time.Until(due); d > 0 {
+			time.Sleep(d)
+		} else {
+			late++
+		}
+		binary.LittleEndian.PutUint64(msg, uint64(due.UnixNano()))
+		binary.LittleEndian.PutUint64(msg[8:], uint64(time.Now().UnixNano()))
 		var wg sync.WaitGroup
 		errs := make([]error, writers)
 		for w := range writers {
@@ -224,17 +249,19 @@ func fanout(n, size, rate, rounds int, srcs []string) (fanoutResult, error) {
 		}
 	}
 	writerCPU := cpuTime() - cpu0
+	took := time.Since(start)
 	if err := child.Wait(); err != nil {
 		return fanoutResult{}, fmt.Errorf("reader: %w", err)
 	}
-	var p50, p99, mx, readerUs float64
-	if _, err := fmt.Sscanf(out.String(), "%f %f %f %f", &p50, &p99, &mx, &readerUs); err != nil {
+	var p50, p99, mx, readerUs, startP50, startP99 float64
+	if _, err := fmt.Sscanf(out.String(), "%f %f %f %f %f %f", &p50, &p99, &mx, &readerUs, &startP50, &startP99); err != nil {
 		return fanoutResult{}, fmt.Errorf("reader said %q: %w", out.String(), err)
 	}
 	d := func(v float64) time.Duration { return time.Duration(v * float64(time.Millisecond)) }
 	msgs := float64(n * rounds)
 	return fanoutResult{writers: writers, p50: d(p50), p99: d(p99), max: d(mx),
-		writerUs: float64(writerCPU.Microseconds()) / msgs, readerUs: readerUs}, nil
+		writerUs: float64(writerCPU.Microseconds()) / msgs, readerUs: readerUs,
+		late: late, roundsPerS: float64(rounds) / took.Seconds(), startP50: d(startP50), startP99: d(startP99)}, nil
 }
 
 // reader is the client side of fanout: it dials n connections, reads rounds
@@ -255,6 +282,7 @@ func reader(addr string, n, size, rounds int, srcs []string) error {
 		conns = append(conns, c)
 	}
 	lat := make([]time.Duration, n*rounds)
+	fromStart := make([]time.Duration, n*rounds)
 	errs := make([]error, n)
 	cpu0 := cpuTime()
 	var wg sync.WaitGroup
@@ -270,7 +298,9 @@ func reader(addr string, n, size, rounds int, srcs []string) error {
 					return
 				}
 				sent := int64(binary.LittleEndian.Uint64(buf))
-				lat[i*rounds+r] = time.Duration(time.Now().UnixNano() - sent)
+				now := time.Now().UnixNano()
+				lat[i*rounds+r] = time.Duration(now - sent)
+				fromStart[i*rounds+r] = time.Duration(now - int64(binary.LittleEndian.Uint64(buf[8:])))
 			}
 		}()
 	}
@@ -280,6 +310,8 @@ func reader(addr string, n, size, rounds int, srcs []string) error {
 	}
 	perMsg := float64((cpuTime() - cpu0).Microseconds()) / float64(n*rounds)
 	slices.Sort(lat)
-	fmt.Printf("%.3f %.3f %.3f %.3f\n", ms(lat[len(lat)/2]), ms(lat[len(lat)*99/100]), ms(lat[len(lat)-1]), perMsg)
+	slices.Sort(fromStart)
+	fmt.Printf("%.3f %.3f %.3f %.3f %.3f %.3f\n", ms(lat[len(lat)/2]), ms(lat[len(lat)*99/100]), ms(lat[len(lat)-1]), perMsg,
+		ms(fromStart[len(fromStart)/2]), ms(fromStart[len(fromStart)*99/100]))
 	return nil
 }

@@ -36,4 +36,9 @@ func TestFanoutReadsEveryMessage(t *testing.T) {
 	if f.writers < 1 || f.p50 <= 0 || f.p99 < f.p50 || f.max < f.p99 || f.writerUs < 0 || f.readerUs < 0 {
 		t.Fatalf("fanout = %+v, want 0 < p50 <= p99 <= max, writers >= 1 and CPU times >= 0", f)
 	}
+	// Each message's wait from its round's start is part of its wait from
+	// the time the round was due.
+	if f.startP50 <= 0 || f.startP50 > f.p50 || f.startP99 > f.p99 || f.roundsPerS <= 0 || f.late < 0 || f.late > 4 {
+		t.Fatalf("fanout = %+v, want 0 < start_p50 <= p50, start_p99 <= p99, a rate, 0 to 4 late rounds", f)
+	}
 }
