@@ -28,11 +28,12 @@ type MemoryConfig struct {
 	// MaxAge trims entries whose ID time is older than Now-MaxAge, on publish
 	// and lazily when a topic is read. Zero means no age limit.
 	MaxAge time.Duration
-	// MaxBytes bounds the entries all topics hold together, counted as
-	// Entry.Size. Past it, a publish trims the oldest entries of all
-	// topics (lowest IDs first) until an eighth of it is free again, so a
-	// node's memory does not follow what publishers send. Zero means
-	// 256 MiB.
+	// MaxBytes bounds what all topics hold together, counted as
+	// Entry.Size per entry and 256 bytes plus its name per topic. Past it,
+	// a publish trims the oldest entries of all topics (lowest IDs first)
+	// until an eighth of it is free again, and drops the topics left empty
+	// that nobody watches, so a node's memory does not follow what
+	// publishers send. Zero means 256 MiB.
 	MaxBytes int64
 	// Now is the clock entry IDs are made from. Nil means time.Now.
 	Now func() time.Time
@@ -202,8 +203,7 @@ func (m *Memory) Unwatch(topic string) {
 	if !s.exists {
 		// Created only to hold the watch: drop it, or topics that are
 		// watched but never published would accumulate forever.
-		s.removed = true
-		delete(m.topics, topic)
+		m.dropLocked(s)
 	}
 	s.mu.Unlock()
 }
@@ -334,8 +334,8 @@ func (m *Memory) read(ctx context.Context, op, topic string, after ID, count int
 }
 
 // Recheck does nothing: the embedded broker's reader sees every trim that
-// overtakes it as it happens (see take), and its streams are never deleted
-// or made again.
+// overtakes it as it happens (see take), and only unwatched streams are
+// dropped (trimBytes).
 func (m *Memory) Recheck(string) {}
 
 // Ping reports ErrClosed after Close, else the context's error, else nil.
@@ -398,6 +398,7 @@ func (m *Memory) lockStream(topic string, create bool) (*stream, error) {
 			if s = m.topics[topic]; s == nil {
 				s = &stream{topic: topic, held: &m.held}
 				m.topics[topic] = s
+				m.held.Add(s.cost())
 			}
 			m.mu.Unlock()
 		}
@@ -531,6 +532,22 @@ func (s *stream) appendLocked(e Entry) {
 	s.held.Add(int64(e.Size()))
 }
 
+// topicCost is what a topic costs besides its entries (its stream, map
+// entry and log header), counted with its name against MaxBytes, so that
+// a flood of topics is bounded like a flood of entries.
+const topicCost = 256
+
+// cost is what s counts against MaxBytes while it is in Memory.topics.
+func (s *stream) cost() int64 { return int64(topicCost + len(s.topic)) }
+
+// dropLocked removes s from m.topics; a lookup that still holds it
+// retries. Caller holds m.mu and s.mu.
+func (m *Memory) dropLocked(s *stream) {
+	s.removed = true
+	delete(m.topics, s.topic)
+	m.held.Add(-s.cost())
+}
+
 // keptLogCap is the capacity an emptied log keeps for the next entries; a
 // larger array is released, so a topic that once held many entries costs
 // nothing once they are gone.
@@ -560,9 +577,11 @@ func (s *stream) trimLocked(end int) {
 }
 
 // trimBytes trims the oldest entries of all topics, lowest ID first, while
-// the broker holds more than MaxBytes, down to seven eighths of it. It
-// runs after a publish; a publish that finds another one trimming leaves it
-// the work, so at most the entries of publishes in flight pass the bound.
+// the broker holds more than MaxBytes, down to seven eighths of it, and
+// drops the topics it leaves empty that nobody watches (as a Redis stream
+// deleted: a resume from a position in it gets a reset gap). It runs after
+// a publish; a publish that finds another one trimming leaves it the work,
+// so at most the entries of publishes in flight pass the bound.
 func (m *Memory) trimBytes() {
 	if m.held.Load() <= m.maxBytes || !m.evict.TryLock() {
 		return
@@ -571,14 +590,18 @@ func (m *Memory) trimBytes() {
 	low := m.maxBytes - m.maxBytes/8
 	m.mu.RLock()
 	heads := make(streamHeads, 0, len(m.topics))
+	var empty []*stream
 	for _, s := range m.topics {
 		s.mu.Lock()
 		if s.head < len(s.log) {
 			heads = append(heads, streamHead{s, s.log[s.head].ID})
+		} else if !s.watched {
+			empty = append(empty, s)
 		}
 		s.mu.Unlock()
 	}
 	m.mu.RUnlock()
+	defer m.dropEmpty(&empty)
 	heap.Init(&heads)
 	// Publishes go on meanwhile: a head read above may have been trimmed
 	// since (by MaxLen or age), so each stream's head is read again under
@@ -599,14 +622,32 @@ func (m *Memory) trimBytes() {
 				heap.Fix(&heads, 0)
 			} else {
 				heap.Pop(&heads)
+				empty = append(empty, s)
 			}
 		}
 		s.mu.Unlock()
 	}
 }
 
-// HeldBytes is what all topics hold, counted as Entry.Size: the use of
-// MaxBytes.
+// dropEmpty drops the streams of *empty that are still empty, unwatched
+// and in m.topics.
+func (m *Memory) dropEmpty(empty *[]*stream) {
+	if len(*empty) == 0 {
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, s := range *empty {
+		s.mu.Lock()
+		if !s.removed && !s.watched && s.head == len(s.log) {
+			m.dropLocked(s)
+		}
+		s.mu.Unlock()
+	}
+}
+
+// HeldBytes is what all topics hold, counted as Entry.Size per entry and
+// topicCost and its name per topic: the use of MaxBytes.
 func (m *Memory) HeldBytes() int64 { return m.held.Load() }
 
 // streamHead is a stream and the ID of its oldest entry, as trimBytes last

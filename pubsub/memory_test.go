@@ -927,6 +927,7 @@ func heldSum(m *Memory) int64 {
 	defer m.mu.RUnlock()
 	var n int64
 	for _, s := range m.topics {
+		n += s.cost()
 		s.mu.Lock()
 		for i := s.head; i < len(s.log); i++ {
 			n += int64(s.log[i].Size())
@@ -938,8 +939,8 @@ func heldSum(m *Memory) int64 {
 
 // TestMemoryMaxBytes: past MaxBytes, the oldest entries of all topics go
 // first, down to seven eighths of the budget, whichever topic holds them;
-// the topics' Info and Range say so; an emptied topic gives its array
-// back; an entry above the budget is refused.
+// the topics' Info and Range say so; a topic left empty is dropped; an
+// entry above the budget is refused.
 func TestMemoryMaxBytes(t *testing.T) {
 	const size = 100 // data bytes of each entry
 	per := int64(size + EntryOverhead)
@@ -995,17 +996,14 @@ func TestMemoryMaxBytes(t *testing.T) {
 		}
 	}
 	slices.SortFunc(kept, func(a, b ID) int { return a.Compare(b) })
-	if n := len(kept); n < 70 || n > 80 || !slices.Equal(kept, all[len(all)-n:]) {
-		t.Fatalf("kept %d entries %v..., want the newest 70 to 80 of all topics", n, firstID(kept))
+	// The three topics cost about 4.5 entries of the budget.
+	if n := len(kept); n < 60 || n > 76 || !slices.Equal(kept, all[len(all)-n:]) {
+		t.Fatalf("kept %d entries %v..., want the newest 60 to 76 of all topics", n, firstID(kept))
 	}
-	if info, _ := m.Info(ctx, "z"); info.Length != 0 || info.MaxDeleted != all[78] {
-		t.Errorf("z: Info %+v, want empty with max-deleted %v", info, all[78])
+	// Emptied and watched by no one, z is dropped, as a deleted stream.
+	if info, _ := m.Info(ctx, "z"); info.Exists {
+		t.Errorf("z: Info %+v, want dropped", info)
 	}
-	m.mu.RLock()
-	if c := cap(m.topics["z"].log); c > keptLogCap {
-		t.Errorf("z: emptied, keeps room for %d entries", c)
-	}
-	m.mu.RUnlock()
 	if _, err := m.Publish(ctx, "a", "", make([]byte, 80*per)); !errors.Is(err, ErrTooLarge) {
 		t.Fatalf("publish above the budget: %v, want ErrTooLarge", err)
 	}
@@ -1036,5 +1034,50 @@ func TestMemoryMaxBytesConcurrent(t *testing.T) {
 	m.trimBytes() // a publisher that found another trimming left it the work
 	if held, sum := m.HeldBytes(), heldSum(m); held != sum || held > budget {
 		t.Fatalf("count %d, entries held %d, budget %d", held, sum, budget)
+	}
+}
+
+// TestMemoryMaxBytesTopics: a flood of topics of one entry each stays
+// within the budget (a topic counts besides its entries, and the topics
+// the budget empties are dropped), except a watched one: it stays, empty,
+// and its next entry is delivered as usual (its trimmed entry had been).
+func TestMemoryMaxBytesTopics(t *testing.T) {
+	const budget = 64 << 10
+	m := newTestMemory(t, MemoryConfig{MaxBytes: budget})
+	rec := newRecorder(t)
+	if err := m.Start(rec.handle); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if _, err := m.Watch(ctx, "watched", 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	first := mustPublish(t, m, "watched", "first")
+	waitFor(t, "the watched entry", func() bool { return rec.count("watched") == 1 })
+	for i := range 10000 {
+		mustPublish(t, m, fmt.Sprintf("flood%d", i), "x")
+		if held := m.HeldBytes(); held > budget {
+			t.Fatalf("after topic %d: %d bytes held, budget %d", i, held, budget)
+		}
+	}
+	if held, sum := m.HeldBytes(), heldSum(m); held != sum {
+		t.Fatalf("count %d, recount %d", held, sum)
+	}
+	m.mu.RLock()
+	topics := len(m.topics)
+	m.mu.RUnlock()
+	if most := budget / (topicCost + EntryOverhead); topics > most {
+		t.Errorf("%d topics held, want at most %d", topics, most)
+	}
+	if info, _ := m.Info(ctx, "watched"); !info.Exists || info.Length != 0 || info.MaxDeleted != first {
+		t.Errorf("watched: Info %+v, want existing, empty, max-deleted %v", info, first)
+	}
+	if info, _ := m.Info(ctx, "flood0"); info.Exists {
+		t.Errorf("flood0: Info %+v, want dropped", info)
+	}
+	second := mustPublish(t, m, "watched", "second")
+	waitFor(t, "the second entry", func() bool { return rec.count("watched") == 2 })
+	if got := ids(rec.entries("watched")); !slices.Equal(got, []ID{first, second}) {
+		t.Errorf("watched: delivered %v, want %v", got, []ID{first, second})
 	}
 }
