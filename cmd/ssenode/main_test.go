@@ -344,15 +344,7 @@ func startNode(t *testing.T, env ...string) (pub, admin string) {
 // resume from the start then gets a gap for what was trimmed, and a publish
 // larger than the budget gets 413.
 func TestEmbeddedBytes(t *testing.T) {
-	bin := buildNode(t)
-	pub, admin := freeAddr(t), freeAddr(t)
-	cmd := exec.Command(bin)
-	cmd.Env = append(os.Environ(), "SSE_LISTEN="+pub, "SSE_ADMIN_LISTEN="+admin, "SSE_EMBEDDED_BYTES=65536")
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	waitProcess(t, cmd)
-	waitFor(t, "readyz 200", func() bool { return status("http://"+admin+"/readyz") == 200 })
+	pub, admin := startNode(t, "SSE_EMBEDDED_BYTES=65536")
 	publish := func(data string) int {
 		t.Helper()
 		resp, err := http.PostForm("http://"+admin+"/publish", map[string][]string{"topic": {"x"}, "data": {data}})
@@ -401,15 +393,7 @@ func TestEmbeddedBytes(t *testing.T) {
 // headers are 100 bytes under SSE_MAX_HEADER_BYTES, and refuses one 100
 // bytes over it with 431 (net/http alone would read 4 KiB more).
 func TestMaxHeaderBytes(t *testing.T) {
-	bin := buildNode(t)
-	pub, admin := freeAddr(t), freeAddr(t)
-	cmd := exec.Command(bin)
-	cmd.Env = append(os.Environ(), "SSE_LISTEN="+pub, "SSE_ADMIN_LISTEN="+admin, "SSE_MAX_HEADER_BYTES=16384")
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	waitProcess(t, cmd)
-	waitFor(t, "readyz 200", func() bool { return status("http://"+admin+"/readyz") == 200 })
+	pub, _ := startNode(t, "SSE_MAX_HEADER_BYTES=16384")
 	for _, tt := range []struct {
 		size int
 		want string
