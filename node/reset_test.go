@@ -2,6 +2,7 @@ package node
 
 import (
 	"errors"
+	"context"
 	"fmt"
 	"strings"
 	"testing"
@@ -125,5 +126,30 @@ func TestEmptyTopicPositionIsStrict(t *testing.T) {
 			}
 		}
 		c.close()
+	}
+}
+
+// TestEmbeddedBudgetDropsTopic: a topic whose entries the embedded
+// broker's byte budget trimmed, and which no stream watched, is dropped
+// like a deleted Redis stream; a client resuming from a position in it
+// gets a gap with "reset":true (nothing it held is there any more), then
+// the topic's next event.
+func TestEmbeddedBudgetDropsTopic(t *testing.T) {
+	tn := newTestNode(t, testOpts{mem: pubsub.MemoryConfig{MaxBytes: 64 << 10}})
+	old := tn.publish(t, "gone", "", "old")
+	for i := range 1000 {
+		tn.publish(t, fmt.Sprintf("flood%d", i), "", "x")
+	}
+	if info, err := tn.broker.Info(context.Background(), "gone"); err != nil || info.Exists {
+		t.Fatalf("gone: Info %+v, %v; want dropped by the budget", info, err)
+	}
+	c := dial(t, tn.srv.URL+"/events?topic=gone", old.String())
+	e := c.next(t)
+	if e.Event != "sse-gap" || !strings.Contains(e.Data, `"requested":"`+old.String()+`"`) || !strings.Contains(e.Data, `"reset":true`) {
+		t.Fatalf("first event %+v, want an sse-gap from %s with reset", e, old)
+	}
+	live := tn.publish(t, "gone", "", "new")
+	if e := c.next(t); e.ID != live.String() || e.Data != "new" {
+		t.Fatalf("next event %+v, want %s", e, live)
 	}
 }
