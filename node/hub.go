@@ -80,10 +80,12 @@ func (h *hub) unsubscribe(c *stream) {
 	}
 }
 
-// fanout hands each frame to every subscriber of topic without blocking.
-// The caller keeps its own reference to each frame. refused is called for
-// every frame a queue did not take. It returns how many queues took each
-// frame, on average.
+// fanout hands every frame to every subscriber of topic without blocking,
+// all of them to one subscriber before the next (queue.pushAll), so that a
+// subscriber's writer finds the whole batch when it wakes. The caller
+// keeps its own reference to each frame. refused is called for every
+// frame a queue did not take. It returns how many queues took each frame,
+// on average.
 func (h *hub) fanout(topic string, frames []*frame, refused func(*stream, overflow)) (delivered int) {
 	s := h.shard(topic)
 	s.mu.RLock()
@@ -92,24 +94,18 @@ func (h *hub) fanout(topic string, frames []*frame, refused func(*stream, overfl
 	if ts == nil {
 		return 0
 	}
+	// One atomic add per frame for all subscribers; a refusal gives its
+	// reference back: the cost per subscriber is the queue push alone.
 	for _, f := range frames {
-		// One atomic add for all subscribers, and one to give back the
-		// references of the queues that refused: the cost per subscriber
-		// is the queue push alone.
 		f.retain(int32(len(ts.subs)))
-		var no int32
-		for _, c := range ts.subs {
-			if o := c.q.push(f); o != accepted {
-				no++
-				if o != queueClosed {
-					refused(c, o)
-				}
+	}
+	for _, c := range ts.subs {
+		delivered += c.q.pushAll(frames, func(f *frame, o overflow) {
+			f.refs.Add(-1)
+			if o != queueClosed {
+				refused(c, o)
 			}
-		}
-		if no > 0 {
-			f.refs.Add(-no)
-		}
-		delivered += len(ts.subs) - int(no)
+		})
 	}
 	return delivered / max(1, len(frames))
 }

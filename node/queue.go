@@ -46,46 +46,66 @@ func newQueue(frames, maxBytes int, drop bool, notify func()) *queue {
 	return &queue{max: frames, maxBytes: maxBytes, drop: drop, notify: notify}
 }
 
-// push offers f to the queue. On accepted the queue owns one reference the
-// caller had already taken (the hub retains once per subscriber up front).
-// With the disconnect policy an overflow closes the queue (the writer then
-// ends the stream); with drop, the new frame is refused.
+// push offers f to the queue: pushAll of one frame, reporting its outcome.
 func (q *queue) push(f *frame) overflow {
-	q.mu.Lock()
-	if q.closed {
-		q.mu.Unlock()
-		return queueClosed
-	}
 	o := accepted
-	switch {
-	case q.n == q.max:
-		o = fullFrames
-	case q.bytes+f.Len() > q.maxBytes && q.n > 0:
-		// A single frame larger than the byte bound still goes through
-		// when the queue is empty, or it could never be delivered.
-		o = fullBytes
-	}
-	if o != accepted {
-		if !q.drop {
-			q.closed = true
-			q.why = o
-			q.releaseLocked()
+	q.pushAll([]*frame{f}, func(_ *frame, why overflow) { o = why })
+	return o
+}
+
+// pushAll offers frames to the queue in order under one lock, and wakes
+// the writer once: frames the broker read together reach the writer
+// together, so it writes them in one chunk rather than the first alone.
+// On accepted the queue owns one reference to the frame that the caller
+// had already taken (the hub retains once per subscriber up front); for
+// every frame not taken, refused is called, with q.mu held (it must not
+// touch the queue), and the caller keeps that reference. With the
+// disconnect policy an overflow closes the queue (the writer then ends the
+// stream) and the frames after it are refused as queueClosed; with drop,
+// only the frame that does not fit is refused. It returns how many frames
+// the queue took.
+func (q *queue) pushAll(frames []*frame, refused func(*frame, overflow)) (took int) {
+	q.mu.Lock()
+	wake := false
+	for _, f := range frames {
+		if q.closed {
+			refused(f, queueClosed)
+			continue
 		}
-		q.mu.Unlock()
-		if !q.drop {
-			q.notify()
+		o := accepted
+		switch {
+		case q.n == q.max:
+			o = fullFrames
+		case q.bytes+f.Len() > q.maxBytes && q.n > 0:
+			// A single frame larger than the byte bound still goes
+			// through when the queue is empty, or it could never be
+			// delivered.
+			o = fullBytes
 		}
-		return o
+		if o != accepted {
+			if !q.drop {
+				q.closed = true
+				q.why = o
+				q.releaseLocked()
+				wake = true
+			}
+			refused(f, o)
+			continue
+		}
+		if q.n == len(q.frames) {
+			q.growLocked()
+		}
+		q.frames[(q.head+q.n)%len(q.frames)] = f
+		q.n++
+		q.bytes += f.Len()
+		took++
+		wake = true
 	}
-	if q.n == len(q.frames) {
-		q.growLocked()
-	}
-	q.frames[(q.head+q.n)%len(q.frames)] = f
-	q.n++
-	q.bytes += f.Len()
 	q.mu.Unlock()
-	q.notify()
-	return accepted
+	if wake {
+		q.notify()
+	}
+	return took
 }
 
 func (q *queue) growLocked() {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -156,6 +157,41 @@ func TestQueueBounds(t *testing.T) {
 				}
 			}
 			batch, _, _ := q.take(nil)
+			for _, fr := range batch {
+				fr.Release()
+			}
+			q.close()
+
+			// The same frames as one batch: the same outcomes, in order,
+			// and the writer woken once.
+			wakes := 0
+			q = newQueue(tt.frames, tt.maxBytes, tt.drop, func() { wakes++ })
+			var frames []*frame
+			for _, size := range tt.sizes {
+				fr := f(size)
+				fr.retain(1)
+				frames = append(frames, fr)
+			}
+			got := make([]overflow, len(frames))
+			refusedAt := map[*frame]overflow{}
+			took := q.pushAll(frames, func(fr *frame, o overflow) {
+				refusedAt[fr] = o
+				fr.Release()
+			})
+			for i, fr := range frames {
+				got[i] = refusedAt[fr] // accepted when absent
+				fr.Release()
+			}
+			wantTook := 0
+			for _, o := range tt.want {
+				if o == accepted {
+					wantTook++
+				}
+			}
+			if !slices.Equal(got, tt.want) || took != wantTook || wakes != 1 {
+				t.Fatalf("pushAll: %v, took %d, %d wakes; want %v, one wake", got, took, wakes, tt.want)
+			}
+			batch, _, _ = q.take(nil)
 			for _, fr := range batch {
 				fr.Release()
 			}

@@ -1,6 +1,7 @@
 package node
 
 import (
+	"bytes"
 	"errors"
 	"runtime"
 	"sync/atomic"
@@ -162,4 +163,50 @@ func TestStepNeverSendsPastAReset(t *testing.T) {
 		c.q.close()
 	}
 	t.Logf("%d of 10000 steps ran before the reset", sent)
+}
+
+// TestFanoutWakesOncePerBatch: entries the broker delivers together, too
+// large for one frame, reach each subscriber's queue together, with one
+// wake-up, so its writer sends them in one chunk instead of the first
+// frame alone (fan-out used to push frame by frame, waking every
+// subscriber on the first).
+func TestFanoutWakesOncePerBatch(t *testing.T) {
+	n := newBareNode(t, Config{})
+	if err := n.window.Acquire(t.Context(), "t"); err != nil {
+		t.Fatal(err)
+	}
+	defer n.window.Release("t")
+	wakes := make([]int, 3)
+	var taken [][]*frame
+	for i := range wakes {
+		var s *stream
+		s = &stream{topics: []string{"t"}, slots: make([]int, 1), pos: make([]pubsub.ID, 1)}
+		s.q = newQueue(64, 1<<20, false, func() {
+			// What a writer woken now would find.
+			wakes[i]++
+			got, _, _ := s.q.take(nil)
+			taken = append(taken, got)
+		})
+		n.hub.subscribe(s)
+		defer n.hub.unsubscribe(s)
+	}
+	var entries []pubsub.Entry
+	for seq := range uint64(3) {
+		// 10 KiB each: a frame holds at most maxBatchBytes, so three.
+		entries = append(entries, pubsub.Entry{ID: pubsub.ID{Ms: 1, Seq: seq + 1}, Data: bytes.Repeat([]byte("d"), 10<<10)})
+	}
+	n.deliver("t", entries)
+	for i, w := range wakes {
+		if w != 1 {
+			t.Errorf("subscriber %d woken %d times, want once", i, w)
+		}
+	}
+	for i, got := range taken {
+		if len(got) != 3 {
+			t.Errorf("wake-up %d found %d frames, want the batch of 3", i, len(got))
+		}
+		for _, f := range got {
+			f.Release()
+		}
+	}
 }
