@@ -206,3 +206,11 @@ func eventually(t testing.TB, d time.Duration, what string, cond func() bool) {
 func (tn *testNode) subscribers(topic string) []*stream {
 	return tn.hub.subscribers(nil, topic)
 }
+
+// push offers f to the queue alone (pushAll of one frame) and returns its
+// outcome.
+func (q *queue) push(f *frame) overflow {
+	o := accepted
+	q.pushAll([]*frame{f}, func(_ *frame, why overflow) { o = why })
+	return o
+}

@@ -46,13 +46,6 @@ func newQueue(frames, maxBytes int, drop bool, notify func()) *queue {
 	return &queue{max: frames, maxBytes: maxBytes, drop: drop, notify: notify}
 }
 
-// push offers f to the queue: pushAll of one frame, reporting its outcome.
-func (q *queue) push(f *frame) overflow {
-	o := accepted
-	q.pushAll([]*frame{f}, func(_ *frame, why overflow) { o = why })
-	return o
-}
-
 // pushAll offers frames to the queue in order under one lock, and wakes
 // the writer once: frames the broker read together reach the writer
 // together, so it writes them in one chunk rather than the first alone.
