@@ -533,14 +533,17 @@ func TestBroker(t *testing.T) {
 			t.Fatal(err)
 		}
 		xadd(t, srv, key, "user", "ann", "event", "joined", "bytes", "\xff<&>")
-		xadd(t, srv, key, "data", "ok", "event", "a\nb") // forged SSE field: skipped
+		xadd(t, srv, key, "data", "ok", "event", "a\nb") // forged SSE field: the JSON of its fields
 		xadd(t, srv, key, "data", "after")
-		got := col.waitEntries(t, "shapes", 2, deliverWithin)
+		got := col.waitEntries(t, "shapes", 3, deliverWithin)
 		if want := `{"bytes":"\ufffd<&>","event":"joined","user":"ann"}`; string(got[0].Data) != want || got[0].Event != "joined" {
 			t.Fatalf("no-data entry = %q event %q, want %q", got[0].Data, got[0].Event, want)
 		}
-		if string(got[1].Data) != "after" {
-			t.Fatalf("entry after a bad one = %q", got[1].Data)
+		if want := `{"data":"ok","event":"a\nb"}`; string(got[1].Data) != want || got[1].Event != "" {
+			t.Fatalf("bad event entry = %q event %q, want %q and no event", got[1].Data, got[1].Event, want)
+		}
+		if string(got[2].Data) != "after" {
+			t.Fatalf("entry after a bad one = %q", got[2].Data)
 		}
 		if r := col.badReports(); !slices.Equal(r, []string{"shapes " + pubsub.BadEntryBadEvent}) {
 			t.Fatalf("bad reports %q", r)
@@ -955,5 +958,63 @@ func TestBrokerCheckScriptFallback(t *testing.T) {
 	}
 	if fmt.Sprint(slow[4]) != "[string]" {
 		t.Errorf("string key: %v, want [string]", slow[4])
+	}
+}
+
+// TestBrokerReadsByBytes: a read with a byte bound copies about the bound
+// out of the stream, not the count it asks for. A first subscriber's
+// history load asks for 1,024 entries; on a stream of 1 MiB entries the
+// read script used to copy all of them before cutting the reply to the
+// bound (30 entries of 20 MB held Redis for 11 s, and every node's
+// subscribers got 503). Counted under MONITOR: the entries the script asks
+// Redis for, by XRANGE and XREVRANGE, for the history load and a page.
+func TestBrokerReadsByBytes(t *testing.T) {
+	srv := redistest.Start(t)
+	b, _ := newBroker(t, srv, nil)
+	key := b.Prefix() + "big"
+	big := bytes.Repeat([]byte("b"), 1<<20)
+	var ids []pubsub.ID
+	for range 30 {
+		ids = append(ids, xadd(t, srv, key, "data", big))
+	}
+	mon := startMonitor(t, srv)
+	tail, err := b.Watch(ctxT(t), "big", 1024, 4<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	page, err := b.Page(ctxT(t), "big", ids[0], 1024, 4<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mark := fmt.Sprintf("end#%d", time.Now().UnixNano())
+	srv.MustDo(t, "ECHO", mark)
+	asked := 0 // entries the script asked for
+	for {
+		l := mon.line(t)
+		if strings.Contains(l, mark) {
+			break
+		}
+		if !strings.Contains(l, " lua]") || !strings.Contains(l, `"`+key+`"`) {
+			continue
+		}
+		// ... [0 lua] "XREVRANGE" "<key>" "+" "-" "COUNT" "1"
+		f := strings.Fields(l[strings.Index(l, "]")+1:])
+		if len(f) == 6 && strings.EqualFold(f[4], `"COUNT"`) &&
+			(strings.EqualFold(f[0], `"XRANGE"`) || strings.EqualFold(f[0], `"XREVRANGE"`)) {
+			n, _ := strconv.Atoi(strings.Trim(f[5], `"`))
+			asked += n
+			t.Logf("%s", strings.Join(f, " "))
+		}
+	}
+	if len(tail.Entries) != 3 || tail.Entries[2].ID != ids[29] {
+		t.Errorf("history load: %d entries, want the newest 3 (4 MiB)", len(tail.Entries))
+	}
+	if len(page.Entries) == 0 || len(page.Entries) > 4 || page.Entries[0].ID != ids[1] || !page.Cut {
+		t.Errorf("page: %d entries from %v, cut %v; want up to 4 from %v, cut", len(page.Entries), idsOf(page.Entries), page.Cut, ids[1])
+	}
+	// Bound 4 MiB, 1 MiB each: about 5 entries per read (one to size the
+	// rest, the rest, a look past the end), not 1,024.
+	if asked > 16 {
+		t.Fatalf("the reads asked Redis for %d entries of 1 MiB, want at most 16", asked)
 	}
 }

@@ -109,16 +109,20 @@ func TestSourceReads(t *testing.T) {
 		}
 		srv.MustDo(t, "XTRIM", key, "MAXLEN", "=", "7") // ids[0..2] trimmed
 		srv.MustDo(t, "XDEL", key, ids[5].String())
-		xadd(t, srv, key, "event", "a\nb", "data", "x") // a bad event: skipped, counted in Read
+		// A bad event: delivered as the JSON of its fields, with no event.
+		bad := xadd(t, srv, key, "event", "a\nb", "data", "x")
 		p, err := b.Page(ctx, "s", ids[3], 10, 0)
 		if err != nil {
 			t.Fatal(err)
 		}
-		want := pubsub.StreamInfo{Exists: true, Length: 7, First: ids[3], Last: p.Last, MaxDeleted: ids[5]}
-		if p.Info != want || !slices.Equal(idsOf(p.Entries), []pubsub.ID{ids[4], ids[6], ids[7], ids[8], ids[9]}) ||
-			p.Read != 6 || !ids[9].Less(p.Last) {
-			t.Fatalf("page = entries %v read %d last %v info %+v; want 5 entries, read 6, info %+v",
+		want := pubsub.StreamInfo{Exists: true, Length: 7, First: ids[3], Last: bad, MaxDeleted: ids[5]}
+		if p.Info != want || !slices.Equal(idsOf(p.Entries), []pubsub.ID{ids[4], ids[6], ids[7], ids[8], ids[9], bad}) ||
+			p.Read != 6 || p.Last != bad {
+			t.Fatalf("page = entries %v read %d last %v info %+v; want 6 entries, read 6, info %+v",
 				idsOf(p.Entries), p.Read, p.Last, p.Info, want)
+		}
+		if e := p.Entries[5]; e.Event != "" || string(e.Data) != `{"data":"x","event":"a\nb"}` {
+			t.Fatalf("bad event entry = %q %q, want the JSON of its fields", e.Event, e.Data)
 		}
 		// Trimmed only: MaxDeleted bounds the trimmed IDs (Redis records
 		// none for trimming).

@@ -17,9 +17,10 @@
 --          entry larger than the bound is a page alone. "rev": the reply
 --          holds the newest entries that fit in the bound whole, none if
 --          the newest does not (a ring load takes only what its budget
---          holds). The script still reads ARGV[3] entries (one XRANGE or
---          XREVRANGE): the caller sizes the count by the entries' expected
---          size. 0: no bound.
+--          holds). The script reads by bytes too: one entry, then as many
+--          as the bound leaves room for at the largest size seen, so it
+--          copies about the bound out of the stream, whatever the count.
+--          0: no bound (one read of ARGV[3] entries).
 --
 -- Reply: {type} when the key is not a stream ("none" when missing), else
 -- {"stream", length, last-generated-id, max-deleted-entry-id,
@@ -41,46 +42,78 @@ if info['first-entry'] then
 end
 local entries = {}
 local cut = 0
-if ARGV[1] == 'range' then
-  entries = redis.call('XRANGE', key, ARGV[2], '+', 'COUNT', ARGV[3])
-elseif ARGV[1] == 'rev' then
-  entries = redis.call('XREVRANGE', key, '+', '-', 'COUNT', ARGV[3])
-elseif ARGV[1] == 'held' then
+local limit = tonumber(ARGV[4] or '0') or 0
+local mode = ARGV[1]
+if mode == 'range' or mode == 'rev' then
+  local count = tonumber(ARGV[3])
+  -- read(from, n): n entries from from on, oldest first ("range") or
+  -- newest first ("rev"); a from of the form "(id" excludes id.
+  local function read(from, n)
+    if mode == 'range' then
+      return redis.call('XRANGE', key, from, '+', 'COUNT', n)
+    end
+    return redis.call('XREVRANGE', key, from, '-', 'COUNT', n)
+  end
+  local from = ARGV[2]
+  if mode == 'rev' then
+    from = '+'
+  end
+  if limit <= 0 then
+    entries = read(from, count)
+  else
+    -- Read by bytes, not only by count: one entry first, then as many as
+    -- the bound leaves room for at the largest size seen so far. Entries
+    -- of one size take two reads and copy about the bound (plus one
+    -- entry) out of the stream: a count sized for small entries used to
+    -- copy that many large ones first, which blocked Redis for seconds
+    -- (30 entries of 20 MB: 11 s). Entries far larger than those read
+    -- before them can still make one read copy more than the bound.
+    local bytes, largest, want = 0, 0, 1
+    local stop = false
+    while not stop and #entries < count do
+      want = math.min(want, count - #entries)
+      local got = read(from, want)
+      for i, e in ipairs(got) do
+        local size = 72
+        if type(e[2]) == 'table' then
+          for _, s in ipairs(e[2]) do
+            size = size + #s
+          end
+        end
+        bytes = bytes + size
+        largest = math.max(largest, size)
+        if mode == 'rev' and bytes > limit then
+          -- The newest entries that fit whole; none if the newest does not.
+          cut, stop = 1, true
+          break
+        end
+        entries[#entries + 1] = e
+        if mode == 'range' and bytes >= limit then
+          -- Up to the entry that reaches the bound: more follow if this
+          -- read had more, or if the stream holds any after it.
+          stop = true
+          if i < #got or (#entries < count and
+              #redis.call('XRANGE', key, '(' .. e[1], '+', 'COUNT', 1) > 0) then
+            cut = 1
+          end
+          break
+        end
+      end
+      if not stop then
+        if #got < want then
+          break -- the stream has no more
+        end
+        from = '(' .. got[#got][1]
+        want = math.max(1, math.floor((limit - bytes) / largest))
+      end
+    end
+  end
+elseif mode == 'held' then
   -- XREAD from the ID before, not XRANGE: replay's reads stay apart in
   -- INFO commandstats.
   local r = redis.call('XREAD', 'COUNT', 1, 'STREAMS', key, ARGV[3])
   if r and r[1][2][1] and r[1][2][1][1] == ARGV[2] then
     entries = {ARGV[2]}
-  end
-end
-local limit = tonumber(ARGV[4] or '0') or 0
-if limit > 0 then
-  local bytes = 0
-  for i, e in ipairs(entries) do
-    bytes = bytes + 72
-    if type(e[2]) == 'table' then
-      for _, s in ipairs(e[2]) do
-        bytes = bytes + #s
-      end
-    end
-    -- keep is how many entries the reply keeps, once the bound is reached:
-    -- up to the one that reaches it ("range"), up to the last that fits
-    -- ("rev").
-    local keep = nil
-    if ARGV[1] == 'rev' then
-      if bytes > limit then
-        keep = i - 1
-      end
-    elseif bytes >= limit and i < #entries then
-      keep = i
-    end
-    if keep then
-      for k = #entries, keep + 1, -1 do
-        entries[k] = nil
-      end
-      cut = 1
-      break
-    end
   end
 end
 -- Before Redis 7 the last two fields do not exist: nothing is known deleted.
