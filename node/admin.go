@@ -9,6 +9,7 @@ import (
 	"mime"
 	"net/http"
 	"net/http/pprof"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -137,8 +138,16 @@ func parsePublish(r *http.Request) (topic, event string, data []byte, err error)
 		}
 	case "application/x-www-form-urlencoded", "multipart/form-data":
 		// The body is already bounded by MaxPublishBytes, so a multipart
-		// form stays in memory.
-		if err := r.ParseMultipartForm(MaxPublishBytes); err != nil && !errors.Is(err, http.ErrNotMultipart) {
+		// form stays in memory. ParseMultipartForm on a urlencoded body
+		// would drop ParseForm's error (a body over the bound, a bad
+		// escape) and leave no fields: the client got "no data field".
+		var err error
+		if ct == "multipart/form-data" {
+			err = r.ParseMultipartForm(MaxPublishBytes)
+		} else {
+			err = r.ParseForm()
+		}
+		if err != nil {
 			return "", "", nil, fmt.Errorf("bad form body: %w", err)
 		}
 		if r.MultipartForm != nil {
@@ -147,7 +156,10 @@ func parsePublish(r *http.Request) (topic, event string, data []byte, err error)
 		if _, ok := r.PostForm["data"]; !ok {
 			return "", "", nil, errNoData
 		}
-		topic, event, data = r.PostForm.Get("topic"), r.PostForm.Get("event"), []byte(r.PostForm.Get("data"))
+		// Cloned: a urlencoded value is a piece of the whole body's
+		// string, which a topic name or event type kept by the broker
+		// would hold (up to MaxPublishBytes each).
+		topic, event, data = strings.Clone(r.PostForm.Get("topic")), strings.Clone(r.PostForm.Get("event")), []byte(r.PostForm.Get("data"))
 		if topic == "" {
 			topic = r.URL.Query().Get("topic")
 		}

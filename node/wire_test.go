@@ -330,6 +330,8 @@ func TestAdminPublish(t *testing.T) {
 		{"form without its content type", "", `topic=t&data=x`, 415},
 		{"text body", "text/plain", `hello`, 415},
 		{"too big", "application/json", `{"topic":"t","data":"` + strings.Repeat("x", MaxPublishBytes) + `"}`, 413},
+		{"too big, form", "application/x-www-form-urlencoded", `topic=t&data=` + strings.Repeat("x", MaxPublishBytes), 413},
+		{"bad escape, form", "application/x-www-form-urlencoded", `topic=t&data=ok&x=%zz`, 400},
 	}
 	for _, tt := range bad {
 		resp, err := http.Post(admin.URL+"/publish", tt.ct, strings.NewReader(tt.body))

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -222,8 +223,9 @@ func (m *Memory) Publish(ctx context.Context, topic, event string, data []byte) 
 	if size := len(data) + len(event) + EntryOverhead; int64(size) > m.maxBytes {
 		return ID{}, fmt.Errorf("pubsub: publish %q: %w: %d bytes, the broker holds at most %d", topic, ErrTooLarge, size, m.maxBytes)
 	}
-	// Allocate outside the lock.
-	e := Entry{Event: event, Data: bytes.Clone(data)}
+	// Allocate outside the lock. The event is cloned like the data: the
+	// caller's string may be a piece of a larger buffer.
+	e := Entry{Event: strings.Clone(event), Data: bytes.Clone(data)}
 	s, err := m.lockStream(topic, true)
 	if err != nil {
 		return ID{}, err
@@ -396,8 +398,10 @@ func (m *Memory) lockStream(topic string, create bool) (*stream, error) {
 				return nil, ErrClosed
 			}
 			if s = m.topics[topic]; s == nil {
-				s = &stream{topic: topic, held: &m.held}
-				m.topics[topic] = s
+				// Its own copy of the name, the map's key too.
+				name := strings.Clone(topic)
+				s = &stream{topic: name, held: &m.held}
+				m.topics[name] = s
 				m.held.Add(s.cost())
 			}
 			m.mu.Unlock()

@@ -5,10 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+	"unsafe"
 )
 
 // fakeClock is a settable clock for MemoryConfig.Now.
@@ -1079,5 +1081,35 @@ func TestMemoryMaxBytesTopics(t *testing.T) {
 	waitFor(t, "the second entry", func() bool { return rec.count("watched") == 2 })
 	if got := ids(rec.entries("watched")); !slices.Equal(got, []ID{first, second}) {
 		t.Errorf("watched: delivered %v, want %v", got, []ID{first, second})
+	}
+}
+
+// TestMemoryKeepsOwnStrings: the topic name and event type the broker
+// keeps are its own copies. A caller's strings may be pieces of a much
+// larger buffer (net/http's urlencoded form values are pieces of the whole
+// body's string), which the broker would otherwise hold, uncounted.
+func TestMemoryKeepsOwnStrings(t *testing.T) {
+	m := newTestMemory(t, MemoryConfig{})
+	body := strings.Repeat("x", 1<<20) + "topicev"
+	topic, event := body[1<<20:1<<20+5], body[1<<20+5:]
+	if _, err := m.Publish(context.Background(), topic, event, []byte("d")); err != nil {
+		t.Fatal(err)
+	}
+	start := uintptr(unsafe.Pointer(unsafe.StringData(body)))
+	inBody := func(s string) bool {
+		p := uintptr(unsafe.Pointer(unsafe.StringData(s)))
+		return p >= start && p < start+uintptr(len(body))
+	}
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	for key, s := range m.topics {
+		if inBody(key) || inBody(s.topic) {
+			t.Errorf("topic %q: the map key or the stream's name is a piece of the caller's buffer", key)
+		}
+		for i := s.head; i < len(s.log); i++ {
+			if inBody(s.log[i].Event) {
+				t.Errorf("topic %q: an entry's event is a piece of the caller's buffer", key)
+			}
+		}
 	}
 }
