@@ -639,9 +639,8 @@ func (b *Redis) Range(ctx context.Context, topic string, after ID, count int) ([
 // entry that brings it to maxBytes (counting 72 per entry plus its field
 // names and values, a little above Entry.Size), and says Cut if entries
 // read after it were left out: an entry larger than maxBytes is a page
-// alone. The bound applies to the reply; Redis still reads count entries
-// (in the script's memory), so callers size count by the entries they
-// expect.
+// alone. The script reads by bytes too (one entry, then as many as the
+// bound leaves room for), so Redis copies about maxBytes, whatever count.
 // Entries that cannot be decoded are skipped and reported; Read and Last
 // count them. A missing stream gives an empty Page (Info.Exists false), a
 // key of another type an error wrapping ErrWrongType.
