@@ -214,6 +214,12 @@ func (n *Node) finish(s *stream, reason string) {
 	s.admitted.release()
 	n.m.connections.Dec()
 	n.m.disconnects.WithLabelValues(reason).Inc()
+	if reason == reasonStreamReset {
+		// Here, not where the reset is decided: a stream told to close
+		// may end first for another reason (its client left), and the
+		// two counters must count the same streams (README).
+		n.m.slowDisconnects.WithLabelValues(reasonStreamReset).Inc()
+	}
 }
 
 // admit takes a stream's places in order: the connection count, its

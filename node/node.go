@@ -310,16 +310,14 @@ func (n *Node) deliver(topic string, entries []pubsub.Entry) {
 // reset reacts to topic's stream moving under the broker's reader: the
 // window forgets the topic, then every local stream of it is closed
 // (closeStream), so that clients resume with their Last-Event-ID and the
-// replay tells them of the gap (with reset) before the new history. They
-// are counted as slow-client disconnects of reason stream_reset, which the
-// alerts leave out.
+// replay tells them of the gap (with reset) before the new history. Those
+// that end for that reason are counted as slow-client disconnects of
+// reason stream_reset too (finish), which the alerts leave out.
 func (n *Node) reset(topic string) {
 	n.log.Warn("node: stream reset under the reader; resuming its clients", "topic", topic)
 	n.window.Reset(topic)
 	for _, s := range n.hub.subscribers(nil, topic) {
-		if n.closeStream(s, reasonStreamReset) {
-			n.m.slowDisconnects.WithLabelValues(reasonStreamReset).Inc()
-		}
+		n.closeStream(s, reasonStreamReset)
 	}
 }
 

@@ -153,3 +153,25 @@ func TestEmbeddedBudgetDropsTopic(t *testing.T) {
 		t.Fatalf("next event %+v, want %s", e, live)
 	}
 }
+
+// TestResetCountsEndedStreams: a stream a broker reset tells to close is
+// counted as a stream_reset slow disconnect only if it ends for that
+// reason, as sse_disconnects_total counts it: here its client leaves
+// before its writer acts on the reset, so neither counts it. (The reset
+// used to count it when it decided, and the two counters drifted apart.)
+func TestResetCountsEndedStreams(t *testing.T) {
+	n := newBareNode(t, Config{})
+	s := &stream{topics: []string{"t"}, slots: make([]int, 1), pos: make([]pubsub.ID, 1), q: newQueue(4, 1<<20, false, func() {})}
+	s.admitted.n = n
+	n.hub.subscribe(s)
+	n.reset("t")
+	if got := s.ending(); got != reasonStreamReset {
+		t.Fatalf("after the reset the stream is ending with %q, want %q", got, reasonStreamReset)
+	}
+	n.finish(s, reasonClientGone) // its client left first
+	slow := testutil.ToFloat64(n.m.slowDisconnects.WithLabelValues(reasonStreamReset))
+	all := testutil.ToFloat64(n.m.disconnects.WithLabelValues(reasonStreamReset))
+	if slow != 0 || all != 0 {
+		t.Fatalf("stream_reset counted %v as slow disconnects and %v as disconnects, want 0 and 0", slow, all)
+	}
+}

@@ -179,7 +179,6 @@ func (n *Node) step(s *stream, w *wire, batch []*frame, heartbeatDue bool) (stri
 				}
 				clear(batch)
 				w.reset()
-				n.m.slowDisconnects.WithLabelValues(reasonStreamReset).Inc()
 				return reasonStreamReset, batch
 			}
 			s.gather(w, f)
