@@ -123,6 +123,15 @@ func parsePublish(r *http.Request) (topic, event string, data []byte, err error)
 		if err := dec.Decode(&req); err != nil {
 			return "", "", nil, fmt.Errorf("bad JSON body: %w", err)
 		}
+		// One object: a second one, or anything but space after it, was
+		// silently dropped.
+		if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+			var tooBig *http.MaxBytesError
+			if errors.As(err, &tooBig) {
+				return "", "", nil, fmt.Errorf("bad JSON body: %w", err)
+			}
+			return "", "", nil, errors.New("bad JSON body: more than one JSON value")
+		}
 		topic, event = req.Topic, req.Event
 		if req.Data == nil {
 			return "", "", nil, errNoData

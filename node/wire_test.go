@@ -332,6 +332,9 @@ func TestAdminPublish(t *testing.T) {
 		{"too big", "application/json", `{"topic":"t","data":"` + strings.Repeat("x", MaxPublishBytes) + `"}`, 413},
 		{"too big, form", "application/x-www-form-urlencoded", `topic=t&data=` + strings.Repeat("x", MaxPublishBytes), 413},
 		{"bad escape, form", "application/x-www-form-urlencoded", `topic=t&data=ok&x=%zz`, 400},
+		{"two JSON objects", "application/json", `{"topic":"t","data":"a"}{"topic":"t","data":"b"}`, 400},
+		{"JSON then garbage", "application/json", `{"topic":"t","data":"a"} x`, 400},
+		{"JSON then over 4 MiB of space", "application/json", `{"topic":"t","data":"a"}` + strings.Repeat(" ", MaxPublishBytes), 413},
 	}
 	for _, tt := range bad {
 		resp, err := http.Post(admin.URL+"/publish", tt.ct, strings.NewReader(tt.body))
