@@ -331,7 +331,7 @@ func (n *Node) start(ctx context.Context, to sink, w *wire, s *stream) (reason s
 // turns it into an event of its own, and a parser applies it as soon as it
 // reads the line.
 func (n *Node) retryLine() []byte {
-	retry := n.cfg.Retry + rand.N(n.cfg.Retry+time.Millisecond)
+	retry := n.cfg.Retry + rand.N(n.cfg.Retry) // positive: Config defaults it
 	b := make([]byte, 0, 24)
 	b = append(b, "retry: "...)
 	b = strconv.AppendInt(b, retry.Milliseconds(), 10)

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"errors"
 	"runtime"
+	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -207,6 +209,21 @@ func TestFanoutWakesOncePerBatch(t *testing.T) {
 		}
 		for _, f := range got {
 			f.Release()
+		}
+	}
+}
+
+// TestRetryLineRange: every stream's retry: lies in [Retry, 2*Retry), in
+// whole milliseconds. (It was drawn from [Retry, 2*Retry+1ms): one stream
+// in 2,001 got exactly 2*Retry, which a conformance check caught.) With
+// Retry 2 ms the old draw gave 4 ms a third of the time.
+func TestRetryLineRange(t *testing.T) {
+	n := &Node{cfg: Config{Retry: 2 * time.Millisecond}}
+	for range 1000 {
+		line := string(n.retryLine())
+		ms, err := strconv.Atoi(strings.TrimSuffix(strings.TrimPrefix(line, "retry: "), "\n"))
+		if err != nil || ms < 2 || ms >= 4 {
+			t.Fatalf("retry line %q, want retry: 2 or 3 (ms)", line)
 		}
 	}
 }
