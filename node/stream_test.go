@@ -181,8 +181,7 @@ func TestFanoutWakesOncePerBatch(t *testing.T) {
 	wakes := make([]int, 3)
 	var taken [][]*frame
 	for i := range wakes {
-		var s *stream
-		s = &stream{topics: []string{"t"}, slots: make([]int, 1), pos: make([]pubsub.ID, 1)}
+		s := &stream{topics: []string{"t"}, slots: make([]int, 1), pos: make([]pubsub.ID, 1)}
 		s.q = newQueue(64, 1<<20, false, func() {
 			// What a writer woken now would find.
 			wakes[i]++
