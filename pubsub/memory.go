@@ -61,6 +61,12 @@ type Memory struct {
 
 	held  atomic.Int64 // Entry.Size of the entries all streams hold
 	evict sync.Mutex   // one publish at a time trims for MaxBytes; taken before mu
+	// stuck is what the last trim could not bring under MaxBytes (topics
+	// watched but empty cost bytes no trim frees), 0 if it could: until
+	// held passes it by an eighth of MaxBytes, publishes do not look at
+	// every topic again.
+	stuck  atomic.Int64
+	passes atomic.Int64 // trims run (for tests)
 
 	mu      sync.RWMutex
 	topics  map[string]*stream // guarded by mu
@@ -220,7 +226,7 @@ func (m *Memory) Publish(ctx context.Context, topic, event string, data []byte) 
 	if err := ValidateEvent(event); err != nil {
 		return ID{}, fmt.Errorf("pubsub: publish %q event %q: %w", topic, event, err)
 	}
-	if size := len(data) + len(event) + EntryOverhead; int64(size) > m.maxBytes {
+	if size := (&Entry{Event: event, Data: data}).Size(); int64(size) > m.maxBytes {
 		return ID{}, fmt.Errorf("pubsub: publish %q: %w: %d bytes, the broker holds at most %d", topic, ErrTooLarge, size, m.maxBytes)
 	}
 	// Allocate outside the lock. The event is cloned like the data: the
@@ -585,16 +591,30 @@ func (s *stream) trimLocked(end int) {
 // drops the topics it leaves empty that nobody watches (as a Redis stream
 // deleted: a resume from a position in it gets a reset gap). It runs after
 // a publish; a publish that finds another one trimming leaves it the work,
-// so at most the entries of publishes in flight pass the bound.
+// so at most the entries of publishes in flight pass the bound. When what
+// is left is over the bound anyway (watched topics' costs), the next trim
+// waits for an eighth of MaxBytes more, rather than every publish looking
+// at every topic.
 func (m *Memory) trimBytes() {
-	if m.held.Load() <= m.maxBytes || !m.evict.TryLock() {
+	if m.held.Load() <= max(m.maxBytes, m.stuck.Load()+m.maxBytes/8) || !m.evict.TryLock() {
 		return
 	}
 	defer m.evict.Unlock()
-	low := m.maxBytes - m.maxBytes/8
+	m.passes.Add(1)
+	m.dropEmpty(m.trimOldest(m.maxBytes - m.maxBytes/8))
+	stuck := int64(0)
+	if held := m.held.Load(); held > m.maxBytes {
+		stuck = held
+	}
+	m.stuck.Store(stuck)
+}
+
+// trimOldest trims the oldest entries of all topics, lowest ID first, until
+// the broker holds low bytes or no entry is left, and returns the streams
+// it found or left empty and unwatched.
+func (m *Memory) trimOldest(low int64) (empty []*stream) {
 	m.mu.RLock()
 	heads := make(streamHeads, 0, len(m.topics))
-	var empty []*stream
 	for _, s := range m.topics {
 		s.mu.Lock()
 		if s.head < len(s.log) {
@@ -605,7 +625,6 @@ func (m *Memory) trimBytes() {
 		s.mu.Unlock()
 	}
 	m.mu.RUnlock()
-	defer m.dropEmpty(&empty)
 	heap.Init(&heads)
 	// Publishes go on meanwhile: a head read above may have been trimmed
 	// since (by MaxLen or age), so each stream's head is read again under
@@ -631,17 +650,18 @@ func (m *Memory) trimBytes() {
 		}
 		s.mu.Unlock()
 	}
+	return empty
 }
 
-// dropEmpty drops the streams of *empty that are still empty, unwatched
+// dropEmpty drops the streams of empty that are still empty, unwatched
 // and in m.topics.
-func (m *Memory) dropEmpty(empty *[]*stream) {
-	if len(*empty) == 0 {
+func (m *Memory) dropEmpty(empty []*stream) {
+	if len(empty) == 0 {
 		return
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	for _, s := range *empty {
+	for _, s := range empty {
 		s.mu.Lock()
 		if !s.removed && !s.watched && s.head == len(s.log) {
 			m.dropLocked(s)

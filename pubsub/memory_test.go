@@ -1113,3 +1113,32 @@ func TestMemoryKeepsOwnStrings(t *testing.T) {
 		}
 	}
 }
+
+// TestMemoryMaxBytesWatchedTopics: watched topics alone cost more than the
+// budget (a trim cannot free them). Publishes then trim once per eighth of
+// the budget they add, not each one looking at every topic again, and
+// what they add is still trimmed.
+func TestMemoryMaxBytesWatchedTopics(t *testing.T) {
+	const budget = 64 << 10
+	m := newTestMemory(t, MemoryConfig{MaxBytes: budget})
+	ctx := context.Background()
+	for i := range 400 { // 400 x (256 + 5) bytes > 64 KiB
+		if _, err := m.Watch(ctx, fmt.Sprintf("w%04d", i), 0, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	watched := m.HeldBytes()
+	if watched <= budget {
+		t.Fatalf("watched topics cost %d, want more than the budget %d", watched, budget)
+	}
+	const n = 1000 // 1000 x 73 bytes: about nine eighths of the budget
+	for range n {
+		mustPublish(t, m, "live", "x")
+	}
+	if p := m.passes.Load(); p > 20 {
+		t.Errorf("%d trims for %d publishes, want about one per %d bytes published", p, n, budget/8)
+	}
+	if held := m.HeldBytes(); held > watched+budget/8+budget/8 {
+		t.Errorf("%d bytes held, want at most the watched topics' %d and an eighth of the budget or two", held, watched)
+	}
+}
