@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
 # bench/pair.sh: one load step, run alternately against the nodes of two
-# commits, so that two versions are compared in the same minutes and with
-# the same load generator. On a shared 2-core machine a step such as S3's
+# commits (or with the load generators of two commits), so that two
+# versions are compared in the same minutes and with the rest unchanged. On a shared 2-core machine a step such as S3's
 # top one swings by a third between runs of the same code; only pairs taken
 # side by side say which version is faster.
 #
 #   bash bench/pair.sh OLD NEW [ROUNDS]
 #
 # Each round runs OLD's node, then NEW's, each with a fresh Redis, under one
-# sseload built at NEW. The default step is S3's top step at 1k clients
-# (PAIR_ARGS overrides the sseload flags). Prints one line per run:
+# sseload built at PAIR_FIXED (default NEW). With PAIR_SIDE=sseload it runs
+# OLD's sseload, then NEW's, against one node built at PAIR_FIXED: a step
+# whose figures move may owe it to the load generator, which shares the two
+# cores and publishes (S3's top step moved so, see bench/README.md). The
+# default step is S3's top step at 1k clients (PAIR_ARGS overrides the
+# sseload flags). Prints one line per run:
 # published events/s, p99, node and load generator CPU-s per million
 # deliveries, the node's write syscalls per second (/proc/PID/io syscw) and
 # Redis's CPU share, both sampled over 5 s of the publishing phase.
@@ -21,6 +25,14 @@ cd "$root"
 old=$(git rev-parse --short=12 "$1")
 new=$(git rev-parse --short=12 "$2")
 rounds=${3:-5}
+fixed=$(git rev-parse --short=12 "${PAIR_FIXED:-$2}")
+side=${PAIR_SIDE:-node}
+case $side in
+node) other=sseload ;;
+sseload) other=ssenode ;;
+*) echo "pair: PAIR_SIDE is node or sseload, not $side" >&2; exit 2 ;;
+esac
+[ "$side" = node ] && side=ssenode
 args=${PAIR_ARGS:--n 1000 -rate 1600 -duration 10s -drain 10s -size 100 -ramp 5000}
 src=${BENCH_SRC:-127.0.0.1,127.0.0.2,127.0.0.3,127.0.0.4}
 
@@ -33,12 +45,16 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-for c in "$old" "$new"; do
+for c in "$old" "$new" "$fixed"; do
+  [ -d "$work/src-$c" ] && continue
   mkdir -p "$work/src-$c"
   git archive "$c" | tar -x -C "$work/src-$c"
-  (cd "$work/src-$c" && go build -o "$work/bin-$c/" ./cmd/ssenode)
 done
-(cd "$work/src-$new" && go build -o "$work/bin/" ./cmd/sseload)
+# bin-C holds the compared binary built at C and the fixed one.
+for c in "$old" "$new"; do
+  (cd "$work/src-$c" && go build -o "$work/bin-$c/" "./cmd/$side")
+  (cd "$work/src-$fixed" && go build -o "$work/bin-$c/" "./cmd/$other")
+done
 
 free_port() {
   local p
@@ -72,7 +88,7 @@ run() { # run COMMIT ROUND
   ) &
   local spid=$!
   # shellcheck disable=SC2086 # args is a list of flags
-  "$work/bin/sseload" -url "http://127.0.0.1:$nport" -redis "redis://127.0.0.1:$rport/0" -src "$src" $args \
+  "$work/bin-$c/sseload" -url "http://127.0.0.1:$nport" -redis "redis://127.0.0.1:$rport/0" -src "$src" $args \
     -topics pair -node-pid "$npid" -check -progress=false -out "$work/report.json" 2>"$work/load.log" || true
   wait "$spid" || true
   kill -TERM "$npid" "$rpid" 2>/dev/null || true
@@ -90,9 +106,9 @@ print("| %s | %s | %.0f | %.1f | %.3f | %.3f | %s | %s | %s |" % (sys.argv[3], s
 PY
 }
 
-echo "sseload $args (built at $new)"
+echo "sseload $args; compared: $side at $old and $new; $other built at $fixed"
 echo
-echo "| round | node | published ev/s | p99 ms | node CPU-s/M | loadgen CPU-s/M | node writes/s | redis CPU % | check |"
+echo "| round | $side | published ev/s | p99 ms | node CPU-s/M | loadgen CPU-s/M | node writes/s | redis CPU % | check |"
 echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
 for r in $(seq "$rounds"); do
   run "$old" "$r"
