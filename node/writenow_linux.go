@@ -19,8 +19,9 @@ import (
 // scheduler's hand-off around a system call (sysmon takes the P of a call
 // that lasts, another thread runs the next writer, the first then looks
 // for a P again) was the node's main cost after the write itself. In S2
-// (10k clients, 10 events/s) the raw call took p99 from 151-176 ms to
-// 101-126 ms and the node's CPU per delivery from 9.7-10.0 to 8.4-8.9 µs.
+// (10k clients, 10 events/s) the raw call took p50 from 80-99 ms to 59-64
+// ms, p99 from 168-218 ms to 122-164 ms and the node's CPU per delivery
+// from 9.4-10.8 to 8.4-9.0 µs.
 // A larger write, which copies more into the kernel, is made as an
 // ordinary system call, so that it cannot hold up the scheduler or a GC.
 type vecWriter struct {
