@@ -110,6 +110,7 @@ var sseMetrics = map[string]int{
 	"sse_replay_requests_total":         counter,
 	"sse_replay_events_total":           counter,
 	"sse_broker_read_lag_seconds":       histogram,
+	"sse_delivery_lag_seconds":          histogram,
 	"sse_broker_errors_total":           counter,
 	"sse_broker_bad_entries_total":      counter,
 	"sse_draining":                      gauge,

@@ -358,11 +358,11 @@ func (n *Node) serve(ctx context.Context, to sink, s *stream) string {
 			return reason
 		}
 		if w.size > 0 {
-			start, sent := time.Now(), w.events
+			start, sent, live := time.Now(), w.events, w.live
 			if err := n.send(s, to, w); err != nil {
 				return n.writeFailed(s, err)
 			}
-			n.wrote(start, sent)
+			n.wrote(start, sent, live)
 			hb.Reset(n.cfg.Heartbeat)
 		}
 		heartbeatDue = false

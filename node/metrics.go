@@ -18,6 +18,7 @@ type metrics struct {
 	replayRequests  *prometheus.CounterVec // by source
 	replayEvents    prometheus.Counter
 	readLag         prometheus.Histogram
+	deliveryLag     prometheus.Histogram
 	draining        prometheus.Gauge
 	brokerUp        prometheus.Gauge
 }
@@ -58,13 +59,14 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		replayRequests:  newCounterVec("sse_replay_requests_total", "Resumes by the source that served them (ring, redis) and gaps reported.", "source"),
 		replayEvents:    newCounter("sse_replay_events_total", "Events sent to clients from replay."),
 		readLag:         newHistogram("sse_broker_read_lag_seconds", "Time from an entry's ID timestamp to its local fan-out.", prometheus.ExponentialBuckets(250e-6, 2, 16)),
+		deliveryLag:     newHistogram("sse_delivery_lag_seconds", "Time from the ID timestamp of the oldest live event in a write to a client to the end of that write.", prometheus.ExponentialBuckets(250e-6, 2, 16)),
 		draining:        newGauge("sse_draining", "1 while the node drains for shutdown."),
 		brokerUp:        newGauge("sse_broker_up", "1 when the last broker health check succeeded."),
 	}
 	if reg != nil {
 		reg.MustRegister(m.connections, m.connTotal, m.disconnects, m.slowDisconnects,
 			m.brokerEvents, m.delivered, m.dropped, m.flush, m.queueDepth,
-			m.replayRequests, m.replayEvents, m.readLag, m.draining, m.brokerUp)
+			m.replayRequests, m.replayEvents, m.readLag, m.deliveryLag, m.draining, m.brokerUp)
 	}
 	// Pre-create the label sets dashboards and alerts look for.
 	for _, o := range []string{outcomeAccepted, outcomeBadRequest, outcomeFull, outcomeDraining, outcomeUnavailable, outcomeUnauthorized, outcomeForbidden, outcomeIPLimit} {

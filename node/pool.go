@@ -373,14 +373,14 @@ func (w *poolWriter) serve(s *stream) {
 // finished records the end of a write of out to s, which started at
 // start, and ends the stream if it failed, or gives up writing if not.
 func (p *writerPool) finished(s *stream, out *wire, start time.Time, err error) {
-	sent := out.events
+	sent, live := out.events, out.live
 	out.reset()
 	if err != nil {
 		p.end(s, p.n.writeFailed(s, err))
 		return
 	}
 	s.lastWrite.Store(time.Now().UnixNano())
-	p.n.wrote(start, sent)
+	p.n.wrote(start, sent, live)
 	p.release(s)
 }
 

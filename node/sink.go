@@ -30,7 +30,11 @@ type wire struct {
 	frames []*frame // references held until reset
 	size   int      // payload bytes gathered
 	events int      // events gathered
-	head   [chunkHead]byte
+	// live is the ID time (Unix ms) of the oldest live (fanned-out) event
+	// gathered, zero when none: replayed events are old by design, not
+	// late.
+	live uint64
+	head [chunkHead]byte
 	// unsent is the chunk still to write; a vectored write consumes it.
 	// A field, so that writing it allocates nothing.
 	unsent net.Buffers
@@ -91,7 +95,7 @@ func (w *wire) reset() {
 	clear(w.bufs)
 	w.unsent = nil
 	w.bufs, w.frames, w.own = w.bufs[:0], w.frames[:0], w.own[:0]
-	w.size, w.events = 0, 0
+	w.size, w.events, w.live = 0, 0, 0
 	if cap(w.bufs) > 1024 || cap(w.frames) > 1024 {
 		w.bufs, w.frames = nil, nil
 	}

@@ -181,7 +181,9 @@ func (n *Node) step(s *stream, w *wire, batch []*frame, heartbeatDue bool) (stri
 				w.reset()
 				return reasonStreamReset, batch
 			}
-			s.gather(w, f)
+			if k := s.gather(w, f); k > 0 && w.live == 0 {
+				w.live = f.events[len(f.events)-k].id.Ms
+			}
 		}
 		clear(batch)
 	}
@@ -194,11 +196,16 @@ func (n *Node) step(s *stream, w *wire, batch []*frame, heartbeatDue bool) (stri
 	return "", batch
 }
 
-// wrote records a write of sent events that began at start.
-func (n *Node) wrote(start time.Time, sent int) {
+// wrote records a write of sent events that began at start; live is the
+// ID time of the oldest live event in it (wire.live).
+func (n *Node) wrote(start time.Time, sent int, live uint64) {
 	if sent > 0 {
-		n.m.flush.Observe(time.Since(start).Seconds())
+		now := time.Now()
+		n.m.flush.Observe(now.Sub(start).Seconds())
 		n.m.delivered.Add(float64(sent))
+		if live != 0 {
+			n.m.deliveryLag.Observe(now.Sub(time.UnixMilli(int64(live))).Seconds())
+		}
 	}
 }
 
