@@ -232,6 +232,34 @@ if runs S1; then
 fi
 
 # --- S2 (and S8): 10k clients, one topic, 10 events/s ------------------------
+# node_lag ADMIN PREFIX: p50 and p99 of the node's sse_delivery_lag_seconds
+# (entry ID time to the end of the write to a client), interpolated in
+# their buckets as PromQL's histogram_quantile does, as PREFIX_p50_ms= and
+# PREFIX_p99_ms= lines: the node's share of the latency the load generator
+# reports, without the reading.
+node_lag() {
+  curl -fs "$1/metrics" | awk -v pre="$2" '
+    /^sse_delivery_lag_seconds_bucket/ {
+      match($0, /le="[^"]*"/); n++
+      le[n] = substr($0, RSTART + 4, RLENGTH - 5); cum[n] = $NF + 0
+    }
+    END {
+      if (n == 0 || cum[n] == 0) exit
+      nq = split("50 99", qs, " ")
+      for (k = 1; k <= nq; k++) {
+        rank = qs[k] / 100 * cum[n]; lo = 0; below = 0
+        for (i = 1; i <= n; i++) {
+          if (cum[i] >= rank) {
+            v = (le[i] == "+Inf") ? lo : lo + (le[i] - lo) * (rank - below) / (cum[i] - below)
+            printf "%s_p%s_ms=%.1f\n", pre, qs[k], v * 1000
+            break
+          }
+          lo = le[i]; below = cum[i]
+        }
+      }
+    }'
+}
+
 steady() { # steady SCENARIO LABEL N RATE DURATION PROFNAME EXTRA...
   local sc=$1 label=$2 n=$3 rate=$4 dur=$5 prof=$6; shift 6
   flush
@@ -245,6 +273,7 @@ steady() { # steady SCENARIO LABEL N RATE DURATION PROFNAME EXTRA...
   load "$sc" "$label" "$NODE_LOG" "$NODE_START" -- -url "$NODE_URL" "${common[@]}" -n "$n" -rate "$rate" -duration "$dur" \
     -drain 10s -topics "$sc-$label" -node-pid "$npid" -scrape "$nadmin" -check "$@"
   [ -n "$ppid" ] && wait "$ppid" 2>/dev/null || true
+  node_lag "$nadmin" "$(echo "$sc" | tr 'A-Z' 'a-z')_node_lag" >"$work/$sc.lag.txt" || true
   stop_node "$npid"
 }
 
@@ -385,6 +414,7 @@ fi
   [ -n "${rss_max:-}" ] && echo "node_rss_max_mib=$rss_max"
   [ -f "$work/s6.killed" ] && echo "s6_killed_at=$(cat "$work/s6.killed")"
   [ -f "$work/floor.txt" ] && cat "$work/floor.txt"
+  cat "$work"/*.lag.txt 2>/dev/null || true
 } >"$work/meta.txt"
 "$work/bin/chart" -manifest "$manifest" -meta "$work/meta.txt" \
   -json "$out/$stem.json" -md "$out/$stem.md" -png "$out/$stem.png"

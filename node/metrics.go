@@ -59,7 +59,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		replayRequests:  newCounterVec("sse_replay_requests_total", "Resumes by the source that served them (ring, redis) and gaps reported.", "source"),
 		replayEvents:    newCounter("sse_replay_events_total", "Events sent to clients from replay."),
 		readLag:         newHistogram("sse_broker_read_lag_seconds", "Time from an entry's ID timestamp to its local fan-out.", prometheus.ExponentialBuckets(250e-6, 2, 16)),
-		deliveryLag:     newHistogram("sse_delivery_lag_seconds", "Time from the ID timestamp of the oldest live event in a write to a client to the end of that write.", prometheus.ExponentialBuckets(250e-6, 2, 16)),
+		deliveryLag:     newHistogram("sse_delivery_lag_seconds", "Time from the ID timestamp of the oldest live event in a write to a client to the end of that write.", deliveryLagBuckets),
 		draining:        newGauge("sse_draining", "1 while the node drains for shutdown."),
 		brokerUp:        newGauge("sse_broker_up", "1 when the last broker health check succeeded."),
 	}
@@ -126,6 +126,12 @@ func newCounter(name, help string) prometheus.Counter {
 func newCounterVec(name, help, label string) *prometheus.CounterVec {
 	return prometheus.NewCounterVec(prometheus.CounterOpts{Name: name, Help: help}, []string{label})
 }
+
+// deliveryLagBuckets run from 1 ms (the IDs' resolution) to 7.6 s in steps
+// of 20 %: fan-out latencies of tens of milliseconds differ by less than
+// a factor of two, and quantiles read from powers of two could not tell
+// them apart.
+var deliveryLagBuckets = prometheus.ExponentialBuckets(1e-3, 1.2, 50)
 
 func newHistogram(name, help string, buckets []float64) prometheus.Histogram {
 	return prometheus.NewHistogram(prometheus.HistogramOpts{Name: name, Help: help, Buckets: buckets})

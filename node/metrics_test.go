@@ -71,4 +71,15 @@ func TestDeliveryLag(t *testing.T) {
 	if _, sum := lag(); sum < 0 || sum > 5 {
 		t.Fatalf("lag of one live event written at once: %.3f s", sum)
 	}
+	// Buckets fine enough to tell fan-out latencies apart that differ by
+	// less than a factor of two (bench/run.sh reads S2's p99 from them).
+	b := deliveryLagBuckets
+	if b[0] > 1e-3 || b[len(b)-1] < 5 {
+		t.Fatalf("buckets span %g-%g s, want 1 ms to 5 s at least", b[0], b[len(b)-1])
+	}
+	for i := 1; i < len(b); i++ {
+		if b[i]/b[i-1] > 1.2001 {
+			t.Fatalf("buckets %g and %g are %.2f apart, want at most 1.2", b[i-1], b[i], b[i]/b[i-1])
+		}
+	}
 }

@@ -483,7 +483,7 @@ func s2(runs []*Run, m map[string]string) Row {
 	return Row{"S2", fmt.Sprintf("%.0fk %s", clients(runs[0])/1000, sc), target,
 		fmt.Sprintf("p50 %.1f ms, p99 %.1f ms, max %.1f ms; %.0f deliveries/s; %s; check passed %v; node CPU %.1f s/M deliveries, load generator %.1f s/M",
 			r.num("latency", "p50_ms"), p99, r.num("latency", "max_ms"), r.num("deliveries_per_s"), lossText(r), r.get("check", "passed"),
-			r.num("publish_phase", "node_cpu_s_per_million"), r.num("publish_phase", "loadgen_cpu_s_per_million")) + floorText(m) + floorRatio(p99, m),
+			r.num("publish_phase", "node_cpu_s_per_million"), r.num("publish_phase", "loadgen_cpu_s_per_million")) + floorText(m) + floorRatio(p99, m) + nodeLagText(m),
 		yes(ok)}
 }
 
@@ -495,6 +495,24 @@ func floorRatio(p99 float64, m map[string]string) string {
 		return ""
 	}
 	return fmt.Sprintf("; p99 / floor p99 = %.2f", p99/f)
+}
+
+// nodeLagText is the node's own share of S2's latency: its
+// sse_delivery_lag_seconds quantiles (entry ID time to the end of each
+// write to a client), read by bench/run.sh at the end of the run; empty
+// when absent.
+func nodeLagText(m map[string]string) string {
+	p50, p99 := m["s2_node_lag_p50_ms"], m["s2_node_lag_p99_ms"]
+	if p50 == "" || p99 == "" {
+		return ""
+	}
+	t := fmt.Sprintf("; node's writes ended (sse_delivery_lag_seconds, interpolated in 20 %% buckets) at p50 %s ms, p99 %s ms", p50, p99)
+	node, err1 := strconv.ParseFloat(p99, 64)
+	floor, err2 := strconv.ParseFloat(m["floor_fanout_p99_ms"], 64)
+	if err1 == nil && err2 == nil && floor > 0 {
+		t += fmt.Sprintf(" (%.2f x the floor's p99)", node/floor)
+	}
+	return t
 }
 
 // floorText is what bench/floor measured on the machine: the least latency
