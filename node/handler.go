@@ -362,7 +362,7 @@ func (n *Node) serve(ctx context.Context, to sink, s *stream) string {
 			if err := n.send(s, to, w); err != nil {
 				return n.writeFailed(s, err)
 			}
-			n.wrote(start, sent, live)
+			n.wrote(start, time.Now(), sent, live)
 			hb.Reset(n.cfg.Heartbeat)
 		}
 		heartbeatDue = false

@@ -379,8 +379,9 @@ func (p *writerPool) finished(s *stream, out *wire, start time.Time, err error) 
 		p.end(s, p.n.writeFailed(s, err))
 		return
 	}
-	s.lastWrite.Store(time.Now().UnixNano())
-	p.n.wrote(start, sent, live)
+	now := time.Now() // one clock read for both
+	s.lastWrite.Store(now.UnixNano())
+	p.n.wrote(start, now, sent, live)
 	p.release(s)
 }
 

@@ -196,11 +196,10 @@ func (n *Node) step(s *stream, w *wire, batch []*frame, heartbeatDue bool) (stri
 	return "", batch
 }
 
-// wrote records a write of sent events that began at start; live is the
-// ID time of the oldest live event in it (wire.live).
-func (n *Node) wrote(start time.Time, sent int, live uint64) {
+// wrote records a write of sent events that began at start and ended at
+// now; live is the ID time of the oldest live event in it (wire.live).
+func (n *Node) wrote(start, now time.Time, sent int, live uint64) {
 	if sent > 0 {
-		now := time.Now()
 		n.m.flush.Observe(now.Sub(start).Seconds())
 		n.m.delivered.Add(float64(sent))
 		if live != 0 {
