@@ -299,6 +299,10 @@ if runs S2; then
   log "floor: bare loopback fan-out to $S2_N connections (bench/floor)"
   "$work/bin/floor" -n "$S2_N" -src "$SRC" >"$work/floor.txt" || log "floor failed (see above)"
   steady S2 "${S2_N}c-10eps" "$S2_N" 10 "$S2_DUR" s2
+  # The floor again, for how much it moved during the run (its 30 rounds
+  # swing by tens of ms); S2's ratio stays against the one before.
+  log "floor again, after S2"
+  "$work/bin/floor" -n "$S2_N" -src "$SRC" | sed 's/^floor_/floor_after_/' >"$work/floor-after.txt" || log "floor failed (see above)"
 fi
 
 # --- S3 (and S7): raise the rate until p99 > 250 ms or loss ------------------
@@ -431,6 +435,7 @@ fi
   [ -n "${rss_max:-}" ] && echo "node_rss_max_mib=$rss_max"
   [ -f "$work/s6.killed" ] && echo "s6_killed_at=$(cat "$work/s6.killed")"
   [ -f "$work/floor.txt" ] && cat "$work/floor.txt"
+  [ -f "$work/floor-after.txt" ] && cat "$work/floor-after.txt"
   [ -f "$work/s2.lag.txt" ] && cat "$work/s2.lag.txt"
 } >"$work/meta.txt"
 "$work/bin/chart" -manifest "$manifest" -meta "$work/meta.txt" \

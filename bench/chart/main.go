@@ -483,7 +483,7 @@ func s2(runs []*Run, m map[string]string) Row {
 	return Row{"S2", fmt.Sprintf("%.0fk %s", clients(runs[0])/1000, sc), target,
 		fmt.Sprintf("p50 %.1f ms, p99 %.1f ms, max %.1f ms; %.0f deliveries/s; %s; check passed %v; node CPU %.1f s/M deliveries, load generator %.1f s/M",
 			r.num("latency", "p50_ms"), p99, r.num("latency", "max_ms"), r.num("deliveries_per_s"), lossText(r), r.get("check", "passed"),
-			r.num("publish_phase", "node_cpu_s_per_million"), r.num("publish_phase", "loadgen_cpu_s_per_million")) + floorText(m) + floorRatio(p99, m) + nodeLagText(m),
+			r.num("publish_phase", "node_cpu_s_per_million"), r.num("publish_phase", "loadgen_cpu_s_per_million")) + floorText(m) + floorRatio(p99, m) + floorAfterText(m) + nodeLagText(m),
 		yes(ok)}
 }
 
@@ -495,6 +495,16 @@ func floorRatio(p99 float64, m map[string]string) string {
 		return ""
 	}
 	return fmt.Sprintf("; p99 / floor p99 = %.2f", p99/f)
+}
+
+// floorAfterText is the floor measured again after S2, for how much the
+// machine moved during the run; empty when it did not run.
+func floorAfterText(m map[string]string) string {
+	if m["floor_after_fanout_p99_ms"] == "" {
+		return ""
+	}
+	return fmt.Sprintf("; the floor again after S2: p50 %s ms, p99 %s ms (%s rounds began late)",
+		m["floor_after_fanout_p50_ms"], m["floor_after_fanout_p99_ms"], m["floor_after_fanout_late_rounds"])
 }
 
 // nodeLagText is the node's own share of S2's latency: its
